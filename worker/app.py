@@ -1,0 +1,157 @@
+"""Raw ASGI: the app port the sidecar calls, and the ops port for Kubernetes/Prometheus."""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, Final
+
+import anyio
+from prometheus_client import CollectorRegistry, make_asgi_app
+
+from worker.errors import Status
+from worker.service import Service
+from worker.settings import Settings
+from worker.sidecar import Sidecar
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+TASK_ROUTE: Final = "/task-events"
+JOB_PREFIX: Final = "/job/"
+MAX_BODY: Final = 1024 * 1024  # task events are a few hundred bytes; 1 MiB is generous
+READY_TIMEOUT: Final = 1.5  # /readyz must answer within 2 s
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def read_body(receive: Receive, limit: int = MAX_BODY) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise anyio.EndOfStream
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def respond(send: Send, status: int, body: bytes = b"",
+                  content_type: bytes = b"application/json") -> None:
+    headers = [(b"content-length", str(len(body)).encode())]
+    if body:
+        headers.append((b"content-type", content_type))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+_STATUS_BODY: Final = {s: _json({"status": s.value}) for s in Status}
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+class WorkerApp:
+    """The app port: subscription discovery, task events, job triggers, health."""
+
+    def __init__(self, settings: Settings, service: Service) -> None:
+        self.service = service
+        token = settings.app_api_token
+        self.token = token.get_secret_value().encode() if token else None
+        self.subscription = _json([{
+            "pubsubname": settings.pubsub,
+            "topic": settings.task_topic,
+            "route": TASK_ROUTE,
+            "deadLetterTopic": settings.dead_letter_topic,
+        }])
+        self.accepting = True  # false while draining: new work is refused and redelivered
+
+    def _authorized(self, scope: Scope) -> bool:
+        if self.token is None:
+            return True
+        for name, value in scope["headers"]:
+            if name == b"dapr-api-token":
+                return hmac.compare_digest(value, self.token)
+        return False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            return await _lifespan(receive, send)
+        if scope["type"] != "http":
+            return
+        path, method = scope["path"], scope["method"]
+        if path == "/healthz":  # the sidecar's app health probe carries no token
+            return await respond(send, 204 if method in ("GET", "HEAD") else 405)
+        if not self._authorized(scope):
+            return await respond(send, 401, _json({"error": "missing or wrong dapr-api-token"}))
+        if path == "/dapr/subscribe":
+            if method != "GET":
+                return await respond(send, 405)
+            return await respond(send, 200, self.subscription)
+        if path == TASK_ROUTE or path.startswith(JOB_PREFIX):
+            if method != "POST":
+                return await respond(send, 405)
+            if not self.accepting:
+                return await respond(send, 503, _json({"error": "shutting down"}))
+            try:
+                body = await read_body(receive)
+            except BodyTooLarge:
+                return await respond(send, 413, _json({"error": "body over 1 MiB"}))
+            except anyio.EndOfStream:
+                return None
+            if path == TASK_ROUTE:
+                status = await self.service.handle_delivery(body)
+                return await respond(send, 200, _STATUS_BODY[status])
+            code = await self.service.handle_job(path[len(JOB_PREFIX):], body)
+            return await respond(send, code)
+        return await respond(send, 404)
+
+
+class OpsApp:
+    """The ops port: /metrics, /healthz (alive), /readyz (sidecar reachable)."""
+
+    def __init__(self, registry: CollectorRegistry, sidecar: Sidecar) -> None:
+        self.metrics_app = make_asgi_app(registry)
+        self.sidecar = sidecar
+        self.started = False  # set once start-up (secrets, metadata) is done
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            return await _lifespan(receive, send)
+        if scope["type"] != "http":
+            return
+        path = scope["path"]
+        if path == "/metrics":
+            return await self.metrics_app(scope, receive, send)  # type: ignore[no-any-return]
+        if path == "/healthz":
+            return await respond(send, 200, b"ok\n", b"text/plain")
+        if path == "/readyz":
+            ready = False
+            if self.started:
+                with anyio.move_on_after(READY_TIMEOUT):
+                    ready = await self.sidecar.outbound_healthy()
+            body = b"ready\n" if ready else b"not ready\n"
+            return await respond(send, 200 if ready else 503, body, b"text/plain")
+        return await respond(send, 404)

@@ -1,0 +1,94 @@
+"""Command line (contract §5): daemon, --replay [--dry-run], --dev, --version."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+import anyio
+import structlog
+
+from worker import __version__
+from worker.daemon import Running, run_daemon
+from worker.errors import SettingsError
+from worker.logs import configure
+from worker.settings import Settings, load_settings
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"reminder-worker: error: {message} (see --help)\n")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="reminder-worker",
+        description="Reminder and recurrence worker behind a Dapr sidecar. "
+        "Without options it runs the daemon; settings come from the environment.",
+    )
+    p.add_argument("--version", action="version", version=f"reminder-worker {__version__}")
+    p.add_argument("--replay", metavar="PATH",
+                   help="feed a JSON Lines file of task events ('-' = stdin), then exit")
+    p.add_argument("--dry-run", action="store_true",
+                   help="with --replay: call no sidecar, print the plan as JSON Lines")
+    p.add_argument("--dev", action="store_true",
+                   help="run beside an embedded development sidecar (never in production)")
+    p.add_argument("--demo", action="store_true",
+                   help="with --dev: publish a demo task whose reminder fires within a minute")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.dry_run and not args.replay:
+        parser().error("--dry-run needs --replay")
+    if args.demo and not args.dev:
+        parser().error("--demo needs --dev")
+    if args.replay and args.dev:
+        parser().error("--replay and --dev cannot be combined")
+    try:
+        settings = load_settings(None)
+    except SettingsError as exc:
+        print(f"reminder-worker: bad setting: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    configure(settings.log_format, settings.log_level)
+    if args.replay:
+        from worker.replay import replay_main
+
+        return replay_main(settings, args.replay, dry_run=args.dry_run)
+    try:
+        return anyio.run(_serve, settings, args.dev, args.demo)
+    except SettingsError as exc:
+        print(f"reminder-worker: bad setting: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+async def _serve(settings: Settings, dev: bool, demo: bool) -> int:
+    running = Running()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_on_signal, running)
+        if dev:
+            from worker.devrun import run_dev
+
+            await run_dev(settings, running, demo=demo)
+        else:
+            await run_daemon(settings, running=running)
+        tg.cancel_scope.cancel()
+    structlog.get_logger("worker").info("stopped")
+    return 0
+
+
+async def _on_signal(running: Running) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for _ in signals:
+            running.stop.set()
+            return
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""The long-running worker: ops port first, wait for the sidecar, then the app port.
+
+Start-up order matters: daprd's /v1.0/healthz/outbound answers before the app
+is up (waiting on it cannot deadlock), and the app port opens only once
+secrets are resolved, so the sidecar never meets a half-configured worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from typing import Final
+
+import anyio
+import structlog
+import uvicorn
+from prometheus_client import CollectorRegistry
+
+from worker.app import ASGIApp, OpsApp, WorkerApp
+from worker.errors import PermanentSidecarError, SettingsError, TransientError
+from worker.metrics import Metrics
+from worker.service import Clock, Service, system_clock
+from worker.settings import Settings, env_name, with_secrets
+from worker.sidecar import Sidecar, make_client
+
+DRAIN_SECONDS: Final = 20  # in-flight requests get this long after SIGTERM
+SIDECAR_POLL: Final = 0.5
+log = structlog.get_logger("worker")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the daemon owns the signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def make_server(app: ASGIApp) -> _Server:
+    config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False,
+                            timeout_graceful_shutdown=DRAIN_SECONDS, server_header=False,
+                            date_header=False)
+    return _Server(config)
+
+
+@dataclass
+class Running:
+    """Handles a test or the CLI gets once the worker serves."""
+
+    app_port: int = 0
+    ops_port: int = 0
+    settings: Settings | None = None
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    stop: anyio.Event = field(default_factory=anyio.Event)
+    servers: list[_Server] = field(default_factory=list)
+
+
+async def resolve_secrets(settings: Settings, sidecar: Sidecar) -> Settings:
+    refs = settings.secret_refs()
+    if not refs:
+        return settings
+    assert settings.secret_store is not None
+    resolved: dict[str, str] = {}
+    for field_name, (name, key) in refs.items():
+        try:
+            values = await sidecar.secret(settings.secret_store, name)
+        except (TransientError, PermanentSidecarError) as exc:
+            raise SettingsError(f"{env_name(field_name)}: cannot read secret {name}: {exc}") \
+                from None
+        if key not in values:
+            raise SettingsError(f"{env_name(field_name)}: secret {name} has no key {key}")
+        resolved[field_name] = values[key]
+    return with_secrets(settings, resolved)
+
+
+async def run_daemon(
+    settings: Settings, *, clock: Clock = system_clock, running: Running | None = None,
+    task_status: anyio.abc.TaskStatus[Running] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve until `running.stop` is set, then drain in-flight requests and return."""
+    running = running or Running()
+    metrics = Metrics.create(running.registry)
+    token = settings.dapr_api_token.get_secret_value() if settings.dapr_api_token else None
+    async with make_client() as client, anyio.create_task_group() as tg:
+        sidecar = Sidecar(settings.sidecar_url, client, metrics, api_token=token)
+        ops = OpsApp(running.registry, sidecar)
+        ops_sock = bind(settings.ops_host, settings.ops_port)
+        running.ops_port = ops_sock.getsockname()[1]
+        ops_server = make_server(ops)
+        running.servers.append(ops_server)
+        tg.start_soon(ops_server.serve, [ops_sock])
+
+        waited = False
+        while not await sidecar.outbound_healthy():
+            if not waited:
+                log.info("waiting for the Dapr sidecar", url=settings.sidecar_url)
+                waited = True
+            with anyio.move_on_after(SIDECAR_POLL):
+                await running.stop.wait()
+            if running.stop.is_set():
+                ops_server.should_exit = True
+                return
+        settings = await resolve_secrets(settings, sidecar)
+        try:
+            jobs_api = await sidecar.choose_jobs_api()
+        except (TransientError, PermanentSidecarError) as exc:
+            jobs_api = sidecar.jobs_prefix
+            log.warning("metadata unavailable; using the alpha jobs API", error=str(exc))
+        running.settings = settings
+        service = Service(settings, sidecar, metrics, clock)
+        app = WorkerApp(settings, service)
+        app_sock = bind(settings.host, settings.port)
+        running.app_port = app_sock.getsockname()[1]
+        app_server = make_server(app)
+        running.servers.append(app_server)
+        app_done = anyio.Event()
+
+        async def serve_app() -> None:
+            try:
+                await app_server.serve([app_sock])
+            finally:
+                app_done.set()
+
+        tg.start_soon(serve_app)
+        while not app_server.started:  # noqa: ASYNC110 (uvicorn offers no event for this)
+            await anyio.sleep(0.01)
+        ops.started = True
+        log.info("worker ready", app_port=running.app_port, ops_port=running.ops_port,
+                 jobs_api=jobs_api, sidecar=settings.sidecar_url)
+        task_status.started(running)
+        await running.stop.wait()
+        log.info("draining", seconds=DRAIN_SECONDS)
+        ops.started = False
+        app.accepting = False
+        app_server.should_exit = True
+        await app_done.wait()
+        ops_server.should_exit = True

@@ -1,0 +1,198 @@
+"""In-memory state stores with daprd's HTTP answers (ETags, first-write, TTL, transactions).
+
+Keys are stored as `{app_id}||{key}` like daprd; ETags are a counter.
+Every operation runs without an await, so each is atomic on the event loop.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from .asgi import ApiError, Request, Response, empty, json_response
+from .clock import Clock
+from .records import StateItem
+from .timeparse import format_rfc3339
+
+_STORE_TYPE = "state.in-memory"
+
+
+@dataclass(frozen=True, slots=True)
+class _Write:
+    key: str  # full key, with the app id prefix
+    value_json: bytes | None  # None: delete
+    etag: str | None
+    first_write: bool
+    ttl: timedelta | None
+
+
+class StateStores:
+    def __init__(self, names: tuple[str, ...], app_id: str, clock: Clock) -> None:
+        self._stores: dict[str, dict[str, StateItem]] = {name: {} for name in names}
+        self._app_id = app_id
+        self._prefix = f"{app_id}||"
+        self._clock = clock
+        self._etags = itertools.count(1)
+
+    # ---- inspection
+
+    def snapshot(self, store: str) -> dict[str, StateItem]:
+        items = self._store(store)
+        now = self._clock.now()
+        plen = len(self._prefix)
+        return {
+            k[plen:] if k.startswith(self._prefix) else k: item
+            for k, item in items.items()
+            if item.expiry is None or item.expiry > now
+        }
+
+    # ---- HTTP handlers
+
+    def save(self, request: Request, store: str) -> Response:
+        items = self._store(store)
+        body = request.json()
+        if not isinstance(body, list):
+            raise ApiError(400, "ERR_MALFORMED_REQUEST", "failed deserializing HTTP body: expected an array")
+        writes = [self._parse_write(entry, upsert=True) for entry in body]
+        try:
+            self._apply(items, writes)
+        except _Mismatch as exc:
+            raise ApiError(
+                409, "ERR_STATE_SAVE", f"failed saving state in state store {store}: {exc}"
+            ) from None
+        return empty()
+
+    def get(self, request: Request, store: str, key: str) -> Response:
+        items = self._store(store)
+        item = self._live(items, self._full_key(key))
+        if item is None:
+            return empty()
+        headers = [(b"content-type", b"application/json"), (b"etag", item.etag.encode())]
+        if item.expiry is not None:
+            headers.append((b"metadata.ttlexpiretime", format_rfc3339(item.expiry).encode()))
+        return Response(200, item.value_json, headers)
+
+    def bulk_get(self, request: Request, store: str) -> Response:
+        items = self._store(store)
+        body = request.json()
+        keys = body.get("keys") if isinstance(body, dict) else None
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            raise ApiError(400, "ERR_MALFORMED_REQUEST", "failed deserializing HTTP body: keys")
+        out: list[dict[str, Any]] = []
+        for key in keys:
+            item = self._live(items, self._full_key(key))
+            if item is None:
+                out.append({"key": key})
+            else:
+                out.append({"key": key, "data": json.loads(item.value_json), "etag": item.etag})
+        return json_response(out)
+
+    def delete(self, request: Request, store: str, key: str) -> Response:
+        items = self._store(store)
+        etag = request.headers.get("if-match") or None
+        write = _Write(self._full_key(key), None, etag, first_write=False, ttl=None)
+        try:
+            self._apply(items, [write])
+        except _Mismatch as exc:
+            raise ApiError(409, "ERR_STATE_DELETE", f"failed deleting state with key {key}: {exc}") from None
+        return empty()
+
+    def transaction(self, request: Request, store: str) -> Response:
+        items = self._store(store)
+        body = request.json()
+        operations = body.get("operations") if isinstance(body, dict) else None
+        if not isinstance(operations, list):
+            raise ApiError(400, "ERR_MALFORMED_REQUEST", "failed deserializing HTTP body: operations")
+        writes: list[_Write] = []
+        for op in operations:
+            if not isinstance(op, dict) or not isinstance(op.get("request"), dict):
+                raise ApiError(400, "ERR_MALFORMED_REQUEST", "failed deserializing HTTP body: operation")
+            kind = op.get("operation")
+            if kind not in ("upsert", "delete"):
+                raise ApiError(400, "ERR_NOT_SUPPORTED_STATE_OPERATION", f"operation type {kind} not supported")
+            writes.append(self._parse_write(op["request"], upsert=kind == "upsert"))
+        try:
+            self._apply(items, writes)
+        except _Mismatch as exc:
+            raise ApiError(409, "ERR_STATE_TRANSACTION", f"error while executing state transaction: {exc}") from None
+        return empty()
+
+    # ---- internals
+
+    def _store(self, store: str) -> dict[str, StateItem]:
+        if not self._stores:
+            raise ApiError(500, "ERR_STATE_STORE_NOT_CONFIGURED", "state store is not configured")
+        items = self._stores.get(store)
+        if items is None:
+            raise ApiError(400, "ERR_STATE_STORE_NOT_FOUND", f"state store {store} is not found")
+        return items
+
+    def _full_key(self, key: str) -> str:
+        if "||" in key:
+            raise ApiError(400, "ERR_MALFORMED_REQUEST", f"input key/keyPrefix '{key}' can't contain '||'")
+        return self._prefix + key
+
+    def _live(self, items: dict[str, StateItem], full_key: str) -> StateItem | None:
+        item = items.get(full_key)
+        if item is not None and item.expiry is not None and item.expiry <= self._clock.now():
+            del items[full_key]
+            return None
+        return item
+
+    def _parse_write(self, entry: Any, *, upsert: bool) -> _Write:
+        if not isinstance(entry, dict) or not isinstance(entry.get("key"), str) or not entry["key"]:
+            raise ApiError(400, "ERR_MALFORMED_REQUEST", "failed deserializing HTTP body: each item needs a key")
+        full_key = self._full_key(entry["key"])
+        raw_etag = entry.get("etag")
+        etag = str(raw_etag) if raw_etag not in (None, "") else None
+        options = entry.get("options") if isinstance(entry.get("options"), dict) else {}
+        first_write = options.get("concurrency") == "first-write"
+        ttl: timedelta | None = None
+        metadata = entry.get("metadata")
+        if isinstance(metadata, dict) and "ttlInSeconds" in metadata:
+            try:
+                seconds = int(metadata["ttlInSeconds"])
+            except (TypeError, ValueError):
+                raise ApiError(
+                    400, "ERR_MALFORMED_REQUEST", f"incorrect value for metadata ttlInSeconds: {metadata['ttlInSeconds']}"
+                ) from None
+            ttl = timedelta(seconds=seconds) if seconds >= 0 else None
+        value_json = json.dumps(entry.get("value"), separators=(",", ":")).encode() if upsert else None
+        return _Write(full_key, value_json, etag, first_write, ttl)
+
+    def _apply(self, items: dict[str, StateItem], writes: list[_Write]) -> None:
+        """Check every write against the current (staged) values, then apply all or none."""
+        now = self._clock.now()
+        staged: dict[str, StateItem | None] = {}
+        for write in writes:
+            current = staged[write.key] if write.key in staged else self._live(items, write.key)
+            short = write.key[len(self._prefix) :]
+            if write.etag is not None:
+                if current is None or current.etag != write.etag:
+                    raise _Mismatch(f"possible etag mismatch for key {short}")
+            elif write.first_write and write.value_json is not None and current is not None:
+                raise _Mismatch(f"first-write: key {short} already exists")
+            if write.value_json is None:
+                staged[write.key] = None
+            else:
+                expiry = None if write.ttl is None else now + write.ttl
+                staged[write.key] = StateItem(write.value_json, str(next(self._etags)), expiry)
+        for key, item in staged.items():
+            if item is None:
+                items.pop(key, None)
+            else:
+                items[key] = item
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [
+            {"name": n, "type": _STORE_TYPE, "version": "v1", "capabilities": ["ETAG", "TRANSACTIONAL", "TTL"]}
+            for n in self._stores
+        ]
+
+
+
+class _Mismatch(Exception):
+    pass

@@ -1,0 +1,69 @@
+"""The worker's error tree and how each branch is answered to Dapr.
+
+    WorkerError
+     +-- InvalidEvent        the input can never be handled: DROP (dead letter), log why
+     +-- TransientError      try again later: pub/sub RETRY, job trigger 500
+     |    +-- SidecarUnavailable   connection refused, timeout, 5xx from the sidecar
+     |    +-- Conflict             an ETag or first-write race lost; re-read and redo
+     +-- PermanentSidecarError    the sidecar refused the request as malformed (4xx):
+                                  retrying the same request cannot help
+     +-- SettingsError       bad configuration at start-up: one line, exit 2
+
+A permanent sidecar error on an event is still answered RETRY, not DROP: the
+event itself was fine, the deployment is wrong (unknown component, token),
+and a fixed deployment should still see it.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class WorkerError(Exception):
+    """Root of every error the worker raises on purpose."""
+
+
+class InvalidEvent(WorkerError):
+    """An input that no retry can fix; `reason` is safe to log."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class TransientError(WorkerError):
+    """A failure that may pass: Dapr should deliver again."""
+
+
+class SidecarUnavailable(TransientError):
+    """The sidecar did not answer, or answered 5xx."""
+
+    def __init__(self, api: str, detail: str, status: int | None = None) -> None:
+        super().__init__(f"{api}: {detail}")
+        self.api = api
+        self.status = status
+
+
+class Conflict(TransientError):
+    """An optimistic-concurrency write lost (ETag mismatch or key present)."""
+
+
+class PermanentSidecarError(WorkerError):
+    """The sidecar rejected the request itself (4xx other than a conflict)."""
+
+    def __init__(self, api: str, status: int, body: str) -> None:
+        super().__init__(f"{api}: HTTP {status}: {body[:200]}")
+        self.api = api
+        self.status = status
+
+
+class SettingsError(WorkerError):
+    """A setting cannot be used; the message names it."""
+
+
+class Status(enum.StrEnum):
+    """The pub/sub answers daprd understands (case-sensitive)."""
+
+    SUCCESS = "SUCCESS"
+    RETRY = "RETRY"
+    DROP = "DROP"

@@ -1,0 +1,203 @@
+"""Task events in (CloudEvent envelope or bare), structurally validated.
+
+Only the shape is checked here; time values are parsed in `plan`, where the
+task's effective time zone (possibly from an earlier event) is known.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final
+
+from worker.errors import InvalidEvent
+from worker.schedule import UTC
+
+TASK_EVENT_TYPES: Final = frozenset(
+    {"task.created", "task.updated", "task.completed", "task.deleted"}
+)
+MAX_ID_LENGTH: Final = 1024  # ids are hashed, never used raw; this only bounds memory
+MAX_LIST: Final = 100  # reminders per task: enough for people, bounded for the sidecar
+
+# Payload field -> accepted names, first wins when several are present.
+ALIASES: Final[dict[str, tuple[str, ...]]] = {
+    "title": ("title",),
+    "due_at": ("due_at", "due_date"),
+    "timezone": ("timezone",),
+    "reminders": ("reminders", "remind_before", "remind_before_minutes"),
+    "remind_at": ("remind_at",),
+    "recurrence": ("recurrence",),
+}
+
+
+@dataclass(frozen=True)
+class TaskEvent:
+    """One task event, ids checked, payload fields raw but of acceptable JSON types.
+
+    `changes` holds only the fields the event carried (None = explicitly cleared).
+    """
+
+    event_type: str
+    task_id: int | str
+    user_id: str
+    timestamp: datetime
+    event_id: str | None = None
+    trace_id: str | None = None
+    changes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def fingerprint(self) -> str:
+        """Stable digest of the event's meaning: equal for a redelivery of the same event."""
+        blob = json.dumps(
+            [self.event_type, self.event_id, self.changes], sort_keys=True, default=str
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Ignored:
+    """A well-formed delivery whose type is not a task event: acknowledged, counted."""
+
+    event_type: str
+
+
+def parse_delivery(body: bytes) -> TaskEvent | Ignored:
+    """Parse a pub/sub delivery (structured CloudEvent or a bare task event)."""
+    try:
+        doc = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise InvalidEvent("body is not JSON") from None
+    return parse_document(doc)
+
+
+def parse_document(doc: object) -> TaskEvent | Ignored:
+    """Same as parse_delivery for an already decoded JSON value (replay lines)."""
+    if not isinstance(doc, dict):
+        raise InvalidEvent("event is not a JSON object")
+    trace_id: str | None = None
+    ce_type: str | None = None
+    if "specversion" in doc:
+        ce_type = doc.get("type") if isinstance(doc.get("type"), str) else None
+        trace = doc.get("traceparent") or doc.get("traceid")
+        trace_id = trace if isinstance(trace, str) and len(trace) < 256 else None
+        if "data" not in doc:
+            if "data_base64" in doc:
+                raise InvalidEvent("CloudEvent data is binary (data_base64), not a JSON object")
+            if ce_type in TASK_EVENT_TYPES:
+                raise InvalidEvent("CloudEvent has no data")
+            return Ignored(ce_type or "")
+        data = doc["data"]
+        if isinstance(data, str):  # published as text/plain: the JSON arrives as a string
+            try:
+                data = json.loads(data)
+            except json.JSONDecodeError:
+                raise InvalidEvent("CloudEvent data is a string that is not JSON") from None
+        if not isinstance(data, dict):
+            raise InvalidEvent("CloudEvent data is not a JSON object")
+    elif "event_type" in doc or "task_id" in doc:
+        data = doc
+    else:
+        raise InvalidEvent("neither a CloudEvent nor a task event")
+    event_type = data.get("event_type", ce_type)
+    if not isinstance(event_type, str):
+        raise InvalidEvent("event_type missing or not a string")
+    if event_type not in TASK_EVENT_TYPES:
+        return Ignored(event_type[:100])
+    return TaskEvent(
+        event_type=event_type,
+        task_id=_task_id(data.get("task_id")),
+        user_id=_user_id(data.get("user_id")),
+        timestamp=_timestamp(data.get("timestamp")),
+        event_id=_event_id(data.get("event_id")),
+        trace_id=trace_id,
+        changes=_changes(data.get("payload")),
+    )
+
+
+def _task_id(value: object) -> int | str:
+    if isinstance(value, bool) or value is None:
+        raise InvalidEvent("task_id missing or not an integer or string")
+    if isinstance(value, int):
+        if abs(value) >= 2**63:
+            raise InvalidEvent("task_id out of range")
+        return value
+    if isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH:
+        return value
+    raise InvalidEvent("task_id missing, empty, too long, or not an integer or string")
+
+
+def _user_id(value: object) -> str:
+    if isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH:
+        return value
+    raise InvalidEvent("user_id missing, empty, too long, or not a string")
+
+
+def _event_id(value: object) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str | int) and not isinstance(value, bool) and len(str(value)) <= 256:
+        return str(value)
+    raise InvalidEvent("event_id is not a short string")
+
+
+def _timestamp(value: object) -> datetime:
+    if not isinstance(value, str) or len(value) > 64:
+        raise InvalidEvent("timestamp missing or not a string")
+    try:
+        ts = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidEvent("timestamp is not RFC 3339") from None
+    if ts.tzinfo is None:
+        raise InvalidEvent("timestamp has no offset (RFC 3339 needs Z or +hh:mm)")
+    return ts.astimezone(UTC)
+
+
+def _changes(payload: object) -> dict[str, Any]:
+    if payload is None:
+        return {}
+    if not isinstance(payload, dict):
+        raise InvalidEvent("payload is not a JSON object")
+    changes: dict[str, Any] = {}
+    for name, names in ALIASES.items():
+        for alias in names:
+            if alias in payload:
+                changes[name] = _checked(name, alias, payload[alias])
+                break
+    return changes
+
+
+def _checked(name: str, alias: str, value: object) -> object:
+    """Reject values whose JSON type can never be right, and bound their size."""
+    if value is None:
+        return None
+    if name in ("title", "due_at", "timezone"):
+        if isinstance(value, str) and len(value) <= (2000 if name == "title" else 64):
+            return value
+        raise InvalidEvent(f"payload.{alias} must be a string")
+    if name in ("reminders", "remind_at"):
+        items = value if isinstance(value, list) else [value]
+        if len(items) > MAX_LIST:
+            raise InvalidEvent(f"payload.{alias} has more than {MAX_LIST} entries")
+        for item in items:
+            ok = isinstance(item, str) and len(item) <= 64
+            if name == "reminders":
+                ok = ok or (isinstance(item, int | float) and not isinstance(item, bool))
+                if isinstance(item, float) and not (math.isfinite(item) and item.is_integer()):
+                    raise InvalidEvent(f"payload.{alias} minutes must be whole numbers")
+            if not ok:
+                raise InvalidEvent(f"payload.{alias} entries must be strings or minutes")
+        if alias == "remind_before_minutes" and not all(
+            isinstance(i, int | float) and not isinstance(i, bool) for i in items
+        ):
+            raise InvalidEvent("payload.remind_before_minutes must be integer minutes")
+        return [int(i) if isinstance(i, float) else i for i in items]
+    if name == "recurrence":
+        if isinstance(value, str) and len(value) <= 1000:
+            return value
+        if isinstance(value, dict) and len(json.dumps(value)) <= 20_000:
+            return value
+        raise InvalidEvent("payload.recurrence must be a rule string or an object")
+    raise AssertionError(name)  # pragma: no cover

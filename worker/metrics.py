@@ -1,0 +1,50 @@
+"""The worker's metrics (contract §7), built on a registry passed in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+# Sidecar calls take ~1 ms on loopback; daprd may wait 30 s for the scheduler.
+SIDECAR_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+# Lateness spans Dapr's immediate fire (~ms) to retries minutes later.
+LATENESS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 3600)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    events: Counter
+    jobs: Counter
+    reminders: Counter
+    next_occurrences: Counter
+    lateness: Histogram
+    sidecar_seconds: Histogram
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry, *, process: bool = True) -> Metrics:
+        """Register the worker's metrics (and process metrics) on `registry`."""
+        if process:
+            ProcessCollector(registry=registry)
+            PlatformCollector(registry=registry)
+            GCCollector(registry=registry)
+        return cls(
+            events=Counter("reminder_worker_events", "Task events handled",
+                           ["type", "outcome"], registry=registry),
+            jobs=Counter("reminder_worker_jobs", "Dapr job operations",
+                         ["op", "outcome"], registry=registry),
+            reminders=Counter("reminder_worker_reminders_published",
+                              "Fired reminder jobs by outcome", ["outcome"], registry=registry),
+            next_occurrences=Counter("reminder_worker_next_occurrences",
+                                     "Next occurrences of recurring tasks", ["outcome"],
+                                     registry=registry),
+            lateness=Histogram("reminder_worker_reminder_lateness_seconds",
+                               "Fire time minus reminder instant", buckets=LATENESS_BUCKETS,
+                               registry=registry),
+            sidecar_seconds=Histogram("reminder_worker_sidecar_request_seconds",
+                                      "Dapr sidecar call latency", ["api", "outcome"],
+                                      buckets=SIDECAR_BUCKETS, registry=registry),
+        )

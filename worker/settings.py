@@ -1,0 +1,186 @@
+"""Settings from the environment (contract §6): loaded once by the CLI, frozen, passed down."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import time
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from worker.errors import SettingsError
+from worker.schedule import Offset, parse_offset
+
+SECRET_PREFIX = "secret:"
+# These reach the sidecar (or name the secret store) and so cannot come from it.
+NOT_FROM_SECRETS = frozenset(
+    {"dapr_http_endpoint", "dapr_http_port", "dapr_api_token", "secret_store"}
+)
+_COMPONENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+_METHOD = re.compile(r"^[A-Za-z0-9._~/-]{1,500}$")
+
+
+def _env(name: str) -> AliasChoices:
+    return AliasChoices(name)
+
+
+class Settings(BaseSettings):
+    """Every setting of contract §6. Field aliases are the environment names."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", case_sensitive=True)
+
+    dapr_http_endpoint: str | None = Field(None, validation_alias=_env("DAPR_HTTP_ENDPOINT"))
+    dapr_http_port: int = Field(3500, ge=1, le=65535, validation_alias=_env("DAPR_HTTP_PORT"))
+    dapr_api_token: SecretStr | None = Field(None, validation_alias=_env("DAPR_API_TOKEN"))
+    app_api_token: SecretStr | None = Field(None, validation_alias=_env("APP_API_TOKEN"))
+    app_id: str = Field("reminder-worker", validation_alias=_env("REMINDER_APP_ID"))
+    host: str = Field("127.0.0.1", validation_alias=_env("REMINDER_HOST"))
+    port: int = Field(8080, ge=0, le=65535, validation_alias=_env("REMINDER_PORT"))
+    ops_host: str = Field("0.0.0.0", validation_alias=_env("REMINDER_OPS_HOST"))
+    ops_port: int = Field(9464, ge=0, le=65535, validation_alias=_env("REMINDER_OPS_PORT"))
+    pubsub: str = Field("kafka-pubsub", validation_alias=_env("REMINDER_PUBSUB"))
+    task_topic: str = Field("task-events", validation_alias=_env("REMINDER_TASK_TOPIC"))
+    reminder_topic: str = Field("reminders", validation_alias=_env("REMINDER_REMINDER_TOPIC"))
+    dead_letter_topic: str = Field(
+        "task-events-dlq", validation_alias=_env("REMINDER_DEAD_LETTER_TOPIC")
+    )
+    state_store: str = Field("statestore", validation_alias=_env("REMINDER_STATE_STORE"))
+    secret_store: str | None = Field(None, validation_alias=_env("REMINDER_SECRET_STORE"))
+    task_app_id: str = Field("todo-backend", validation_alias=_env("REMINDER_TASK_APP_ID"))
+    next_occurrence_method: str = Field(
+        "api/tasks/create-next", validation_alias=_env("REMINDER_NEXT_OCCURRENCE_METHOD")
+    )
+    all_day_time: time = Field(time(9, 0), validation_alias=_env("REMINDER_ALL_DAY_TIME"))
+    default_reminders: Annotated[tuple[Offset, ...], NoDecode] = Field(
+        (), validation_alias=_env("REMINDER_DEFAULT_REMINDERS")
+    )
+    log_format: Literal["json", "console"] = Field(
+        "json", validation_alias=_env("REMINDER_LOG_FORMAT")
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", validation_alias=_env("REMINDER_LOG_LEVEL")
+    )
+
+    @field_validator("dapr_http_endpoint")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if value.startswith(SECRET_PREFIX) or not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @field_validator("pubsub", "task_topic", "reminder_topic", "dead_letter_topic",
+                     "state_store", "task_app_id", "app_id")
+    @classmethod
+    def _component_name(cls, value: str) -> str:
+        if not value.startswith(SECRET_PREFIX) and not _COMPONENT.match(value):
+            raise ValueError("must match [A-Za-z0-9][A-Za-z0-9._-]*")
+        return value
+
+    @field_validator("secret_store")
+    @classmethod
+    def _secret_store(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        assert value is not None
+        if not _COMPONENT.match(value):
+            raise ValueError("must match [A-Za-z0-9][A-Za-z0-9._-]*")
+        return value
+
+    @field_validator("next_occurrence_method")
+    @classmethod
+    def _method(cls, value: str) -> str:
+        value = value.strip("/")
+        if not value.startswith(SECRET_PREFIX) and (not _METHOD.match(value) or ".." in value):
+            raise ValueError("must be a URL path like api/tasks/create-next")
+        return value
+
+    @field_validator("all_day_time", mode="before")
+    @classmethod
+    def _all_day(cls, value: object) -> object:
+        if isinstance(value, str) and not re.fullmatch(r"\d{2}:\d{2}(:\d{2})?", value):
+            raise ValueError("must be HH:MM")
+        return value
+
+    @field_validator("default_reminders", mode="before")
+    @classmethod
+    def _offsets(cls, value: object) -> object:
+        if isinstance(value, str):
+            parts = [p.strip() for p in value.split(",") if p.strip()]
+            return tuple(parse_offset(p) for p in parts)
+        return value
+
+    @field_validator("log_format", "log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @property
+    def sidecar_url(self) -> str:
+        return self.dapr_http_endpoint or f"http://127.0.0.1:{self.dapr_http_port}"
+
+    def secret_refs(self) -> dict[str, tuple[str, str]]:
+        """Settings whose value is `secret:NAME/KEY`, as field -> (name, key)."""
+        refs: dict[str, tuple[str, str]] = {}
+        for field, value in self.model_dump().items():
+            raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+            if isinstance(raw, str) and raw.startswith(SECRET_PREFIX):
+                name, sep, key = raw[len(SECRET_PREFIX):].partition("/")
+                refs[field] = (name, key if sep else name)
+        return refs
+
+
+def env_name(field: str) -> str:
+    alias = Settings.model_fields[field].validation_alias
+    assert isinstance(alias, AliasChoices)
+    return str(alias.choices[0])
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Validate the environment; SettingsError with one line naming the variable."""
+    try:
+        if environ is None:
+            settings = Settings()
+        else:
+            known = {env_name(f) for f in Settings.model_fields}
+            settings = Settings.model_validate({k: v for k, v in environ.items() if k in known})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = str(err["loc"][0]) if err["loc"] else "?"
+        name = env_name(field) if field in Settings.model_fields else field
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        raise SettingsError(f"{name}: {msg}") from None
+    except ValueError as exc:  # raised by parse_offset outside pydantic's wrapping
+        raise SettingsError(f"REMINDER_DEFAULT_REMINDERS: {exc}") from None
+    refs = settings.secret_refs()
+    for field, (name, key) in refs.items():
+        if field in NOT_FROM_SECRETS:
+            raise SettingsError(f"{env_name(field)}: cannot be read from a secret store")
+        if not name or not key:
+            raise SettingsError(f"{env_name(field)}: secret reference must be secret:NAME/KEY")
+    if refs and settings.secret_store is None:
+        first = env_name(next(iter(refs)))
+        raise SettingsError(f"{first}: uses secret: but REMINDER_SECRET_STORE is not set")
+    return settings
+
+
+def with_secrets(settings: Settings, resolved: Mapping[str, str]) -> Settings:
+    """A copy of `settings` with secret references replaced by their values, re-validated."""
+    data = {env_name(f): v for f, v in settings.model_dump().items() if v is not None}
+    for field, value in list(data.items()):
+        if isinstance(value, SecretStr):
+            data[field] = value.get_secret_value()
+    data["REMINDER_DEFAULT_REMINDERS"] = ",".join(o.iso() for o in settings.default_reminders)
+    data["REMINDER_ALL_DAY_TIME"] = settings.all_day_time.strftime("%H:%M:%S")
+    for field, value in resolved.items():
+        data[env_name(field)] = value
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = str(err["loc"][0])
+        name = env_name(field) if field in Settings.model_fields else field
+        raise SettingsError(f"{name}: value from the secret store is invalid") from None
