@@ -1,0 +1,79 @@
+"""Settings: defaults, every variable, and one-line errors naming the variable."""
+
+from __future__ import annotations
+
+from datetime import time
+
+import pytest
+
+from worker.errors import SettingsError
+from worker.schedule import Offset
+from worker.settings import load_settings, with_secrets
+
+
+def test_defaults() -> None:
+    s = load_settings({})
+    assert s.sidecar_url == "http://127.0.0.1:3500"
+    assert (s.host, s.port, s.ops_host, s.ops_port) == ("127.0.0.1", 8080, "0.0.0.0", 9464)
+    assert (s.pubsub, s.task_topic, s.reminder_topic, s.dead_letter_topic) == (
+        "kafka-pubsub", "task-events", "reminders", "task-events-dlq")
+    assert (s.state_store, s.secret_store, s.task_app_id, s.next_occurrence_method) == (
+        "statestore", None, "todo-backend", "api/tasks/create-next")
+    assert s.all_day_time == time(9, 0) and s.default_reminders == ()
+    assert (s.log_format, s.log_level, s.app_id) == ("json", "info", "reminder-worker")
+    assert s.dapr_api_token is None and s.app_api_token is None
+
+
+def test_every_variable() -> None:
+    s = load_settings({
+        "DAPR_HTTP_ENDPOINT": "http://dapr:3600/", "DAPR_HTTP_PORT": "3501",
+        "DAPR_API_TOKEN": "t1", "APP_API_TOKEN": "t2", "REMINDER_APP_ID": "rw",
+        "REMINDER_HOST": "0.0.0.0", "REMINDER_PORT": "9000", "REMINDER_OPS_PORT": "9001",
+        "REMINDER_PUBSUB": "ps", "REMINDER_TASK_TOPIC": "in", "REMINDER_REMINDER_TOPIC": "out",
+        "REMINDER_DEAD_LETTER_TOPIC": "dlq", "REMINDER_STATE_STORE": "st",
+        "REMINDER_TASK_APP_ID": "tasks", "REMINDER_NEXT_OCCURRENCE_METHOD": "/next/",
+        "REMINDER_ALL_DAY_TIME": "08:30", "REMINDER_DEFAULT_REMINDERS": "PT1H, 30,P1D",
+        "REMINDER_LOG_FORMAT": "CONSOLE", "REMINDER_LOG_LEVEL": "debug",
+    })
+    assert s.sidecar_url == "http://dapr:3600"  # the endpoint wins over the port
+    assert s.dapr_api_token is not None and s.dapr_api_token.get_secret_value() == "t1"
+    assert "t1" not in repr(s) and "t2" not in repr(s)  # tokens never printed
+    assert s.next_occurrence_method == "next" and s.all_day_time == time(8, 30)
+    assert s.default_reminders == (Offset(seconds=3600), Offset(seconds=1800), Offset(days=1))
+    assert s.log_format == "console"
+
+
+@pytest.mark.parametrize(
+    ("env", "names"),
+    [
+        ({"DAPR_HTTP_PORT": "abc"}, "DAPR_HTTP_PORT"),
+        ({"DAPR_HTTP_PORT": "70000"}, "DAPR_HTTP_PORT"),
+        ({"REMINDER_PORT": "-1"}, "REMINDER_PORT"),
+        ({"DAPR_HTTP_ENDPOINT": "dapr:3500"}, "DAPR_HTTP_ENDPOINT"),
+        ({"REMINDER_PUBSUB": "bad/name"}, "REMINDER_PUBSUB"),
+        ({"REMINDER_ALL_DAY_TIME": "9am"}, "REMINDER_ALL_DAY_TIME"),
+        ({"REMINDER_ALL_DAY_TIME": "25:00"}, "REMINDER_ALL_DAY_TIME"),
+        ({"REMINDER_DEFAULT_REMINDERS": "PT1H,soon"}, "REMINDER_DEFAULT_REMINDERS"),
+        ({"REMINDER_LOG_FORMAT": "xml"}, "REMINDER_LOG_FORMAT"),
+        ({"REMINDER_LOG_LEVEL": "loud"}, "REMINDER_LOG_LEVEL"),
+        ({"REMINDER_NEXT_OCCURRENCE_METHOD": "../admin"}, "REMINDER_NEXT_OCCURRENCE_METHOD"),
+        ({"APP_API_TOKEN": "secret:tokens/app"}, "APP_API_TOKEN"),  # no secret store set
+        ({"DAPR_API_TOKEN": "secret:t/k", "REMINDER_SECRET_STORE": "s"}, "DAPR_API_TOKEN"),
+    ],
+)
+def test_bad_values_name_the_variable(env: dict[str, str], names: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        load_settings(env)
+    message = str(info.value)
+    assert message.startswith(names + ":") and "\n" not in message
+
+
+def test_secret_references_resolve() -> None:
+    s = load_settings({"APP_API_TOKEN": "secret:tokens/app", "REMINDER_SECRET_STORE": "vault",
+                       "REMINDER_DEFAULT_REMINDERS": "PT10M"})
+    assert s.secret_refs() == {"app_api_token": ("tokens", "app")}
+    resolved = with_secrets(s, {"app_api_token": "s3cret"})
+    assert resolved.app_api_token is not None
+    assert resolved.app_api_token.get_secret_value() == "s3cret"
+    assert resolved.default_reminders == (Offset(seconds=600),)
+    assert resolved.secret_refs() == {}
