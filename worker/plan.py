@@ -42,6 +42,9 @@ RECORD_VERSION: Final = 1
 # A fired job may still be retrying (publish failed): keep its name live this
 # long after its instant so an unrelated update does not orphan the retry.
 FIRED_RETENTION: Final = timedelta(hours=6)
+# A past reminder "fires at once"; one second of grace lets the record save land
+# first, so the trigger does not find the record behind and wait for a retry.
+AT_ONCE_GRACE: Final = timedelta(seconds=1)
 
 Outcome = Literal["processed", "duplicate", "stale"]
 
@@ -133,7 +136,8 @@ def make_plan(
         new_jobs, plan.skipped = _wanted_jobs(event, task, old_jobs, now, config)
     order = order_of(event)
     plan.schedule = [
-        JobSpec(name, datetime.fromisoformat(at), _job_data(event, at, order))
+        JobSpec(name, max(datetime.fromisoformat(at), now + AT_ONCE_GRACE),
+                _job_data(event, at, order))
         for name, at in new_jobs.items() if name not in old_jobs
     ]
     plan.delete = [name for name in old_jobs if name not in new_jobs]

@@ -23,6 +23,7 @@ from anyio.abc import TaskStatus
 
 from .asgi import (
     ApiError,
+    ASGIApp,
     Receive,
     Request,
     Response,
@@ -101,7 +102,9 @@ class DevSidecar:
         )
         self._state = StateStores(config.state_stores, config.app_id, self.clock)
         self._secrets = SecretStores(config.secret_stores)
-        self._jobs = Jobs(self.clock, self._client, config.app_base_url, config.app_api_token, self._triggers)
+        self._jobs = Jobs(
+            self.clock, self._client, config.app_base_url, config.app_api_token, self._triggers
+        )
         self._pubsub = PubSub(
             pubsubs=config.pubsubs,
             app_id=config.app_id,
@@ -117,6 +120,12 @@ class DevSidecar:
             on_publish=self._echo_publish if config.echo is not None else None,
         )
         self._token = config.dapr_api_token.encode() if config.dapr_api_token is not None else None
+
+        # A plain coroutine function (not a bound method), so servers detect ASGI 3.
+        async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
+            await self._asgi(scope, receive, send)
+
+        self.asgi: ASGIApp = asgi
 
     # ---- inspection (copies)
 
@@ -158,7 +167,11 @@ class DevSidecar:
         except ApiError as exc:
             raise KeyError(store) from exc
 
-    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    async def wait_for(
+        self,
+        predicate: Callable[[], bool],
+        timeout: float = 5.0,  # noqa: ASYNC109 - the public API's name; a polling deadline
+    ) -> None:
         """Poll `predicate` until true; TimeoutError naming it and what the sidecar saw."""
         deadline = anyio.current_time() + timeout
         delay = 0.002
@@ -188,7 +201,7 @@ class DevSidecar:
 
     # ---- ASGI
 
-    async def asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await _lifespan(receive, send)
             return
@@ -202,7 +215,9 @@ class DevSidecar:
             if self._token is not None and not request.path.startswith("/v1.0/healthz"):
                 given = request.headers.get("dapr-api-token", "").encode()
                 if not hmac.compare_digest(given, self._token):
-                    raise ApiError(401, "ERR_API_UNAUTHORIZED", "authentication error: api token mismatch")
+                    raise ApiError(
+                        401, "ERR_API_UNAUTHORIZED", "authentication error: api token mismatch"
+                    )
             if api is not None:
                 decision = self.faults.decide(api)
                 if decision.latency:
@@ -211,7 +226,9 @@ class DevSidecar:
                     await drop_connection(send)
                     return
                 if decision.fail_status is not None:
-                    raise ApiError(decision.fail_status, _FAULT_CODES[api], f"injected fault on the {api} API")
+                    raise ApiError(
+                        decision.fail_status, _FAULT_CODES[api], f"injected fault on the {api} API"
+                    )
             result = handler(request)
             response = result if isinstance(result, Response) else await result
         except ApiError as exc:
@@ -238,10 +255,14 @@ class DevSidecar:
         if head == "publish" and len(rest) >= 3:
             if rest[1] == "bulk" and len(rest) == 4:
                 pubsub, topic = rest[2], rest[3]
-                return "publish", _only("POST", method, lambda r: self._pubsub.bulk_publish(r, pubsub, topic))
+                return "publish", _only(
+                    "POST", method, lambda r: self._pubsub.bulk_publish(r, pubsub, topic)
+                )
             if len(rest) == 3:
                 pubsub, topic = rest[1], rest[2]
-                return "publish", _only("POST", method, lambda r: self._pubsub.publish(r, pubsub, topic))
+                return "publish", _only(
+                    "POST", method, lambda r: self._pubsub.publish(r, pubsub, topic)
+                )
         if head == "secrets" and len(rest) == 3:
             store, name = rest[1], rest[2]
             if name == "bulk":
@@ -313,7 +334,9 @@ class DevSidecar:
             return _only(
                 "GET",
                 method,
-                lambda r: json_response({k: v.to_json() for k, v in self._state.snapshot(store).items()}),
+                lambda r: json_response(
+                    {k: v.to_json() for k, v in self._state.snapshot(store).items()}
+                ),
             )
         if path == "faults":
             if method == "GET":
@@ -350,9 +373,13 @@ class DevSidecar:
         if request.raw_query:
             url += "?" + request.raw_query.decode("latin-1")
         try:
-            answer = await self._client.request(request.method, url, content=request.body, headers=headers)
+            answer = await self._client.request(
+                request.method, url, content=request.body, headers=headers
+            )
         except httpx.HTTPError as exc:
-            raise ApiError(500, "ERR_DIRECT_INVOKE", f"fail to invoke, id: {app_id}, err: {exc!r}") from None
+            raise ApiError(
+                500, "ERR_DIRECT_INVOKE", f"fail to invoke, id: {app_id}, err: {exc!r}"
+            ) from None
         out_headers = [
             (k.encode("latin-1"), v.encode("latin-1"))
             for k, v in answer.headers.items()
@@ -368,7 +395,10 @@ class DevSidecar:
     def _metadata(self, request: Request) -> Response:
         components = [
             *self._state.describe(),
-            *({"name": n, "type": "pubsub.in-memory", "version": "v1"} for n in self.config.pubsubs),
+            *(
+                {"name": n, "type": "pubsub.in-memory", "version": "v1"}
+                for n in self.config.pubsubs
+            ),
             *self._secrets.describe(),
         ]
         return json_response(
@@ -442,4 +472,3 @@ async def _lifespan(receive: Receive, send: Send) -> None:
         elif message["type"] == "lifespan.shutdown":
             await send({"type": "lifespan.shutdown.complete"})
             return
-

@@ -33,7 +33,9 @@ class Request:
         try:
             return json.loads(self.body)
         except ValueError as exc:
-            raise ApiError(400, "ERR_MALFORMED_REQUEST", f"failed deserializing HTTP body: {exc}")
+            raise ApiError(
+                400, "ERR_MALFORMED_REQUEST", f"failed deserializing HTTP body: {exc}"
+            ) from None
 
     @property
     def content_type(self) -> str:

@@ -23,8 +23,13 @@ _DESCRIPTORS = {
     "@midnight": "0 0 0 * * *",
     "@hourly": "0 0 * * * *",
 }
-_MONTHS = {n: i for i, n in enumerate("JAN FEB MAR APR MAY JUN JUL AUG SEP OCT NOV DEC".split(), 1)}
-_DAYS = {n: i for i, n in enumerate("SUN MON TUE WED THU FRI SAT".split())}
+_MONTHS = {
+    n: i
+    for i, n in enumerate(
+        ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"], 1
+    )
+}
+_DAYS = {n: i for i, n in enumerate(["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"])}
 # (low, high, names) per field: second, minute, hour, day of month, month, day of week.
 _FIELDS: tuple[tuple[int, int, dict[str, int]], ...] = (
     (0, 59, {}),
@@ -85,7 +90,9 @@ def parse_schedule(text: str) -> Schedule:
     parts = spec.split()
     if len(parts) != 6:
         raise ScheduleError(f"expected 6 cron fields (seconds first), got {len(parts)}: {text!r}")
-    sets = [_parse_field(p, lo, hi, names) for p, (lo, hi, names) in zip(parts, _FIELDS, strict=True)]
+    sets = [
+        _parse_field(p, lo, hi, names) for p, (lo, hi, names) in zip(parts, _FIELDS, strict=True)
+    ]
     weekdays = frozenset(d % 7 for d in sets[5])
     return Cron(
         seconds=sets[0],

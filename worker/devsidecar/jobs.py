@@ -85,7 +85,9 @@ def _bad_request(code: str, message: str) -> ApiError:
 def parse_failure_policy(value: Any) -> FailurePolicy:
     if value is None:
         return DEFAULT_POLICY
-    malformed = _bad_request("ERR_MALFORMED_REQUEST", f"failed deserializing HTTP body: failurePolicy {value!r}")
+    malformed = _bad_request(
+        "ERR_MALFORMED_REQUEST", f"failed deserializing HTTP body: failurePolicy {value!r}"
+    )
     if not isinstance(value, dict):
         raise malformed
     if "drop" in value:
@@ -104,7 +106,9 @@ def parse_failure_policy(value: Any) -> FailurePolicy:
             raise malformed
         interval = parsed
     retries = _field(constant, "maxRetries", "max_retries")
-    if retries is not None and (isinstance(retries, bool) or not isinstance(retries, int) or retries < 0):
+    if retries is not None and (
+        isinstance(retries, bool) or not isinstance(retries, int) or retries < 0
+    ):
         raise malformed
     return FailurePolicy(kind="constant", interval=interval, max_retries=retries)
 
@@ -144,7 +148,9 @@ class Jobs:
     def schedule(self, request: Request, name: str) -> Response:
         body = request.json() if request.body.strip() else {}
         if not isinstance(body, dict):
-            raise _bad_request("ERR_MALFORMED_REQUEST", "failed deserializing HTTP body: expected an object")
+            raise _bad_request(
+                "ERR_MALFORMED_REQUEST", "failed deserializing HTTP body: expected an object"
+            )
         if "name" in body:
             raise _bad_request("DAPR_SCHEDULER_JOB_NAME", "Set the job name in the url only")
         validate_name(name)
@@ -179,9 +185,13 @@ class Jobs:
         due_text = _field(body, "dueTime", "due_time") or None
         schedule_text = body.get("schedule") or None
         if due_text is None and schedule_text is None:
-            raise _bad_request("DAPR_SCHEDULER_EMPTY", "Schedule is empty: set a schedule or a dueTime")
+            raise _bad_request(
+                "DAPR_SCHEDULER_EMPTY", "Schedule is empty: set a schedule or a dueTime"
+            )
         if not isinstance(due_text, str | None) or not isinstance(schedule_text, str | None):
-            raise _bad_request("ERR_MALFORMED_REQUEST", "failed deserializing HTTP body: dueTime/schedule")
+            raise _bad_request(
+                "ERR_MALFORMED_REQUEST", "failed deserializing HTTP body: dueTime/schedule"
+            )
         due: datetime | None = None
         if due_text is not None:
             due = parse_instant(due_text, now)
@@ -254,7 +264,11 @@ class Jobs:
                     now = self._clock.now()
                     while self._heap and self._heap[0][0] <= now:
                         when, _, entry = heapq.heappop(self._heap)
-                        if self._jobs.get(entry.name) is entry and entry.next_fire == when and not entry.in_flight:
+                        if (
+                            self._jobs.get(entry.name) is entry
+                            and entry.next_fire == when
+                            and not entry.in_flight
+                        ):
                             entry.in_flight = True
                             tg.start_soon(self._trigger, entry)
                     timeout = poll
@@ -275,7 +289,9 @@ class Jobs:
         status: int | None
         async with self._limiter:
             try:
-                answer = await self._client.post(url, content=entry.data_json or b"", headers=headers)
+                answer = await self._client.post(
+                    url, content=entry.data_json or b"", headers=headers
+                )
                 status = answer.status_code
             except httpx.HTTPError:
                 status = None
@@ -303,7 +319,9 @@ class Jobs:
     def _after_fire(self, entry: _Entry) -> None:
         entry.fired += 1
         entry.attempt = 1
-        finished = entry.schedule is None or (entry.repeats is not None and entry.fired >= entry.repeats)
+        finished = entry.schedule is None or (
+            entry.repeats is not None and entry.fired >= entry.repeats
+        )
         following = None if entry.schedule is None else next_after(entry.schedule, entry.occurrence)
         if following is not None:
             # Catch up once (not once per missed occurrence) after a long pause or clock jump.
@@ -313,4 +331,3 @@ class Jobs:
             return
         entry.next_fire = entry.occurrence = following
         self._push(entry)
-

@@ -107,7 +107,8 @@ def parse_subscriptions(value: Any, pubsubs: tuple[str, ...]) -> list[Subscripti
             default = item["route"]
         if default is None and not rules:
             continue
-        metadata = item.get("metadata") if isinstance(item.get("metadata"), dict) else {}
+        raw_metadata = item.get("metadata")
+        metadata: dict[Any, Any] = raw_metadata if isinstance(raw_metadata, dict) else {}
         dead_letter = item.get("deadLetterTopic")
         out.append(
             Subscription(
@@ -116,7 +117,9 @@ def parse_subscriptions(value: Any, pubsubs: tuple[str, ...]) -> list[Subscripti
                 rules=tuple(rules),
                 default=default,
                 metadata={str(k): str(v) for k, v in metadata.items()},
-                dead_letter_topic=dead_letter if isinstance(dead_letter, str) and dead_letter else None,
+                dead_letter_topic=dead_letter
+                if isinstance(dead_letter, str) and dead_letter
+                else None,
             )
         )
     return out
@@ -174,7 +177,9 @@ class PubSub:
 
     def publish(self, request: Request, pubsub: str, topic: str) -> Response:
         self._check(pubsub)
-        metadata = {k[len("metadata.") :]: v for k, v in request.query.items() if k.startswith("metadata.")}
+        metadata = {
+            k[len("metadata.") :]: v for k, v in request.query.items() if k.startswith("metadata.")
+        }
         traceparent = request.headers.get("traceparent") or new_traceparent()
         self._publish_one(pubsub, topic, request.body, request.content_type, metadata, traceparent)
         return empty()
@@ -183,14 +188,31 @@ class PubSub:
         self._check(pubsub)
         entries = request.json()
         if not isinstance(entries, list):
-            raise ApiError(400, "ERR_PUBSUB_EVENTS_SER", f"error when unmarshaling the request for topic {topic} pubsub {pubsub}: expected an array")
-        metadata = {k[len("metadata.") :]: v for k, v in request.query.items() if k.startswith("metadata.")}
+            raise ApiError(
+                400,
+                "ERR_PUBSUB_EVENTS_SER",
+                f"error when unmarshaling the request for topic {topic} pubsub {pubsub}: "
+                "expected an array",
+            )
+        metadata = {
+            k[len("metadata.") :]: v for k, v in request.query.items() if k.startswith("metadata.")
+        }
         seen: set[str] = set()
         prepared: list[tuple[bytes, str, dict[str, str]]] = []
         for entry in entries:
             entry_id = entry.get("entryId") if isinstance(entry, dict) else None
-            if not isinstance(entry_id, str) or not entry_id or entry_id in seen or "event" not in entry:
-                raise ApiError(400, "ERR_PUBSUB_EVENTS_SER", f"error when unmarshaling the request for topic {topic} pubsub {pubsub}: entryId must be set and unique, event required")
+            if (
+                not isinstance(entry_id, str)
+                or not entry_id
+                or entry_id in seen
+                or "event" not in entry
+            ):
+                raise ApiError(
+                    400,
+                    "ERR_PUBSUB_EVENTS_SER",
+                    f"error when unmarshaling the request for topic {topic} pubsub {pubsub}: "
+                    "entryId must be set and unique, event required",
+                )
             seen.add(entry_id)
             content_type = str(entry.get("contentType") or "application/json")
             event = entry["event"]
@@ -253,14 +275,22 @@ class PubSub:
         if raw:
             # What a subscriber without rawPayload receives for a raw message: a new
             # envelope with a random id around the bytes.
-            envelope = {"datacontenttype": "application/octet-stream", "data_base64": base64.b64encode(body).decode()}
+            envelope = {
+                "datacontenttype": "application/octet-stream",
+                "data_base64": base64.b64encode(body).decode(),
+            }
         elif media == CLOUDEVENTS_JSON:
             try:
                 given = json.loads(body)
             except ValueError:
                 given = None
             if not isinstance(given, dict):
-                raise ApiError(400, "ERR_PUBSUB_CLOUD_EVENTS_SER", f"error when marshalling cloud event envelope for topic {topic} pubsub {pubsub}: not a JSON object")
+                raise ApiError(
+                    400,
+                    "ERR_PUBSUB_CLOUD_EVENTS_SER",
+                    f"error when marshalling cloud event envelope for topic {topic} "
+                    f"pubsub {pubsub}: not a JSON object",
+                )
             envelope = given
         elif _is_json(media):
             try:
@@ -272,7 +302,10 @@ class PubSub:
             try:
                 envelope = {"datacontenttype": media, "data": body.decode("utf-8")}
             except UnicodeDecodeError:
-                envelope = {"datacontenttype": media, "data_base64": base64.b64encode(body).decode()}
+                envelope = {
+                    "datacontenttype": media,
+                    "data_base64": base64.b64encode(body).decode(),
+                }
         for attr in ("id", "source", "type", "subject"):
             override = metadata.get(f"cloudevent.{attr}")
             if override:
@@ -302,7 +335,9 @@ class PubSub:
         delay = _DISCOVERY_FIRST_DELAY
         while True:
             try:
-                answer = await self._client.get(f"{self._app}/dapr/subscribe", headers=self._app_headers())
+                answer = await self._client.get(
+                    f"{self._app}/dapr/subscribe", headers=self._app_headers()
+                )
                 break
             except httpx.HTTPError:
                 await anyio.sleep(delay)
@@ -379,12 +414,24 @@ class PubSub:
         elif outcome == "drop" and verdict != "HTTP_404" and sub.dead_letter_topic:
             self._dead_letter(message, sub)
 
-    def _record(self, work: _Work, route: str, status: int | None, verdict: str, outcome: str) -> None:
+    def _record(
+        self, work: _Work, route: str, status: int | None, verdict: str, outcome: str
+    ) -> None:
         sub = work.subscription
         assert sub is not None
         event_id = str(work.message.envelope.get("id", ""))
         self._deliveries.append(
-            Delivery(sub.pubsub, sub.topic, route, event_id, status, verdict, outcome, work.attempt, self._clock.now())
+            Delivery(
+                sub.pubsub,
+                sub.topic,
+                route,
+                event_id,
+                status,
+                verdict,
+                outcome,
+                work.attempt,
+                self._clock.now(),
+            )
         )
 
     async def _redeliver_later(self, work: _Work) -> None:

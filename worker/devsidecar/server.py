@@ -1,0 +1,90 @@
+"""Serve a `DevSidecar` (or any ASGI app) with uvicorn on a port that may be 0."""
+
+from __future__ import annotations
+
+import socket
+
+import anyio
+import uvicorn
+from anyio.abc import TaskStatus
+
+from .app import DevSidecar
+from .asgi import ASGIApp
+
+# Bound how long a stop waits for open requests (the sidecar holds none for long).
+GRACEFUL_SHUTDOWN_SECONDS = 2
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+async def serve_asgi(
+    app: ASGIApp, host: str, port: int, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED
+) -> None:
+    """Run uvicorn for `app` until cancelled; `task_status.started(bound_port)`.
+
+    On cancellation the server is asked to exit and awaited (shielded), so
+    connections are closed cleanly rather than abandoned.
+    """
+    sock = bind_socket(host, port)
+    bound_port: int = sock.getsockname()[1]
+    config = uvicorn.Config(
+        app,
+        lifespan="off",
+        interface="asgi3",
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+    )
+    server = uvicorn.Server(config)
+    finished = anyio.Event()
+
+    async def serve() -> None:
+        try:
+            with anyio.CancelScope(shield=True):
+                await server.serve(sockets=[sock])
+        finally:
+            finished.set()
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(serve)
+            try:
+                while not server.started:
+                    if finished.is_set():
+                        raise RuntimeError(f"server on {host}:{port} did not start")
+                    await anyio.sleep(0.005)
+                task_status.started(bound_port)
+                await anyio.sleep_forever()
+            finally:
+                server.should_exit = True
+    finally:
+        sock.close()
+
+
+async def serve_sidecar(
+    sidecar: DevSidecar,
+    host: str,
+    port: int,
+    *,
+    task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """The sidecar's HTTP server on host:port plus `sidecar.run()`, until cancelled."""
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(sidecar.run)
+            bound_port: int = await tg.start(serve_asgi, sidecar.asgi, host, port)
+            task_status.started(bound_port)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await sidecar.close()
