@@ -529,6 +529,22 @@ async def test_exhausted_redelivery_dead_letters() -> None:
 
 
 @pytest.mark.anyio
+async def test_raw_payload_publish() -> None:
+    raw_sub = subscription(route="/raw", topic="raw", metadata={"rawPayload": "true"})
+    app = FakeApp(subscriptions=[raw_sub, subscription(topic="raw")])
+    async with running(app=app) as h:
+        r = await h.client.post(
+            "/v1.0/publish/kafka-pubsub/raw?metadata.rawPayload=true", content=b"\x00bytes"
+        )
+        assert r.status_code == 204
+        await h.sidecar.wait_for(lambda: len(h.sidecar.deliveries) == 2)
+        assert app.calls_to("/raw")[0].body == b"\x00bytes"
+        wrapped = json.loads(app.calls_to("/events")[0].body)
+        assert wrapped["data_base64"] == "AGJ5dGVz"
+        assert wrapped["datacontenttype"] == "application/octet-stream"
+
+
+@pytest.mark.anyio
 async def test_routing_rules_match_event_type() -> None:
     routes = {
         "rules": [{"match": 'event.type == "reminder.due"', "path": "/due"}],

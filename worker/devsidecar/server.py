@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
+from collections.abc import Generator
 
 import anyio
 import uvicorn
@@ -13,6 +15,14 @@ from .asgi import ASGIApp
 
 # Bound how long a stop waits for open requests (the sidecar holds none for long).
 GRACEFUL_SHUTDOWN_SECONDS = 2
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handlers: the embedding process owns SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -46,7 +56,7 @@ async def serve_asgi(
         access_log=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )
-    server = uvicorn.Server(config)
+    server = _Server(config)
     finished = anyio.Event()
 
     async def serve() -> None:
