@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/reminder-worker --dev --demo
+	REMINDER_LOG_FORMAT=$${REMINDER_LOG_FORMAT:-console} $(BIN)/reminder-worker --dev --demo
 
 test: $(STAMP) lint
 	$(BIN)/pytest

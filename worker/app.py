@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, make_asgi_app
 
 from worker.errors import Status
 from worker.service import Service
+from worker.serving import lifespan
 from worker.settings import Settings
 from worker.sidecar import Sidecar
 
@@ -63,16 +64,6 @@ def _json(value: Any) -> bytes:
 _STATUS_BODY: Final = {s: _json({"status": s.value}) for s in Status}
 
 
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-
-
 class WorkerApp:
     """The app port: subscription discovery, task events, job triggers, health."""
 
@@ -98,7 +89,7 @@ class WorkerApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            return await _lifespan(receive, send)
+            return await lifespan(receive, send)
         if scope["type"] != "http":
             return
         path, method = scope["path"], scope["method"]
@@ -139,7 +130,7 @@ class OpsApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            return await _lifespan(receive, send)
+            return await lifespan(receive, send)
         if scope["type"] != "http":
             return
         path = scope["path"]

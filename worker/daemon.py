@@ -7,13 +7,11 @@ secrets are resolved, so the sidecar never meets a half-configured worker.
 
 from __future__ import annotations
 
-import contextlib
-import socket
-from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Final
 
 import anyio
+import httpx
 import structlog
 import uvicorn
 from prometheus_client import CollectorRegistry
@@ -22,6 +20,7 @@ from worker.app import ASGIApp, OpsApp, WorkerApp
 from worker.errors import PermanentSidecarError, SettingsError, TransientError
 from worker.metrics import Metrics
 from worker.service import Clock, Service, system_clock
+from worker.serving import Server, bind_socket
 from worker.settings import Settings, env_name, with_secrets
 from worker.sidecar import Sidecar, make_client
 
@@ -30,29 +29,11 @@ SIDECAR_POLL: Final = 0.5
 log = structlog.get_logger("worker")
 
 
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling: the daemon owns the signals."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
-
-
-def bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
-    sock.setblocking(False)
-    return sock
-
-
-def make_server(app: ASGIApp) -> _Server:
+def make_server(app: ASGIApp) -> Server:
     config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False,
                             timeout_graceful_shutdown=DRAIN_SECONDS, server_header=False,
                             date_header=False)
-    return _Server(config)
+    return Server(config)
 
 
 @dataclass
@@ -64,7 +45,7 @@ class Running:
     settings: Settings | None = None
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     stop: anyio.Event = field(default_factory=anyio.Event)
-    servers: list[_Server] = field(default_factory=list)
+    servers: list[Server] = field(default_factory=list)
 
 
 async def resolve_secrets(settings: Settings, sidecar: Sidecar) -> Settings:
@@ -87,16 +68,22 @@ async def resolve_secrets(settings: Settings, sidecar: Sidecar) -> Settings:
 
 async def run_daemon(
     settings: Settings, *, clock: Clock = system_clock, running: Running | None = None,
+    sidecar_timeout: float | None = None,
     task_status: anyio.abc.TaskStatus[Running] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve until `running.stop` is set, then drain in-flight requests and return."""
+    """Serve until `running.stop` is set, then drain in-flight requests and return.
+
+    `sidecar_timeout` (seconds) overrides the sidecar client's timeout (tests).
+    """
     running = running or Running()
     metrics = Metrics.create(running.registry)
     token = settings.dapr_api_token.get_secret_value() if settings.dapr_api_token else None
     async with make_client() as client, anyio.create_task_group() as tg:
+        if sidecar_timeout is not None:
+            client.timeout = httpx.Timeout(sidecar_timeout)
         sidecar = Sidecar(settings.sidecar_url, client, metrics, api_token=token)
         ops = OpsApp(running.registry, sidecar)
-        ops_sock = bind(settings.ops_host, settings.ops_port)
+        ops_sock = bind_socket(settings.ops_host, settings.ops_port)
         running.ops_port = ops_sock.getsockname()[1]
         ops_server = make_server(ops)
         running.servers.append(ops_server)
@@ -121,7 +108,7 @@ async def run_daemon(
         running.settings = settings
         service = Service(settings, sidecar, metrics, clock)
         app = WorkerApp(settings, service)
-        app_sock = bind(settings.host, settings.port)
+        app_sock = bind_socket(settings.host, settings.port)
         running.app_port = app_sock.getsockname()[1]
         app_server = make_server(app)
         running.servers.append(app_server)

@@ -21,6 +21,8 @@ import anyio
 import httpx
 from anyio.abc import TaskStatus
 
+from worker.serving import lifespan
+
 from .asgi import (
     ApiError,
     ASGIApp,
@@ -76,6 +78,9 @@ class SidecarConfig:
     runtime_version: str = "1.18.0"
     # other app id -> base URL; invocations of ids not here are recorded and answered 200 {}.
     hosted_apps: dict[str, str] = field(default_factory=dict)
+    # More base URLs of the same app id (replicas): each delivery and job trigger
+    # goes to a random one of app_base_url and these, as daprd does across replicas.
+    replica_urls: tuple[str, ...] = ()
     delivery_retry_interval: timedelta = timedelta(seconds=0.2)
     delivery_max_attempts: int = 5
     echo: Callable[[str], None] | None = None
@@ -103,12 +108,14 @@ class DevSidecar:
         self._state = StateStores(config.state_stores, config.app_id, self.clock)
         self._secrets = SecretStores(config.secret_stores)
         self._jobs = Jobs(
-            self.clock, self._client, config.app_base_url, config.app_api_token, self._triggers
+            self.clock, self._client, config.app_base_url, config.app_api_token, self._triggers,
+            replica_urls=config.replica_urls,
         )
         self._pubsub = PubSub(
             pubsubs=config.pubsubs,
             app_id=config.app_id,
             app_base_url=config.app_base_url,
+            replica_urls=config.replica_urls,
             app_api_token=config.app_api_token,
             clock=self.clock,
             client=self._client,
@@ -203,7 +210,7 @@ class DevSidecar:
 
     async def _asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await lifespan(receive, send)
             return
         if scope["type"] != "http":
             return
@@ -463,12 +470,3 @@ def _not_found(request: Request) -> Response:
 def _not_allowed(request: Request) -> Response:
     return Response(405, b"", [])
 
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return

@@ -2,40 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
-import socket
-from collections.abc import Generator
-
 import anyio
 import uvicorn
 from anyio.abc import TaskStatus
+
+from worker.serving import Server, bind_socket
 
 from .app import DevSidecar
 from .asgi import ASGIApp
 
 # Bound how long a stop waits for open requests (the sidecar holds none for long).
 GRACEFUL_SHUTDOWN_SECONDS = 2
-
-
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handlers: the embedding process owns SIGTERM."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
-
-
-def bind_socket(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        raise
-    sock.set_inheritable(True)
-    return sock
 
 
 async def serve_asgi(
@@ -56,7 +33,7 @@ async def serve_asgi(
         access_log=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )
-    server = _Server(config)
+    server = Server(config)
     finished = anyio.Event()
 
     async def serve() -> None:
