@@ -195,12 +195,14 @@ def deployment(base_docs: list[dict[str, Any]]) -> dict[str, Any]:
 def container(deployment: dict[str, Any]) -> dict[str, Any]:
     containers = deployment["spec"]["template"]["spec"]["containers"]
     assert [c["name"] for c in containers] == [APP_ID]
-    return containers[0]
+    first: dict[str, Any] = containers[0]
+    return first
 
 
 @pytest.fixture(scope="module")
-def annotations(deployment: dict[str, Any]) -> dict[str, str]:
-    return deployment["spec"]["template"]["metadata"]["annotations"]
+def dapr_annotations(deployment: dict[str, Any]) -> dict[str, str]:
+    found: dict[str, str] = deployment["spec"]["template"]["metadata"]["annotations"]
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +227,7 @@ def local_components() -> dict[str, dict[str, Any]]:
     return found
 
 
-def schema_registry() -> referencing.Registry:  # type: ignore[type-arg]
+def schema_registry() -> referencing.Registry[Any]:
     resources = []
     for path in SCHEMAS.glob("*.json"):
         contents = json.loads(path.read_text(encoding="utf-8"))
@@ -246,7 +248,7 @@ SCHEMA_FOR_KIND = {
 def validate_custom(doc: dict[str, Any], where: str) -> None:
     key = (doc.get("apiVersion"), doc.get("kind"))
     assert key in SCHEMA_FOR_KIND, f"{where}: no schema kept for {key}"
-    schema = json.loads((SCHEMAS / SCHEMA_FOR_KIND[key]).read_text(encoding="utf-8"))  # type: ignore[index]
+    schema = json.loads((SCHEMAS / SCHEMA_FOR_KIND[key]).read_text(encoding="utf-8"))
     validator = jsonschema.Draft202012Validator(schema, registry=schema_registry())
     errors = sorted(validator.iter_errors(doc), key=lambda e: list(e.absolute_path))
     assert not errors, f"{where}: " + "; ".join(
@@ -306,7 +308,7 @@ def free_port() -> int:
 
 def http_get(url: str) -> tuple[int, bytes]:
     try:
-        with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 (loopback only)
+        with urllib.request.urlopen(url, timeout=2) as resp:
             return int(resp.status), resp.read()
     except urllib.error.HTTPError as e:
         body = e.read()
@@ -387,10 +389,17 @@ def worker_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerRun]:
     )
 
 
+@dataclass(frozen=True)
+class Scrape:
+    series: set[str]  # every series name /metrics can carry, with suffixes
+    values: dict[str, dict[str, set[str]]]  # series name -> label -> values seen
+
+
 @pytest.fixture(scope="module")
-def exposed_series(worker_run: WorkerRun) -> set[str]:
-    """Every series name the worker's /metrics can carry (with suffixes)."""
-    names: set[str] = set()
+def scrape(worker_run: WorkerRun) -> Scrape:
+    """The worker's /metrics, parsed by prometheus_client's own parser."""
+    series: set[str] = set()
+    values: dict[str, dict[str, set[str]]] = {}
     for family in text_string_to_metric_families(worker_run.metrics_text):
         suffixes = {
             "counter": ("_total", "_created"),
@@ -399,9 +408,12 @@ def exposed_series(worker_run: WorkerRun) -> set[str]:
             "summary": ("", "_sum", "_count", "_created"),
             "info": ("_info",),
         }.get(family.type, ("",))
-        names.update(family.name + s for s in suffixes)
-        names.update(sample.name for sample in family.samples)
-    return names
+        series.update(family.name + s for s in suffixes)
+        for sample in family.samples:
+            series.add(sample.name)
+            for label, value in sample.labels.items():
+                values.setdefault(sample.name, {}).setdefault(label, set()).add(value)
+    return Scrape(series=series, values=values)
 
 
 # --------------------------------------------------------------------------
@@ -447,7 +459,7 @@ def promql_selectors(expr: str) -> list[tuple[str | None, list[tuple[str, str, s
 
 
 def promql_grouping_labels(expr: str) -> set[str]:
-    labels = set()
+    labels: set[str] = set()
     for m in _GROUPING.finditer(expr):
         labels.update(x.strip() for x in m.group(2).split(",") if x.strip())
     return labels
@@ -462,7 +474,7 @@ def contract_metric(series: str) -> str | None:
     return None
 
 
-def check_promql(expr: str, where: str, exposed: set[str]) -> list[str]:
+def check_promql(expr: str, where: str, scrape: Scrape) -> list[str]:
     problems = []
     if expr.count("(") != expr.count(")") or expr.count("{") != expr.count("}"):
         problems.append(f"{where}: unbalanced brackets in {expr!r}")
@@ -470,7 +482,7 @@ def check_promql(expr: str, where: str, exposed: set[str]) -> list[str]:
     if not names:
         problems.append(f"{where}: no metric in {expr!r}")
     problems += [
-        f"{where}: {n} is not in the worker's /metrics" for n in sorted(names - exposed)
+        f"{where}: {n} is not in the worker's /metrics" for n in sorted(names - scrape.series)
     ]
     allowed_labels = set(TARGET_LABELS)
     for name in names:
@@ -479,8 +491,9 @@ def check_promql(expr: str, where: str, exposed: set[str]) -> list[str]:
             allowed_labels.update(CONTRACT_METRICS[metric])
         if name.endswith("_bucket"):
             allowed_labels.add("le")
-    for name, matchers in promql_selectors(expr):
-        metric = contract_metric(name or "")
+    for selected, matchers in promql_selectors(expr):
+        name = selected or ""
+        metric = contract_metric(name)
         for label, op, value in matchers:
             if label not in allowed_labels:
                 problems.append(f"{where}: label {label!r} is not a label of {name}")
@@ -492,6 +505,13 @@ def check_promql(expr: str, where: str, exposed: set[str]) -> list[str]:
                 for alt in value.split("|"):
                     if alt not in values:
                         problems.append(f"{where}: {name}{{{label}=~...{alt!r}}} not in contract")
+            seen = scrape.values.get(name, {}).get(label)
+            if seen and op in ("=", "=~"):
+                for alt in value.split("|") if op == "=~" else [value]:
+                    if alt not in seen:
+                        problems.append(
+                            f"{where}: {name}{{{label}={alt!r}}}: the worker exports {sorted(seen)}"
+                        )
     for label in promql_grouping_labels(expr) - allowed_labels:
         problems.append(f"{where}: grouping label {label!r} is not on these series")
     return problems
@@ -650,7 +670,8 @@ def test_custom_resources_validate_against_kept_schemas(
         for doc in docs:
             if group_of(doc) in (DAPR_GROUP, MONITORING_GROUP):
                 validate_custom(doc, f"{where} {doc['kind']}")
-    for name, doc in {**components, **{f"local/{k}": v for k, v in local_components.items()}}.items():
+    local = {f"local/{k}": v for k, v in local_components.items()}
+    for name, doc in {**components, **local}.items():
         validate_custom(doc, f"components/{name}")
 
 
@@ -688,7 +709,9 @@ def test_component_names_are_the_worker_defaults(
     store = CONTRACT_SETTINGS["REMINDER_STATE_STORE"]
     assert components["pubsub-kafka.yaml"]["metadata"]["name"] == pubsub
     assert components["statestore-postgresql.yaml"]["metadata"]["name"] == store
-    local_names = {d["metadata"]["name"]: d for d in local_components.values() if d["kind"] == "Component"}
+    local_names = {
+        d["metadata"]["name"]: d for d in local_components.values() if d["kind"] == "Component"
+    }
     assert local_names[str(pubsub)]["spec"]["type"].startswith("pubsub.")
     assert local_names[str(store)]["spec"]["type"].startswith("state.")
     secretstore = components["secretstore-kubernetes.yaml"]["metadata"]["name"]
@@ -740,7 +763,10 @@ def test_subscription_matches_what_the_worker_serves(
 
 def test_resiliency_targets_and_policies_exist(components: dict[str, dict[str, Any]]) -> None:
     spec = components["resiliency.yaml"]["spec"]
-    policies = {kind: set(spec["policies"].get(kind, {})) for kind in ("timeouts", "retries", "circuitBreakers")}
+    policies = {
+        kind: set(spec["policies"].get(kind, {}))
+        for kind in ("timeouts", "retries", "circuitBreakers")
+    }
     kind_of = {"timeout": "timeouts", "retry": "retries", "circuitBreaker": "circuitBreakers"}
     refs: list[dict[str, str]] = list(spec["targets"].get("apps", {}).values())
     for target in spec["targets"].get("components", {}).values():
@@ -748,7 +774,9 @@ def test_resiliency_targets_and_policies_exist(components: dict[str, dict[str, A
     for ref in refs:
         for key, policy in ref.items():
             assert policy in policies[kind_of[key]], f"{key} policy {policy!r} is not defined"
-    component_names = {d["metadata"]["name"] for d in components.values() if d["kind"] == "Component"}
+    component_names = {
+        d["metadata"]["name"] for d in components.values() if d["kind"] == "Component"
+    }
     assert set(spec["targets"]["components"]) <= component_names
     assert set(spec["targets"]["components"]) == {
         CONTRACT_SETTINGS["REMINDER_PUBSUB"], CONTRACT_SETTINGS["REMINDER_STATE_STORE"]
@@ -757,14 +785,15 @@ def test_resiliency_targets_and_policies_exist(components: dict[str, dict[str, A
     assert set(spec["targets"]["apps"]) == {CONTRACT_SETTINGS["REMINDER_TASK_APP_ID"]}
     assert all(ref.keys() == {"timeout", "retry", "circuitBreaker"}
                for ref in spec["targets"]["apps"].values())
-    assert "circuitBreaker" in spec["targets"]["components"][CONTRACT_SETTINGS["REMINDER_STATE_STORE"]]["outbound"]
+    store = spec["targets"]["components"][CONTRACT_SETTINGS["REMINDER_STATE_STORE"]]
+    assert "circuitBreaker" in store["outbound"]
 
 
 def test_configuration_turns_on_mtls_tracing_metrics(
-    components: dict[str, dict[str, Any]], annotations: dict[str, str]
+    components: dict[str, dict[str, Any]], dapr_annotations: dict[str, str]
 ) -> None:
     config = components["configuration.yaml"]
-    assert config["metadata"]["name"] == annotations["dapr.io/config"]
+    assert config["metadata"]["name"] == dapr_annotations["dapr.io/config"]
     spec = config["spec"]
     assert spec["mtls"]["enabled"] is True
     assert spec["metrics"]["enabled"] is True
@@ -810,9 +839,10 @@ def env_of(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def test_deployment_env_vars_are_real_settings(container: dict[str, Any]) -> None:
     env = env_of(container)
     assert "envFrom" not in container, "list settings by name so they can be checked"
-    assert set(env) <= set(CONTRACT_SETTINGS), f"not in contract §6: {sorted(set(env) - set(CONTRACT_SETTINGS))}"
-    model = settings_env_names()
-    assert set(env) <= set(model), f"not settings of the worker: {sorted(set(env) - set(model))}"
+    not_in_contract = set(env) - set(CONTRACT_SETTINGS)
+    assert not not_in_contract, f"not in contract §6: {sorted(not_in_contract)}"
+    not_in_model = set(env) - set(settings_env_names())
+    assert not not_in_model, f"not settings of the worker: {sorted(not_in_model)}"
     # The sidecar injector sets these itself; a copy here would shadow it.
     assert "DAPR_HTTP_PORT" not in env and "DAPR_HTTP_ENDPOINT" not in env
 
@@ -829,26 +859,26 @@ def test_contract_settings_are_all_in_the_settings_model() -> None:
 
 
 def test_tokens_come_from_the_secrets_the_sidecar_uses(
-    container: dict[str, Any], annotations: dict[str, str]
+    container: dict[str, Any], dapr_annotations: dict[str, str]
 ) -> None:
     env = env_of(container)
     for var, annotation in (("DAPR_API_TOKEN", "dapr.io/api-token-secret"),
                             ("APP_API_TOKEN", "dapr.io/app-token-secret")):
         ref = env[var]["valueFrom"]["secretKeyRef"]
-        assert ref["name"] == annotations[annotation], var
+        assert ref["name"] == dapr_annotations[annotation], var
         assert ref["key"] == "token", "Dapr reads the key `token` of the annotated secret"
 
 
-def test_dapr_annotations_match_the_worker(annotations: dict[str, str]) -> None:
-    assert annotations["dapr.io/enabled"] == "true"
-    assert annotations["dapr.io/app-id"] == APP_ID
-    assert annotations["dapr.io/app-port"] == str(APP_PORT)
-    assert annotations["dapr.io/enable-app-health-check"] == "true"
-    assert annotations["dapr.io/app-health-check-path"] == APP_HEALTH_PATH
-    assert annotations["dapr.io/enable-metrics"] == "true"
-    assert annotations["dapr.io/metrics-port"].isdigit()
+def test_dapr_annotations_match_the_worker(dapr_annotations: dict[str, str]) -> None:
+    assert dapr_annotations["dapr.io/enabled"] == "true"
+    assert dapr_annotations["dapr.io/app-id"] == APP_ID
+    assert dapr_annotations["dapr.io/app-port"] == str(APP_PORT)
+    assert dapr_annotations["dapr.io/enable-app-health-check"] == "true"
+    assert dapr_annotations["dapr.io/app-health-check-path"] == APP_HEALTH_PATH
+    assert dapr_annotations["dapr.io/enable-metrics"] == "true"
+    assert dapr_annotations["dapr.io/metrics-port"].isdigit()
     for key in ("dapr.io/api-token-secret", "dapr.io/app-token-secret", "dapr.io/config"):
-        assert annotations[key], key
+        assert dapr_annotations[key], key
 
 
 def test_ports_and_probes_match_the_worker_defaults(container: dict[str, Any]) -> None:
@@ -893,10 +923,10 @@ def test_pod_is_locked_down(deployment: dict[str, Any], container: dict[str, Any
 
 
 def test_termination_grace_outlasts_the_drain(
-    deployment: dict[str, Any], annotations: dict[str, str]
+    deployment: dict[str, Any], dapr_annotations: dict[str, str]
 ) -> None:
     grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
-    sidecar = int(annotations.get("dapr.io/graceful-shutdown-seconds", "5"))
+    sidecar = int(dapr_annotations.get("dapr.io/graceful-shutdown-seconds", "5"))
     assert sidecar > DRAIN_SECONDS, "the sidecar must outlive the worker's drain"
     assert grace > sidecar, "Kubernetes must not kill the pod before the sidecar is done"
 
@@ -908,7 +938,8 @@ def test_worker_exits_cleanly_on_sigterm(worker_run: WorkerRun) -> None:
 def test_selectors_and_references_line_up(base_docs: list[dict[str, Any]]) -> None:
     deployment = one(base_docs, "Deployment")
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
-    ports = {p["name"]: p["containerPort"] for p in deployment["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
 
     def selects(match: dict[str, str]) -> bool:
         return bool(match) and all(pod_labels.get(k) == v for k, v in match.items())
@@ -934,15 +965,16 @@ def test_selectors_and_references_line_up(base_docs: list[dict[str, Any]]) -> No
 
 
 def test_network_policy_admits_monitoring_to_metrics_only(
-    base_docs: list[dict[str, Any]], annotations: dict[str, str]
+    base_docs: list[dict[str, Any]], dapr_annotations: dict[str, str]
 ) -> None:
     policy = one(base_docs, "NetworkPolicy")
     assert policy["spec"]["policyTypes"] == ["Ingress"]
     (rule,) = policy["spec"]["ingress"]
     (source,) = rule["from"]
-    assert source == {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    monitoring = {"kubernetes.io/metadata.name": "monitoring"}
+    assert source == {"namespaceSelector": {"matchLabels": monitoring}}
     ports = {p["port"] for p in rule["ports"]}
-    assert ports == {OPS_PORT, int(annotations["dapr.io/metrics-port"])}
+    assert ports == {OPS_PORT, int(dapr_annotations["dapr.io/metrics-port"])}
     assert APP_PORT not in ports
 
 
@@ -950,16 +982,14 @@ def test_network_policy_admits_monitoring_to_metrics_only(
 # alerts and dashboard against the real /metrics
 
 
-def test_alert_metrics_exist_in_the_worker(
-    base_docs: list[dict[str, Any]], exposed_series: set[str]
-) -> None:
+def test_alert_metrics_exist_in_the_worker(base_docs: list[dict[str, Any]], scrape: Scrape) -> None:
     rule = one(base_docs, "PrometheusRule")
     problems: list[str] = []
     alerts = []
     for group in rule["spec"]["groups"]:
         for r in group["rules"]:
             alerts.append(r["alert"])
-            problems += check_promql(r["expr"], r["alert"], exposed_series)
+            problems += check_promql(r["expr"], r["alert"], scrape)
     assert len(alerts) == len(set(alerts)), "alert names must be unique"
     assert not problems, "\n".join(problems)
 
@@ -996,14 +1026,14 @@ def dashboard_queries(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
     return found
 
 
-def test_dashboard_metrics_exist_in_the_worker(exposed_series: set[str]) -> None:
+def test_dashboard_metrics_exist_in_the_worker(scrape: Scrape) -> None:
     dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
     assert dashboard["uid"] and dashboard["title"] and dashboard["schemaVersion"] >= 30
     queries = dashboard_queries(dashboard)
     assert len(queries) >= 10
     problems: list[str] = []
     for where, expr in queries:
-        problems += check_promql(expr, where, exposed_series)
+        problems += check_promql(expr, where, scrape)
     assert not problems, "\n".join(problems)
     used = {n for _, e in queries for n in promql_metric_names(e)}
     for metric in CONTRACT_METRICS:

@@ -59,7 +59,7 @@ async def test_created_schedules_jobs_and_a_firing_publishes_reminder_due() -> N
             "remind_at": "2026-11-26T13:00:00Z", "fired_at": "2026-11-26T13:00:03Z",
             "timezone": "Europe/Berlin",
         }
-        published = [p for p in s.sidecar.published if p.topic == "reminders"][0]
+        published = next(p for p in s.sidecar.published if p.topic == "reminders")
         assert published.content_type.startswith("application/cloudevents+json")
         await s.sidecar.wait_for(lambda: name not in s.sidecar.jobs())  # one-shot: gone
         text = await s.metrics()
