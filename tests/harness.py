@@ -97,12 +97,10 @@ async def stack(env: dict[str, str] | None = None,
     clock = ManualClock(START)
     app_port = free_port()
     env = dict(env or {})
-    config = SidecarConfig(
-        app_base_url=f"http://127.0.0.1:{app_port}",
-        dapr_api_token=env.get("DAPR_API_TOKEN"),
-        app_api_token=env.get("APP_API_TOKEN"),
-        **(sidecar_options or {}),
-    )
+    options: dict[str, Any] = {"app_base_url": f"http://127.0.0.1:{app_port}",
+                               "dapr_api_token": env.get("DAPR_API_TOKEN"),
+                               "app_api_token": env.get("APP_API_TOKEN")}
+    config = SidecarConfig(**(options | (sidecar_options or {})))
     sidecar = DevSidecar(config, clock=clock)
     async with httpx.AsyncClient() as client, anyio.create_task_group() as tg:
         port = await tg.start(serve_sidecar, sidecar, "127.0.0.1", 0)

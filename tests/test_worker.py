@@ -247,3 +247,53 @@ async def test_trigger_with_foreign_data_is_acknowledged_not_retried() -> None:
             resp = await s.client.post(f"{s.app_url}/job/rw-0000", content=body)
             assert resp.status_code == 200
         assert s.reminders() == []
+
+
+async def test_secret_settings_are_resolved_through_the_secrets_api(tmp_path: Any) -> None:
+    secrets = tmp_path / "secrets.json"
+    secrets.write_text(json.dumps({"tokens": {"app": "from-the-store"}}))
+    env = {"APP_API_TOKEN": "secret:tokens/app", "REMINDER_SECRET_STORE": "local"}
+    options = {"secret_stores": {"local": str(secrets)}, "app_api_token": "from-the-store"}
+    async with stack(env, options) as s:
+        assert s.settings.app_api_token is not None
+        assert s.settings.app_api_token.get_secret_value() == "from-the-store"
+        await s.deliver(created())  # the sidecar's token is accepted
+        assert len(s.sidecar.jobs()) == 2
+        bad = await s.client.post(f"{s.app_url}/task-events", content=b"{}",
+                                  headers={"dapr-api-token": "secret:tokens/app"})
+        assert bad.status_code == 401
+
+
+async def test_log_lines_of_an_event_carry_its_ids() -> None:
+    from structlog.contextvars import merge_contextvars
+    from structlog.testing import capture_logs
+
+    async with stack() as s:
+        await s.deliver(created(recurrence="daily"))
+        with capture_logs(processors=[merge_contextvars]) as logs:
+            done = event("task.completed", 1)
+            done["event_id"] = "ev-77"
+            await s.deliver(done)
+        lines = [line for line in logs if line.get("event_id") == "ev-77"]
+        assert {"next occurrence requested", "event handled"} <= {x["event"] for x in lines}
+        assert all(x["task_id"] == 1 and x["trace_id"] for x in lines)
+
+
+async def test_replay_through_the_sidecar_is_idempotent(tmp_path: Any) -> None:
+    import io
+
+    from worker.replay import live, read_lines
+
+    path = tmp_path / "events.jsonl"
+    rows = [json.dumps(created()), "{broken", json.dumps(event("task.updated", 2, title="x"))]
+    path.write_text("\n".join(rows) + "\n")
+    async with stack() as s:
+        err = io.StringIO()
+        assert await live(read_lines(str(path)), s.settings, err, clock=s.clock.now) == 1
+        assert "line 2: not JSON" in err.getvalue()
+        jobs = s.sidecar.jobs()
+        assert len(jobs) == 2
+        err = io.StringIO()
+        await live(read_lines(str(path)), s.settings, err, clock=s.clock.now)  # again
+        # the update is a duplicate now, and the created event is older than the record
+        assert "duplicate 1, stale 1" in err.getvalue() and s.sidecar.jobs() == jobs
