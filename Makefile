@@ -18,9 +18,19 @@ run: $(STAMP)
 test: $(STAMP) lint
 	$(BIN)/pytest
 
+# Randomized seeded soak (not in CI): SOAK_SEED=first seed, SOAK_RUNS=how many seeds,
+# SOAK_TASKS=tasks per run; prints its figures, exits 1 on any violation.
+soak: $(STAMP)
+	SOAK_SEED=$${SOAK_SEED:-1} SOAK_RUNS=$${SOAK_RUNS:-3} SOAK_TASKS=$${SOAK_TASKS:-3000} \
+		$(BIN)/python -m tests.soak
+
 lint: $(STAMP)
 	$(BIN)/ruff check worker tests
 	$(BIN)/mypy worker
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+bench: $(STAMP)
+	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/python -m bench.run

@@ -26,6 +26,9 @@ from worker.sidecar import Sidecar, make_client
 
 DRAIN_SECONDS: Final = 20  # in-flight requests get this long after SIGTERM
 SIDECAR_POLL: Final = 0.5
+# A secret store blip at start-up is waited out (not ready meanwhile); a missing
+# secret (daprd answers 500 too) still ends in a one-line error after this long.
+SECRETS_PATIENCE: Final = 30.0
 log = structlog.get_logger("worker")
 
 
@@ -48,18 +51,30 @@ class Running:
     servers: list[Server] = field(default_factory=list)
 
 
-async def resolve_secrets(settings: Settings, sidecar: Sidecar) -> Settings:
+async def resolve_secrets(settings: Settings, sidecar: Sidecar, *,
+                          patience: float = 0.0) -> Settings:
+    """Replace `secret:` settings by their values; a failing secret store (5xx, no
+    answer) is retried for `patience` seconds before it is a SettingsError."""
     refs = settings.secret_refs()
     if not refs:
         return settings
     assert settings.secret_store is not None
     resolved: dict[str, str] = {}
+    deadline = anyio.current_time() + patience
     for field_name, (name, key) in refs.items():
-        try:
-            values = await sidecar.secret(settings.secret_store, name)
-        except (TransientError, PermanentSidecarError) as exc:
-            raise SettingsError(f"{env_name(field_name)}: cannot read secret {name}: {exc}") \
-                from None
+        while True:
+            try:
+                values = await sidecar.secret(settings.secret_store, name)
+                break
+            except TransientError as exc:
+                if anyio.current_time() >= deadline:
+                    raise SettingsError(
+                        f"{env_name(field_name)}: cannot read secret {name}: {exc}") from None
+                log.warning("secret store not answering; retrying", secret=name, error=str(exc))
+                await anyio.sleep(SIDECAR_POLL)
+            except PermanentSidecarError as exc:
+                raise SettingsError(
+                    f"{env_name(field_name)}: cannot read secret {name}: {exc}") from None
         if key not in values:
             raise SettingsError(f"{env_name(field_name)}: secret {name} has no key {key}")
         resolved[field_name] = values[key]
@@ -99,7 +114,7 @@ async def run_daemon(
             if running.stop.is_set():
                 ops_server.should_exit = True
                 return
-        settings = await resolve_secrets(settings, sidecar)
+        settings = await resolve_secrets(settings, sidecar, patience=SECRETS_PATIENCE)
         try:
             jobs_api = await sidecar.choose_jobs_api()
         except (TransientError, PermanentSidecarError) as exc:

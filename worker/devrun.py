@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import sys
-from functools import partial
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit

@@ -11,6 +11,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import json
+import random
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -126,10 +127,12 @@ class Jobs:
         app_base_url: str,
         app_api_token: str | None,
         triggers: list[Trigger],
+        replica_urls: tuple[str, ...] = (),
     ) -> None:
         self._clock = clock
         self._client = client
         self._app = app_base_url.rstrip("/")
+        self._replicas = (self._app, *(u.rstrip("/") for u in replica_urls))
         self._token = app_api_token
         self._triggers = triggers
         self._jobs: dict[str, _Entry] = {}
@@ -285,7 +288,8 @@ class Jobs:
         headers = {"content-type": "application/json", "traceparent": new_traceparent()}
         if self._token is not None:
             headers["dapr-api-token"] = self._token
-        url = f"{self._app}/job/{quote(entry.name, safe='')}"
+        app = random.choice(self._replicas)  # a trigger goes to one random replica
+        url = f"{app}/job/{quote(entry.name, safe='')}"
         status: int | None
         async with self._limiter:
             try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import random
 import re
 import uuid
 from collections import deque
@@ -154,10 +155,12 @@ class PubSub:
         dead_letters: list[Published],
         deliveries: list[Delivery],
         on_publish: Callable[[Published], None] | None = None,
+        replica_urls: tuple[str, ...] = (),
     ) -> None:
         self._pubsubs = pubsubs
         self._app_id = app_id
         self._app = app_base_url.rstrip("/")
+        self._replicas = (self._app, *(u.rstrip("/") for u in replica_urls))
         self._token = app_api_token
         self._clock = clock
         self._client = client
@@ -400,7 +403,8 @@ class PubSub:
             headers["content-type"] = CLOUDEVENTS_JSON
         status: int | None = None
         try:
-            answer = await self._client.post(self._app + route, content=body, headers=headers)
+            app = random.choice(self._replicas)  # one replica of the app id, as daprd picks
+            answer = await self._client.post(app + route, content=body, headers=headers)
             status = answer.status_code
             reply = answer.content
         except httpx.HTTPError:

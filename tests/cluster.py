@@ -1,0 +1,257 @@
+"""Several in-process workers (replicas of one app id) behind ONE development sidecar.
+
+Like tests/harness.py, over real HTTP with a shared ManualClock, but the
+sidecar delivers each event and fires each job to a random replica (as daprd
+does), and the test can stop, start and slow things down. Also the checks the
+fault, race and soak tests share: every delivery settled, records equal to the
+newest event, one reminder.due id per instant, ids never raw in a URL or key.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import anyio
+import httpx
+
+from tests.harness import START, free_port
+from worker.daemon import Running, run_daemon
+from worker.devsidecar import DevSidecar, ManualClock, SidecarConfig, serve_sidecar
+from worker.settings import Settings, load_settings
+
+_ids = itertools.count(1)
+# What the worker may put into a sidecar URL or a state key: digests, never raw ids.
+SAFE_KEY = re.compile(r"rw-(task|occ)-[0-9a-f]{16}-[0-9a-f]{32}")
+SAFE_JOB = re.compile(r"rw-[0-9a-f]{40}")
+
+
+@dataclass
+class Replica:
+    index: int
+    settings: Settings
+    running: Running
+    done: anyio.Event
+
+    @property
+    def app_url(self) -> str:
+        return f"http://127.0.0.1:{self.running.app_port}"
+
+    @property
+    def ops_url(self) -> str:
+        return f"http://127.0.0.1:{self.running.ops_port}"
+
+
+@dataclass
+class Cluster:
+    sidecar: DevSidecar
+    clock: ManualClock
+    sidecar_url: str
+    client: httpx.AsyncClient
+    tg: Any
+    env: dict[str, str]
+    app_ports: list[int]
+    sidecar_timeout: float | None
+    replicas: dict[int, Replica] = field(default_factory=dict)
+
+    async def start_replica(self, index: int) -> Replica:
+        settings = load_settings({
+            "DAPR_HTTP_ENDPOINT": self.sidecar_url, "REMINDER_PORT": str(self.app_ports[index]),
+            "REMINDER_OPS_PORT": "0", "REMINDER_OPS_HOST": "127.0.0.1", **self.env})
+        done = anyio.Event()
+
+        async def daemon(*, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+            try:
+                await run_daemon(settings, clock=self.clock.now, task_status=task_status,
+                                 sidecar_timeout=self.sidecar_timeout)
+            finally:
+                done.set()
+
+        running = await self.tg.start(daemon)
+        replica = Replica(index, running.settings or settings, running, done)
+        self.replicas[index] = replica
+        return replica
+
+    async def stop_replica(self, index: int) -> None:
+        replica = self.replicas.pop(index)
+        replica.running.stop.set()
+        with anyio.fail_after(25):
+            await replica.done.wait()
+
+    # -- input ----------------------------------------------------------------
+    async def publish(self, event: Any, ce_id: str | None = None,
+                      token: str | None = None) -> str:
+        """Publish a task event as the task service would; retried on a sidecar fault."""
+        ce_id = ce_id or f"ce-{next(_ids)}"
+        envelope = {"specversion": "1.0", "id": ce_id, "source": "todo-backend",
+                    "type": "com.dapr.event.sent", "datacontenttype": "application/json",
+                    "data": event}
+        headers = {"content-type": "application/cloudevents+json"}
+        token = token or self.env.get("DAPR_API_TOKEN")
+        if token:
+            headers["dapr-api-token"] = token
+        url = f"{self.sidecar_url}/v1.0/publish/kafka-pubsub/task-events"
+        for _ in range(100):  # a publish fault meant for the worker may hit us first
+            try:
+                resp = await self.client.post(url, content=json.dumps(envelope),
+                                              headers=headers)
+            except httpx.TransportError:
+                continue
+            if resp.status_code == 204:
+                return ce_id
+        raise AssertionError(f"could not publish {ce_id}")
+
+    async def publish_all(self, events: Iterable[Any], concurrency: int = 16) -> list[str]:
+        """Publish concurrently (so deliveries interleave); ids in the order given."""
+        events = list(events)
+        ids: list[str] = [""] * len(events)
+        limiter = anyio.CapacityLimiter(concurrency)
+
+        async def one(i: int, ev: Any) -> None:
+            async with limiter:
+                ids[i] = await self.publish(ev)
+
+        async with anyio.create_task_group() as tg:
+            for i, ev in enumerate(events):
+                tg.start_soon(one, i, ev)
+        return ids
+
+    # -- observation ----------------------------------------------------------
+    def settled(self, ce_ids: Iterable[str]) -> bool:
+        final = {d.event_id for d in self.sidecar.deliveries if d.outcome in ("done", "drop")}
+        return all(i in final for i in ce_ids)
+
+    async def wait_settled(self, ce_ids: list[str], wait: float = 30.0) -> None:
+        wanted = set(ce_ids)
+
+        def all_settled() -> bool:
+            return self.settled(wanted)
+
+        await self.sidecar.wait_for(all_settled, wait)
+
+    def final_answers(self, ce_ids: Iterable[str]) -> Counter[str]:
+        wanted = set(ce_ids)
+        return Counter(d.answer for d in self.sidecar.deliveries
+                       if d.event_id in wanted and d.outcome in ("done", "drop"))
+
+    def records(self) -> dict[str, Any]:
+        return {k: v.value for k, v in self.sidecar.state().items() if k.startswith("rw-task-")}
+
+    def reminders(self) -> list[dict[str, Any]]:
+        return [p.envelope for p in self.sidecar.published if p.topic == "reminders"]
+
+    def due_jobs(self) -> list[str]:
+        now = self.clock.now()
+        return [n for n, j in self.sidecar.jobs().items() if j.due_time <= now]
+
+    async def fire_until(self, until: Any, step: timedelta, wait: float = 30.0) -> None:
+        """Move the clock to `until` in steps; after each, wait until no due job is left
+        unfired (a failed trigger is rescheduled by its failure policy, i.e. later)."""
+        while self.clock.now() < until:
+            self.clock.set(min(self.clock.now() + step, until))
+            await self.sidecar.wait_for(lambda: not self.due_jobs(), wait)
+
+    async def drain_jobs(self, wait: float = 60.0) -> None:
+        """Advance past every retry until no job is left (all fired, or lost)."""
+        for _ in range(200):
+            if not self.sidecar.jobs():
+                return
+            await self.fire_until(self.clock.now() + timedelta(seconds=11),
+                                  timedelta(seconds=11), wait)
+        raise AssertionError(f"jobs never drained: {list(self.sidecar.jobs())[:5]}")
+
+    def retrying(self) -> list[str]:
+        """Jobs whose last trigger failed and that wait for their failure policy."""
+        last = {t.name: t.outcome for t in self.sidecar.job_triggers}
+        return [n for n in self.sidecar.jobs() if last.get(n) == "retry"]
+
+    async def drain_retries(self, wait: float = 60.0) -> None:
+        """Advance 11 s at a time (the policy's interval is 10 s) until no retry waits."""
+        for _ in range(200):
+            if not self.retrying():
+                return
+            await self.fire_until(self.clock.now() + timedelta(seconds=11),
+                                  timedelta(seconds=11), wait)
+        raise AssertionError(f"retries never drained: {self.retrying()[:5]}")
+
+    def check_no_raw_ids(self) -> None:
+        """State keys and job names are digests (no user text reaches a URL or a key)."""
+        for key in self.sidecar.state():
+            assert SAFE_KEY.fullmatch(key), key
+        for name in self.sidecar.jobs():
+            assert SAFE_JOB.fullmatch(name), name
+        for trigger in self.sidecar.job_triggers:
+            assert SAFE_JOB.fullmatch(trigger.name), trigger.name
+
+
+def reminder_counts(reminders: list[dict[str, Any]]) -> dict[tuple[Any, ...], set[str]]:
+    """(user, task, remind_at) -> the set of reminder.due ids published for it."""
+    out: dict[tuple[Any, ...], set[str]] = {}
+    for env in reminders:
+        d = env["data"]
+        key = (d["user_id"], json.dumps(d["task_id"]), d["remind_at"])
+        out.setdefault(key, set()).add(env["id"])
+    return out
+
+
+@asynccontextmanager
+async def cluster(replicas: int = 2, env: dict[str, str] | None = None,
+                  sidecar_options: dict[str, Any] | None = None,
+                  sidecar_timeout: float | None = None,
+                  start: bool = True) -> AsyncIterator[Cluster]:
+    clock = ManualClock(START)
+    ports = [free_port() for _ in range(replicas)]
+    env = dict(env or {})
+    options: dict[str, Any] = {
+        "app_base_url": f"http://127.0.0.1:{ports[0]}",
+        "replica_urls": tuple(f"http://127.0.0.1:{p}" for p in ports[1:]),
+        "dapr_api_token": env.get("DAPR_API_TOKEN"),
+        "app_api_token": env.get("APP_API_TOKEN"),
+        # a replica being restarted must not make events run out of attempts
+        "delivery_max_attempts": 200,
+        "delivery_retry_interval": timedelta(seconds=0.05),
+        **(sidecar_options or {}),
+    }
+    config = SidecarConfig(**options)
+    sidecar = DevSidecar(config, clock=clock)
+    async with httpx.AsyncClient(timeout=30) as client, anyio.create_task_group() as tg:
+        port = await tg.start(serve_sidecar, sidecar, "127.0.0.1", 0)
+        c = Cluster(sidecar, clock, f"http://127.0.0.1:{port}", client, tg, env, ports,
+                    sidecar_timeout)
+        try:
+            if start:
+                for i in range(replicas):
+                    await c.start_replica(i)
+                await sidecar.wait_for(lambda: sidecar.app_ready)
+            yield c
+        finally:
+            for i in list(c.replicas):
+                await c.stop_replica(i)
+            tg.cancel_scope.cancel()
+
+
+DUE = "2026-11-26T14:00:00Z"  # two hours after START
+
+
+def event(etype: str, minute: int = 0, task_id: int | str = 1, user: str = "u1",
+          **payload: Any) -> dict[str, Any]:
+    """A bare task event; `minute` orders events of one task (timestamp 11:mm)."""
+    doc: dict[str, Any] = {"event_type": etype, "event_version": "1.0", "task_id": task_id,
+                           "user_id": user, "timestamp": f"2026-11-26T11:{minute:02d}:00Z"}
+    if payload:
+        doc["payload"] = payload
+    return doc
+
+
+def created(minute: int = 0, task_id: int | str = 1, user: str = "u1",
+            **extra: Any) -> dict[str, Any]:
+    payload = {"title": "Pay rent", "due_at": DUE, "timezone": "Europe/Berlin",
+               "reminders": ["PT1H", 30], **extra}
+    return event("task.created", minute, task_id, user, **payload)

@@ -1,0 +1,350 @@
+"""A randomized, seeded soak: many tasks, two replicas behind one development sidecar.
+
+    python -m tests.soak            # SOAK_SEED (1), SOAK_RUNS (1), SOAK_TASKS (3000)
+
+Phase 1 (clock frozen at START): every task's events (created, full-payload updates,
+sometimes completed or deleted) are published shuffled, with random duplicates and
+random sidecar faults (fail / drop on state, jobs, invoke). The clock is then moved
+in steps to MID, so reminders fire (publish faults injected between steps). Phase 2
+(clock frozen at MID): a second wave of updates, completions and deletions for tasks
+still active, plus stale late copies of phase-1 events. Then the clock runs to END.
+
+The oracle is computed here, independently of the worker's code: a task's state is
+its newest event's (events of a task carry increasing timestamps; terminal events
+come last), reminder instants are due minus whole-minute offsets plus remind_at.
+Invariant: every expected reminder instant got exactly one reminder.due id; none was
+published for an instant not expected (completed, deleted, superseded); every event
+was answered SUCCESS (none lost, none dead-lettered); one next-occurrence request per
+completed recurring task; no raw id in a state key or job name.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import anyio
+
+from tests.cluster import Cluster, cluster, reminder_counts
+from tests.harness import START
+
+MID = START + timedelta(days=2)
+END = START + timedelta(days=13)
+ZONES = ("UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata")
+OFFSETS: tuple[Any, ...] = (5, 15, 30, 60, "PT2H", "P1D", "PT45M")
+RULES = ("daily", "weekly", "FREQ=DAILY;INTERVAL=2", "FREQ=WEEKLY;BYDAY=MO,WE,FR")
+HOSTILE_USERS = ("a/b", "../..", "x?y#z", "p||q", "üser ✓", "%2F", "a" * 300)
+
+
+def _z(dt: datetime) -> str:
+    return dt.astimezone(ZoneInfo("UTC")).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _offset_minutes(offset: Any) -> int:
+    if isinstance(offset, int):
+        return offset
+    return {"PT2H": 120, "P1D": 1440, "PT45M": 45}[offset]  # no DST change in this window
+
+
+@dataclass
+class Spec:
+    due: datetime
+    zone: str
+    offsets: list[Any]
+    remind_at: list[datetime]
+    recurrence: str | None
+    title: str
+
+    def payload(self, rng: random.Random) -> dict[str, Any]:
+        due = (_z(self.due) if rng.random() < 0.5
+               else self.due.astimezone(ZoneInfo(self.zone)).isoformat())
+        p: dict[str, Any] = {"title": self.title, "due_at": due, "timezone": self.zone,
+                             "reminders": list(self.offsets),
+                             "remind_at": [_z(d) for d in self.remind_at]}
+        if self.recurrence:
+            p["recurrence"] = self.recurrence
+        return p
+
+    def instants(self) -> set[str]:
+        out = {_z(self.due - timedelta(minutes=_offset_minutes(o))) for o in self.offsets}
+        return out | {_z(d) for d in self.remind_at}
+
+
+@dataclass
+class Task:
+    user: str
+    task_id: int | str
+    events: list[tuple[datetime, str, dict[str, Any]]] = field(default_factory=list)
+
+    def newest(self) -> tuple[datetime, str, dict[str, Any]]:
+        return max(self.events, key=lambda e: e[0])
+
+
+@dataclass
+class Figures:
+    seed: int
+    tasks: int = 0
+    events: int = 0
+    deliveries: int = 0
+    duplicates_sent: int = 0
+    faults_injected: int = 0
+    reminders_expected: int = 0
+    reminders_published: int = 0
+    reminders_duplicated: int = 0
+    reminders_missing: int = 0
+    reminders_unexpected: int = 0
+    next_expected: int = 0
+    next_requested: int = 0
+    events_not_success: int = 0
+    seconds: float = 0.0
+    violations: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        return (f"soak seed={self.seed} tasks={self.tasks} events={self.events} "
+                f"(+{self.duplicates_sent} duplicates, {self.deliveries} deliveries) "
+                f"faults={self.faults_injected} reminders expected={self.reminders_expected} "
+                f"published={self.reminders_published} duplicated={self.reminders_duplicated} "
+                f"missing={self.reminders_missing} unexpected={self.reminders_unexpected} "
+                f"next_occurrence expected={self.next_expected} "
+                f"requested={self.next_requested} events_not_success="
+                f"{self.events_not_success} in {self.seconds:.1f}s")
+
+
+def _spec(rng: random.Random, earliest: datetime, recurring: bool) -> Spec:
+    """A task whose every reminder instant is after `earliest` (so none 'fires at once')."""
+    due = earliest + timedelta(days=1, minutes=rng.randrange(60, 8 * 1440))
+    offsets = rng.sample(OFFSETS, rng.randrange(0, 4))
+    remind_at = [earliest + timedelta(minutes=rng.randrange(10, 9 * 1440))
+                 for _ in range(rng.choice((0, 0, 1)))]
+    return Spec(due, rng.choice(ZONES), offsets, remind_at,
+                rng.choice(RULES) if recurring else None, f"task {rng.randrange(10**6)}")
+
+
+def _doc(task: Task, etype: str, ts: datetime, payload: dict[str, Any] | None) -> dict[str, Any]:
+    doc: dict[str, Any] = {"event_type": etype, "event_version": "1.0",
+                           "event_id": f"{etype}-{ts.timestamp()}", "task_id": task.task_id,
+                           "user_id": task.user, "timestamp": _z(ts)}
+    if payload is not None:
+        doc["payload"] = payload
+    return doc
+
+
+class Model:
+    """What should happen, from the events as generated."""
+
+    def __init__(self) -> None:
+        self.state: dict[int, tuple[str, Spec]] = {}  # task index -> (status, spec)
+        self.fired: dict[tuple[Any, ...], None] = {}  # expected reminder keys
+        self.next_expected: set[int] = set()
+
+    def apply_newest(self, i: int, etype: str, spec: Spec) -> None:
+        status = {"task.completed": "completed", "task.deleted": "deleted"}.get(etype, "active")
+        if etype == "task.completed" and spec.recurrence:
+            self.next_expected.add(i)
+        self.state[i] = (status, spec)
+
+    def expect_fires(self, tasks: list[Task], after: datetime, until: datetime) -> None:
+        for i, (status, spec) in self.state.items():
+            if status != "active":
+                continue
+            for at in spec.instants():
+                if _z(after) < at <= _z(until):
+                    t = tasks[i]
+                    self.fired[(t.user, json.dumps(t.task_id), at)] = None
+
+
+async def _inject(c: Cluster, rng: random.Random, apis: Iterable[str]) -> None:
+    for api in apis:
+        if rng.random() < 0.5:
+            times, after = rng.randrange(1, 5), rng.randrange(0, 6)
+            if rng.random() < 0.5:
+                c.sidecar.faults.fail(api, times=times, status=rng.choice((500, 503)),
+                                      after=after)
+            else:
+                c.sidecar.faults.drop(api, times=times, after=after)
+
+
+async def _deliver(c: Cluster, rng: random.Random, docs: list[dict[str, Any]],
+                   figures: Figures, batch: int) -> list[str]:
+    """Shuffled, with duplicates, in batches with faults injected before each."""
+    sent = list(docs)
+    for doc in docs:
+        if rng.random() < 0.25:
+            extra = rng.randrange(1, 3)
+            sent += [doc] * extra
+            figures.duplicates_sent += extra
+    rng.shuffle(sent)
+    ids: list[str] = []
+    for start in range(0, len(sent), batch):
+        await _inject(c, rng, ("state", "jobs", "invoke"))
+        ids += await c.publish_all(sent[start:start + batch])
+    await c.wait_settled(ids, wait=60 + len(ids) / 20)
+    c.sidecar.faults.clear()
+    return ids
+
+
+async def _advance(c: Cluster, rng: random.Random, until: datetime, step: timedelta) -> None:
+    while c.clock.now() < until:
+        if rng.random() < 0.3:
+            await _inject(c, rng, ("publish", "state"))
+        await c.fire_until(min(c.clock.now() + step, until), step, wait=120)
+    c.sidecar.faults.clear()
+    await c.drain_retries()
+
+
+async def run_soak(seed: int, n_tasks: int, *, replicas: int = 2, batch: int = 400,
+                   step: timedelta = timedelta(hours=3)) -> Figures:
+    rng = random.Random(seed)
+    figures = Figures(seed=seed, tasks=n_tasks)
+    started = time.perf_counter()
+    tasks: list[Task] = []
+    model = Model()
+    base1 = START - timedelta(hours=2)
+    docs1: list[dict[str, Any]] = []
+    for i in range(n_tasks):
+        user = (rng.choice(HOSTILE_USERS) if rng.random() < 0.05 else f"user-{i % 97}")
+        task = Task(user, i if rng.random() < 0.7 else f"t-{i}")
+        tasks.append(task)
+        recurring = rng.random() < 0.3
+        ts = base1 + timedelta(seconds=rng.randrange(0, 600))
+        spec = _spec(rng, START, recurring)
+        etype = "task.created"
+        task.events.append((ts, etype, _doc(task, etype, ts, spec.payload(rng))))
+        for _ in range(rng.choice((0, 0, 1, 2))):
+            ts += timedelta(seconds=1 + rng.randrange(100))
+            spec = _spec(rng, START, recurring)
+            etype = "task.updated"
+            task.events.append((ts, etype, _doc(task, etype, ts, spec.payload(rng))))
+        roll = rng.random()
+        if roll < 0.15:
+            ts += timedelta(seconds=1)
+            etype = "task.completed"  # carries the whole task: order-independent meaning
+            task.events.append((ts, etype, _doc(task, etype, ts, spec.payload(rng))))
+        elif roll < 0.25:
+            ts += timedelta(seconds=1)
+            etype = "task.deleted"  # ids only
+            task.events.append((ts, etype, _doc(task, etype, ts, None)))
+        model.apply_newest(i, etype, spec)
+        docs1 += [e[2] for e in task.events]
+    figures.events += len(docs1)
+
+    async with cluster(replicas) as c:
+        ids = await _deliver(c, rng, docs1, figures, batch)
+        model.expect_fires(tasks, START, MID)
+        await _advance(c, rng, MID, step)
+
+        base2 = START + timedelta(hours=1)
+        docs2: list[dict[str, Any]] = []
+        for i, task in enumerate(tasks):
+            status, spec = model.state[i]
+            if status == "active" and rng.random() < 0.4:
+                ts = base2 + timedelta(seconds=rng.randrange(1000))
+                roll = rng.random()
+                etype = ("task.updated" if roll < 0.5 else
+                         "task.completed" if roll < 0.8 else "task.deleted")
+                if etype == "task.updated":
+                    spec = _spec(rng, MID, spec.recurrence is not None)
+                payload = None if etype == "task.deleted" else spec.payload(rng)
+                doc = _doc(task, etype, ts, payload)
+                task.events.append((ts, etype, doc))
+                model.apply_newest(i, etype, spec)
+                docs2.append(doc)
+            if rng.random() < 0.05:  # a late redelivery of an old event: stale
+                docs2.append(rng.choice(task.events[:-1] or task.events)[2])
+                figures.duplicates_sent += 1
+        figures.events += len(docs2)
+        ids += await _deliver(c, rng, docs2, figures, batch)
+        model.expect_fires(tasks, MID, END)
+        await _advance(c, rng, END, step)
+        await c.drain_jobs()
+
+        figures.faults_injected = sum(c.sidecar.faults.injected.values())
+        _check(c, tasks, model, ids, figures)
+    figures.seconds = time.perf_counter() - started
+    return figures
+
+
+def _check(c: Cluster, tasks: list[Task], model: Model, ids: list[str],
+           figures: Figures) -> None:
+    v = figures.violations
+    deliveries = c.sidecar.deliveries
+    figures.deliveries = len(deliveries)
+    answers = c.final_answers(ids)
+    figures.events_not_success = sum(n for a, n in answers.items() if a != "SUCCESS")
+    if figures.events_not_success or c.sidecar.dead_letters:
+        v.append(f"events not SUCCESS: {dict(answers)}; dead letters "
+                 f"{len(c.sidecar.dead_letters)}")
+    records = c.records()
+    from worker.schedule import task_key  # the key function: where to look, not the oracle
+
+    for i, task in enumerate(tasks):
+        ts, _, _ = task.newest()
+        record = records.get(task_key(task.user, task.task_id))
+        status = model.state[i][0]
+        if record is None or record["order"][0] != _z(ts) or record["status"] != status:
+            v.append(f"task {i}: record {record and (record['order'], record['status'])} "
+                     f"!= newest event {_z(ts)} {status}")
+    published = reminder_counts(c.reminders())
+    figures.reminders_expected = len(model.fired)
+    figures.reminders_published = len(c.reminders())
+    figures.reminders_duplicated = figures.reminders_published - len(published)
+    missing = [k for k in model.fired if k not in published]
+    unexpected = [k for k in published if k not in model.fired]
+    many_ids = [k for k, s in published.items() if len(s) != 1]
+    figures.reminders_missing, figures.reminders_unexpected = len(missing), len(unexpected)
+    if missing:
+        v.append(f"{len(missing)} reminders missing, e.g. {missing[:3]}")
+    if unexpected:
+        v.append(f"{len(unexpected)} reminders not expected, e.g. {unexpected[:3]}")
+    if many_ids:
+        v.append(f"{len(many_ids)} reminder instants with several ids")
+    parents: dict[tuple[str, str], int] = {}
+    for inv in c.sidecar.invocations:
+        body = inv.json
+        key = (body["user_id"], json.dumps(body["parent_task_id"]))
+        parents[key] = parents.get(key, 0) + 1
+    figures.next_requested = len(c.sidecar.invocations)
+    figures.next_expected = len(model.next_expected)
+    wanted = {(tasks[i].user, json.dumps(tasks[i].task_id)) for i in model.next_expected}
+    if set(parents) != wanted or any(n != 1 for n in parents.values()):
+        v.append(f"next occurrences: {len(parents)} tasks requested "
+                 f"{sum(parents.values())} times, {len(wanted)} expected once each")
+    if c.sidecar.jobs():
+        v.append(f"{len(c.sidecar.jobs())} jobs left after the end")
+    try:
+        c.check_no_raw_ids()
+    except AssertionError as exc:
+        v.append(f"raw id in a key or job name: {exc}")
+
+
+def main() -> int:
+    from worker.logs import configure
+
+    configure("json", "error")  # figures on stdout, not a line per event
+    # the development sidecar's simulated dropped connections make uvicorn log errors
+    logging.getLogger("uvicorn.error").addFilter(
+        lambda record: "without completing response" not in record.getMessage())
+    seed = int(os.environ.get("SOAK_SEED", "1"))
+    runs = int(os.environ.get("SOAK_RUNS", "1"))
+    n_tasks = int(os.environ.get("SOAK_TASKS", "3000"))
+    failed = False
+    for s in range(seed, seed + runs):
+        figures = anyio.run(run_soak, s, n_tasks)
+        print(figures.line(), flush=True)
+        for violation in figures.violations:
+            print(f"  VIOLATION: {violation}", flush=True)
+        failed = failed or bool(figures.violations)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,20 @@
+"""The seeded soak, short enough for every `make test` (the long one: `make soak`)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.soak import run_soak
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.mark.timeout(120)
+async def test_short_seeded_soak_keeps_every_promise() -> None:
+    figures = await run_soak(seed=20261126, n_tasks=150)
+    print(figures.line())
+    assert figures.violations == []
+    # the run really exercised what it claims to
+    assert figures.reminders_expected > 100 and figures.reminders_published > 100
+    assert figures.faults_injected > 5 and figures.duplicates_sent > 20
+    assert figures.next_expected > 3
