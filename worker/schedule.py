@@ -145,6 +145,8 @@ class Offset:
         return f"P{day_part}" + (f"T{time_part}" if time_part else "")
 
 
+# typed: True must not share the cache entry of 1 (a bool is rejected, 1 minute is not).
+@lru_cache(maxsize=1024, typed=True)
 def parse_offset(value: str | int) -> Offset:
     """Parse an ISO 8601 duration (PnW, PnD, PTnHnMnS) or integer minutes -> Offset."""
     if isinstance(value, bool) or not isinstance(value, int | str):

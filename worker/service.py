@@ -163,12 +163,15 @@ class Service:
             else:
                 self.metrics.jobs.labels(op, "ok").inc()
 
-        async with anyio.create_task_group() as tg:
-            for job in schedule:
-                tg.start_soon(one, "schedule",
-                              self.sidecar.job_schedule(job.name, job.due_time, job.data))
-            for name in delete:
-                tg.start_soon(one, "delete", self.sidecar.job_delete(name))
+        calls = [("schedule", self.sidecar.job_schedule(job.name, job.due_time, job.data))
+                 for job in schedule]
+        calls += [("delete", self.sidecar.job_delete(name)) for name in delete]
+        if len(calls) == 1:  # the common case: a task group would cost more than the call
+            await one(*calls[0])
+        else:
+            async with anyio.create_task_group() as tg:
+                for op, call in calls:
+                    tg.start_soon(one, op, call)
         if errors:
             raise errors[0]
 

@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 import anyio
 import httpx
+from httpx_aiohttp import AiohttpTransport
 
 from worker.errors import Conflict, PermanentSidecarError, SidecarUnavailable
 from worker.metrics import Metrics
@@ -35,9 +36,16 @@ CE_JSON: Final = "application/cloudevents+json"
 
 
 def make_client(transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
-    """The process's one HTTP client for the sidecar."""
+    """The process's one HTTP client for the sidecar.
+
+    The httpx API on aiohttp's connection pool: stock httpx/httpcore spends most
+    of a small request in pool scans and anyio locks (bench/RESULTS.md: about
+    4x the CPU per event). A transport passed in (tests) replaces it.
+    """
     limits = httpx.Limits(max_connections=DEFAULT_CONCURRENCY * 2,
                           max_keepalive_connections=DEFAULT_CONCURRENCY * 2)
+    if transport is None:
+        transport = AiohttpTransport(limits=limits)
     return httpx.AsyncClient(timeout=DEFAULT_TIMEOUT, limits=limits, transport=transport)
 
 
