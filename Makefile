@@ -33,4 +33,5 @@ clean:
 
 bench: $(STAMP)
 	$(BIN)/pip install -q -e '.[bench]'
+	command -v wrk >/dev/null || (apt-get update -q && apt-get install -y -q wrk)
 	$(BIN)/python -m bench.run

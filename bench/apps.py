@@ -1,0 +1,94 @@
+"""The apps the benchmark serves on the pinned core: baselines and worker variants.
+
+- `hello` (B): the least a raw ASGI app can do per request.
+- `reference` (S): the straightforward implementation, as the popular Dapr
+  examples write it: per event a new httpx.AsyncClient for each sidecar call,
+  a state GET then a state POST as the "seen it?" check, then one jobs POST.
+- `worker_app(settings, client)`: the real WorkerApp + Service + Sidecar on a
+  given HTTP client (the client comparison passes its candidates here).
+- `noop_worker_app` (R0): the same worker with a sidecar client that answers
+  204 without any I/O: the worker's own overhead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timedelta
+from typing import Any
+
+import httpx
+from prometheus_client import CollectorRegistry
+
+from bench.fakesidecar import Receive, Scope, Send, _body
+from worker.app import WorkerApp
+from worker.metrics import Metrics
+from worker.service import Service
+from worker.settings import Settings
+from worker.sidecar import Sidecar
+
+_HELLO = b'{"status":"SUCCESS"}'
+
+
+async def hello(scope: Scope, receive: Receive, send: Send) -> None:
+    """B: read the body, answer a constant SUCCESS."""
+    if scope["type"] != "http":
+        return
+    await _body(receive)
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-length", b"20"), (b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": _HELLO})
+
+
+def reference_app(sidecar_url: str) -> Any:
+    """S: a new client per sidecar call, GET-then-POST dedupe, one job per event."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        envelope = json.loads(await _body(receive))
+        event = envelope.get("data", envelope)
+        payload = event["payload"]
+        key = f"seen-{event['user_id']}-{event['task_id']}"
+        status = b'{"status":"SUCCESS"}'
+        async with httpx.AsyncClient() as client:
+            seen = await client.get(f"{sidecar_url}/v1.0/state/statestore/{key}")
+        if seen.status_code == 204:
+            async with httpx.AsyncClient() as client:
+                await client.post(f"{sidecar_url}/v1.0/state/statestore",
+                                  json=[{"key": key, "value": True}])
+            due = datetime.fromisoformat(payload["due_at"]) - timedelta(hours=1)
+            name = hashlib.sha1(f"{key}-{due.isoformat()}".encode()).hexdigest()
+            async with httpx.AsyncClient() as client:
+                resp = await client.post(f"{sidecar_url}/v1.0-alpha1/jobs/{name}",
+                                         json={"dueTime": due.isoformat(), "data": event})
+            if resp.status_code >= 300:
+                status = b'{"status":"RETRY"}'
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", str(len(status)).encode()),
+                                (b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": status})
+
+    return app
+
+
+def worker_app(settings: Settings, client: httpx.AsyncClient | Any) -> WorkerApp:
+    """The worker as run_daemon wires it (app port only), on the given client."""
+    metrics = Metrics.create(CollectorRegistry())
+    sidecar = Sidecar(settings.sidecar_url, client, metrics)
+    return WorkerApp(settings, Service(settings, sidecar, metrics))
+
+
+class NoopSidecar(Sidecar):
+    """R0: every sidecar call answers 204 at once, no I/O."""
+
+    _response = httpx.Response(204)
+
+    async def _call(self, api: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        return self._response
+
+
+def noop_worker_app(settings: Settings) -> WorkerApp:
+    metrics = Metrics.create(CollectorRegistry())
+    sidecar = NoopSidecar(settings.sidecar_url, httpx.AsyncClient(), metrics)
+    return WorkerApp(settings, Service(settings, sidecar, metrics))
