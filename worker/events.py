@@ -11,6 +11,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from typing import Any, Final
 
 from worker.errors import InvalidEvent
@@ -21,6 +22,8 @@ TASK_EVENT_TYPES: Final = frozenset(
 )
 MAX_ID_LENGTH: Final = 1024  # ids are hashed, never used raw; this only bounds memory
 MAX_LIST: Final = 100  # reminders per task: enough for people, bounded for the sidecar
+
+_FINGERPRINT_ENCODER: Final = json.JSONEncoder(sort_keys=True, default=str)
 
 # Payload field -> accepted names, first wins when several are present.
 ALIASES: Final[dict[str, tuple[str, ...]]] = {
@@ -48,12 +51,10 @@ class TaskEvent:
     trace_id: str | None = None
     changes: dict[str, Any] = field(default_factory=dict)
 
-    @property
+    @cached_property
     def fingerprint(self) -> str:
         """Stable digest of the event's meaning: equal for a redelivery of the same event."""
-        blob = json.dumps(
-            [self.event_type, self.event_id, self.changes], sort_keys=True, default=str
-        )
+        blob = _FINGERPRINT_ENCODER.encode([self.event_type, self.event_id, self.changes])
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -506,10 +506,18 @@ def next_occurrence(
     return best
 
 
+# Built once: json.dumps with non-default options builds a new encoder on every call.
+_ID_ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))
+
+
 def _digest(*parts: object) -> str:
     # JSON keeps types and boundaries apart: 1 vs "1", ("a|b", "c") vs ("a", "b|c").
-    encoded = json.dumps(parts, ensure_ascii=True, separators=(",", ":"))
-    return hashlib.sha256(encoded.encode()).hexdigest()
+    return hashlib.sha256(_ID_ENCODER.encode(parts).encode()).hexdigest()
+
+
+@lru_cache(maxsize=4096)
+def _user_digest(user: str) -> str:
+    return _digest("user", user)[:16]
 
 
 def _ids(user_id: str, task_id: int | str) -> tuple[str, int | str]:
@@ -522,7 +530,7 @@ def _ids(user_id: str, task_id: int | str) -> tuple[str, int | str]:
 def task_key(user_id: str, task_id: int | str) -> str:
     """State key of the task record: "rw-task-<16 hex of user>-<32 hex of user+task>"."""
     user, task = _ids(user_id, task_id)
-    return f"rw-task-{_digest('user', user)[:16]}-{_digest('task', user, task)[:32]}"
+    return f"rw-task-{_user_digest(user)}-{_digest('task', user, task)[:32]}"
 
 
 def job_name(user_id: str, task_id: int | str, instant: datetime) -> str:
@@ -541,7 +549,7 @@ def occurrence_key(user_id: str, task_id: int | str, occurrence: datetime) -> st
     """Idempotency key and claim state key of one next occurrence: "rw-occ-<16>-<32 hex>"."""
     user, task = _ids(user_id, task_id)
     digest = _digest("occurrence", user, task, format_utc(occurrence))[:32]
-    return f"rw-occ-{_digest('user', user)[:16]}-{digest}"
+    return f"rw-occ-{_user_digest(user)}-{digest}"
 
 
 def format_utc(dt: datetime) -> str:

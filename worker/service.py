@@ -74,26 +74,32 @@ class Service:
             log.info("event ignored", event_type=parsed.event_type[:100])
             return Status.SUCCESS
         # Every line logged while handling the event (here and below) carries its ids.
-        with structlog.contextvars.bound_contextvars(
+        tokens = structlog.contextvars.bind_contextvars(
             event_id=parsed.event_id, task_id=parsed.task_id, event_type=parsed.event_type,
             trace_id=parsed.trace_id,
-        ):
-            try:
-                outcome = await self.handle_event(parsed)
-            except InvalidEvent as exc:
-                log.warning("event dropped", reason=exc.reason)
-                self.metrics.events.labels(parsed.event_type, "invalid").inc()
-                return Status.DROP
-            except (TransientError, PermanentSidecarError) as exc:
-                log.warning("event will be retried", error=str(exc))
-                self.metrics.events.labels(parsed.event_type, "retry").inc()
-                return Status.RETRY
-            except Exception:
-                log.exception("event failed unexpectedly; will be retried")
-                self.metrics.events.labels(parsed.event_type, "retry").inc()
-                return Status.RETRY
-            self.metrics.events.labels(parsed.event_type, outcome).inc()
-            log.info("event handled", outcome=outcome)
+        )
+        try:
+            return await self._answer(parsed)
+        finally:
+            structlog.contextvars.reset_contextvars(**tokens)
+
+    async def _answer(self, parsed: TaskEvent) -> Status:
+        try:
+            outcome = await self.handle_event(parsed)
+        except InvalidEvent as exc:
+            log.warning("event dropped", reason=exc.reason)
+            self.metrics.events.labels(parsed.event_type, "invalid").inc()
+            return Status.DROP
+        except (TransientError, PermanentSidecarError) as exc:
+            log.warning("event will be retried", error=str(exc))
+            self.metrics.events.labels(parsed.event_type, "retry").inc()
+            return Status.RETRY
+        except Exception:
+            log.exception("event failed unexpectedly; will be retried")
+            self.metrics.events.labels(parsed.event_type, "retry").inc()
+            return Status.RETRY
+        self.metrics.events.labels(parsed.event_type, outcome).inc()
+        log.info("event handled", outcome=outcome)
         return Status.SUCCESS
 
     async def handle_event(self, event: TaskEvent) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
@@ -49,12 +50,17 @@ def make_client(transport: httpx.AsyncBaseTransport | None = None) -> httpx.Asyn
     return httpx.AsyncClient(timeout=DEFAULT_TIMEOUT, limits=limits, transport=transport)
 
 
+_URL_SAFE = re.compile(r"[A-Za-z0-9._-]+")
+_ENCODER = json.JSONEncoder(separators=(",", ":"))  # built once, not per call
+
+
 def _q(segment: str) -> str:
-    return quote(segment, safe="")
+    # Job names and keys are digests already; quote only what is not plainly safe.
+    return segment if _URL_SAFE.fullmatch(segment) else quote(segment, safe="")
 
 
 def _dumps(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode()
+    return _ENCODER.encode(value).encode()
 
 
 class Sidecar:
