@@ -28,11 +28,13 @@ from worker.errors import InvalidEvent
 from worker.events import TaskEvent, parse_delivery, parse_document
 from worker.metrics import Metrics
 from worker.plan import PlanConfig, make_plan
+from worker.recurrence import (
+    next_occurrence,
+    parse_recurrence,
+)
 from worker.schedule import (
     load_zone,
-    next_occurrence,
     parse_offset,
-    parse_recurrence,
     parse_when,
 )
 from worker.service import Service

@@ -21,21 +21,23 @@ from typing import Any, Final, Literal
 
 from worker.errors import InvalidEvent
 from worker.events import TaskEvent
+from worker.recurrence import (
+    Recurrence,
+    next_occurrence,
+    parse_recurrence,
+    series_start,
+)
 from worker.schedule import (
     UTC,
     Offset,
-    Recurrence,
     format_local,
     format_utc,
     job_name,
     load_zone,
-    next_occurrence,
     occurrence_key,
     parse_offset,
-    parse_recurrence,
     parse_when,
     reminder_instants,
-    series_start,
 )
 
 RECORD_VERSION: Final = 1
