@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
+import httpx2
 from prometheus_client import CollectorRegistry
 
 from bench.fakesidecar import Receive, Scope, Send, _body
@@ -72,7 +73,7 @@ def reference_app(sidecar_url: str) -> Any:
     return app
 
 
-def worker_app(settings: Settings, client: httpx.AsyncClient | Any) -> WorkerApp:
+def worker_app(settings: Settings, client: httpx2.AsyncClient | Any) -> WorkerApp:
     """The worker as run_daemon wires it (app port only), on the given client."""
     metrics = Metrics.create(CollectorRegistry())
     sidecar = Sidecar(settings.sidecar_url, client, metrics)
@@ -82,13 +83,13 @@ def worker_app(settings: Settings, client: httpx.AsyncClient | Any) -> WorkerApp
 class NoopSidecar(Sidecar):
     """R0: every sidecar call answers 204 at once, no I/O."""
 
-    _response = httpx.Response(204)
+    _response = httpx2.Response(204)
 
-    async def _call(self, api: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    async def _call(self, api: str, method: str, path: str, **kwargs: Any) -> httpx2.Response:
         return self._response
 
 
 def noop_worker_app(settings: Settings) -> WorkerApp:
     metrics = Metrics.create(CollectorRegistry())
-    sidecar = NoopSidecar(settings.sidecar_url, httpx.AsyncClient(), metrics)
+    sidecar = NoopSidecar(settings.sidecar_url, httpx2.AsyncClient(), metrics)
     return WorkerApp(settings, Service(settings, sidecar, metrics))

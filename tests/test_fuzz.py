@@ -15,7 +15,7 @@ from datetime import time as dtime
 from typing import Any
 
 import anyio
-import httpx
+import httpx2
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -255,14 +255,14 @@ def test_planner_never_raises_anything_but_invalid_event(doc: Any, prior: str | 
 
 # -- the ASGI app, over a recording transport to the development sidecar -----------------
 
-class Recorder(httpx.AsyncBaseTransport):
+class Recorder(httpx2.AsyncBaseTransport):
     """Every URL the worker sends to the sidecar, then the sidecar's ASGI app."""
 
     def __init__(self, sidecar: DevSidecar) -> None:
-        self.inner = httpx.ASGITransport(app=sidecar.asgi)
+        self.inner = httpx2.ASGITransport(app=sidecar.asgi)
         self.paths: list[str] = []
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         self.paths.append(request.url.raw_path.decode("ascii"))
         return await self.inner.handle_async_request(request)
 
@@ -305,7 +305,7 @@ async def with_app(test: Any) -> None:
     sidecar = DevSidecar(SidecarConfig(), clock=clock)
     recorder = Recorder(sidecar)
     settings_ = load_settings({})
-    async with httpx.AsyncClient(transport=recorder) as client:
+    async with httpx2.AsyncClient(transport=recorder) as client:
         side = Sidecar("http://sidecar", client, Metrics.create(CollectorRegistry(),
                                                                 process=False))
         app = WorkerApp(settings_, Service(settings_, side, side.metrics, clock.now))

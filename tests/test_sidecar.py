@@ -1,11 +1,11 @@
-"""The sidecar client at the transport seam (httpx.MockTransport): paths, headers, errors."""
+"""The sidecar client at the transport seam (httpx2.MockTransport): paths, headers, errors."""
 
 from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
 
-import httpx
+import httpx2 as httpx  # the worker's client library
 import pytest
 from prometheus_client import CollectorRegistry
 

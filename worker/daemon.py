@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Final
 
 import anyio
-import httpx
 import structlog
 import uvicorn
 from prometheus_client import CollectorRegistry
@@ -93,9 +92,7 @@ async def run_daemon(
     running = running or Running()
     metrics = Metrics.create(running.registry)
     token = settings.dapr_api_token.get_secret_value() if settings.dapr_api_token else None
-    async with make_client() as client, anyio.create_task_group() as tg:
-        if sidecar_timeout is not None:
-            client.timeout = httpx.Timeout(sidecar_timeout)
+    async with make_client(timeout=sidecar_timeout) as client, anyio.create_task_group() as tg:
         sidecar = Sidecar(settings.sidecar_url, client, metrics, api_token=token)
         ops = OpsApp(running.registry, sidecar)
         ops_sock = bind_socket(settings.ops_host, settings.ops_port)

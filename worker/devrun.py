@@ -15,7 +15,7 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 import anyio
-import httpx
+import httpx2
 import structlog
 
 from worker.daemon import Running, run_daemon
@@ -100,7 +100,7 @@ async def publish_demo(settings: Settings) -> None:
     headers = {"content-type": "application/json"}
     if settings.dapr_api_token:
         headers["dapr-api-token"] = settings.dapr_api_token.get_secret_value()
-    async with httpx.AsyncClient() as client:
+    async with httpx2.AsyncClient() as client:
         for event in events:
             resp = await client.post(url, content=json.dumps(event), headers=headers)
             resp.raise_for_status()

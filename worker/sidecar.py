@@ -17,8 +17,8 @@ from typing import Any, Final
 from urllib.parse import quote
 
 import anyio
-import httpx
-from httpx_aiohttp import AiohttpTransport
+import httpx2
+from httpx_aiohttp.httpx2 import AiohttpTransport
 
 from worker.errors import Conflict, PermanentSidecarError, SidecarUnavailable
 from worker.metrics import Metrics
@@ -28,7 +28,7 @@ from worker.schedule import format_utc
 DEFAULT_CONCURRENCY: Final = 32
 # daprd itself waits up to 30 s for the scheduler; a stuck call should fail well before
 # Dapr's own delivery timeout so the event is retried instead of timing out twice.
-DEFAULT_TIMEOUT: Final = httpx.Timeout(10.0, connect=2.0)
+DEFAULT_TIMEOUT: Final = httpx2.Timeout(10.0, connect=2.0)
 SAFE_RETRIES: Final = 2  # extra attempts for idempotent calls, with jittered backoff
 BACKOFF_BASE: Final = 0.05
 # Reminder triggers retry for minutes, not Dapr's default 3 x 1 s.
@@ -36,18 +36,22 @@ JOB_FAILURE_POLICY: Final = {"constant": {"interval": "10s", "maxRetries": 30}}
 CE_JSON: Final = "application/cloudevents+json"
 
 
-def make_client(transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
+def make_client(
+    transport: httpx2.AsyncBaseTransport | None = None, timeout: float | None = None
+) -> httpx2.AsyncClient:
     """The process's one HTTP client for the sidecar.
 
-    The httpx API on aiohttp's connection pool: stock httpx/httpcore spends most
-    of a small request in pool scans and anyio locks (bench/RESULTS.md: about
-    4x the CPU per event). A transport passed in (tests) replaces it.
+    httpx2 (the maintained fork of httpx, same API) on aiohttp's connection pool:
+    stock httpx/httpcore spends most of a small request in pool scans and anyio
+    locks (bench/RESULTS.md: about 3.5x the CPU per event). A transport passed in
+    (tests) replaces aiohttp's.
     """
-    limits = httpx.Limits(max_connections=DEFAULT_CONCURRENCY * 2,
-                          max_keepalive_connections=DEFAULT_CONCURRENCY * 2)
+    limits = httpx2.Limits(max_connections=DEFAULT_CONCURRENCY * 2,
+                           max_keepalive_connections=DEFAULT_CONCURRENCY * 2)
     if transport is None:
         transport = AiohttpTransport(limits=limits)
-    return httpx.AsyncClient(timeout=DEFAULT_TIMEOUT, limits=limits, transport=transport)
+    return httpx2.AsyncClient(timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
+                              limits=limits, transport=transport)
 
 
 _URL_SAFE = re.compile(r"[A-Za-z0-9._-]+")
@@ -69,7 +73,7 @@ class Sidecar:
     def __init__(
         self,
         base_url: str,
-        client: httpx.AsyncClient,
+        client: httpx2.AsyncClient,
         metrics: Metrics,
         *,
         api_token: str | None = None,
@@ -93,7 +97,7 @@ class Sidecar:
         self, api: str, method: str, path: str, *, body: bytes | None = None,
         content_type: str = "application/json", headers: Mapping[str, str] | None = None,
         safe: bool = False, ok: tuple[int, ...] = (200, 204),
-    ) -> httpx.Response:
+    ) -> httpx2.Response:
         hdrs = dict(self.headers)
         if body is not None:
             hdrs["content-type"] = content_type
@@ -106,7 +110,7 @@ class Sidecar:
             try:
                 async with self.gate:
                     resp = await self.client.request(method, url, content=body, headers=hdrs)
-            except httpx.HTTPError as exc:
+            except httpx2.HTTPError as exc:
                 self._observe[api, "error"].observe(time.perf_counter() - start)
                 error: Exception = SidecarUnavailable(api, f"{type(exc).__name__}: {exc}")
             else:

@@ -18,7 +18,7 @@ from datetime import timedelta
 from typing import Any
 
 import anyio
-import httpx
+import httpx2
 from anyio.abc import TaskStatus
 
 from worker.serving import lifespan
@@ -99,9 +99,9 @@ class DevSidecar:
         self._deliveries: list[Delivery] = []
         self._triggers: list[Trigger] = []
         self._invocations: list[Invocation] = []
-        self._client = httpx.AsyncClient(
+        self._client = httpx2.AsyncClient(
             timeout=APP_CALL_TIMEOUT,
-            limits=httpx.Limits(
+            limits=httpx2.Limits(
                 max_connections=APP_MAX_CONNECTIONS, max_keepalive_connections=APP_MAX_CONNECTIONS
             ),
         )
@@ -383,7 +383,7 @@ class DevSidecar:
             answer = await self._client.request(
                 request.method, url, content=request.body, headers=headers
             )
-        except httpx.HTTPError as exc:
+        except httpx2.HTTPError as exc:
             raise ApiError(
                 500, "ERR_DIRECT_INVOKE", f"fail to invoke, id: {app_id}, err: {exc!r}"
             ) from None

@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import quote
 
 import anyio
-import httpx
+import httpx2
 from anyio.abc import TaskStatus
 
 from .asgi import ApiError, Request, Response, empty, json_response
@@ -123,7 +123,7 @@ class Jobs:
     def __init__(
         self,
         clock: Clock,
-        client: httpx.AsyncClient,
+        client: httpx2.AsyncClient,
         app_base_url: str,
         app_api_token: str | None,
         triggers: list[Trigger],
@@ -297,7 +297,7 @@ class Jobs:
                     url, content=entry.data_json or b"", headers=headers
                 )
                 status = answer.status_code
-            except httpx.HTTPError:
+            except httpx2.HTTPError:
                 status = None
         done = status is not None and (200 <= status < 300 or status == 404)
         attempt = entry.attempt

@@ -21,7 +21,7 @@ from datetime import timedelta
 from typing import Any
 
 import anyio
-import httpx
+import httpx2
 from anyio.abc import TaskGroup, TaskStatus
 
 from .asgi import ApiError, Request, Response, empty
@@ -148,7 +148,7 @@ class PubSub:
         app_base_url: str,
         app_api_token: str | None,
         clock: Clock,
-        client: httpx.AsyncClient,
+        client: httpx2.AsyncClient,
         retry_interval: timedelta,
         max_attempts: int,
         published: list[Published],
@@ -342,7 +342,7 @@ class PubSub:
                     f"{self._app}/dapr/subscribe", headers=self._app_headers()
                 )
                 break
-            except httpx.HTTPError:
+            except httpx2.HTTPError:
                 await anyio.sleep(delay)
                 delay = min(delay * 2, _DISCOVERY_MAX_DELAY)
         self.app_answered = True
@@ -407,7 +407,7 @@ class PubSub:
             answer = await self._client.post(app + route, content=body, headers=headers)
             status = answer.status_code
             reply = answer.content
-        except httpx.HTTPError:
+        except httpx2.HTTPError:
             reply = b""
         verdict, outcome = classify(status, reply)
         if outcome == "retry" and work.attempt >= self._max_attempts:
