@@ -126,16 +126,17 @@ class Service:
             deleted |= drop
             if plan.next is not None:
                 await self._request_next(plan.next, now)
-            elif plan.series_ended:
-                self.metrics.next_occurrences.labels("ended").inc()
-            if plan.skipped:
-                self.metrics.reminders.labels("skipped").inc(plan.skipped)
             ttl = TOMBSTONE_TTL_SECONDS if plan.record["status"] != "active" else None
             try:
                 await self.sidecar.state_save(store, key, plan.record, etag=etag,
                                               first_write=etag is None, ttl_seconds=ttl)
             except Conflict:
                 continue
+            # Counted once the event is applied, not once per attempt.
+            if plan.series_ended:
+                self.metrics.next_occurrences.labels("ended").inc()
+            if plan.skipped:
+                self.metrics.reminders.labels("skipped").inc(plan.skipped)
             return "processed"
         raise Conflict(f"task record kept changing under {MAX_CAS_ATTEMPTS} attempts")
 
