@@ -297,3 +297,16 @@ async def test_replay_through_the_sidecar_is_idempotent(tmp_path: Any) -> None:
         await live(read_lines(str(path)), s.settings, err, clock=s.clock.now)  # again
         # the update is a duplicate now, and the created event is older than the record
         assert "duplicate 1, stale 1" in err.getvalue() and s.sidecar.jobs() == jobs
+
+
+async def test_job_trigger_log_lines_carry_task_and_trace_ids() -> None:
+    from structlog.testing import capture_logs
+
+    async with stack() as s:
+        await s.deliver(created(reminders=["PT1H"]))
+        with capture_logs() as logs:
+            s.clock.advance(timedelta(hours=1))
+            await s.sidecar.wait_for(lambda: len(s.reminders()) == 1)
+        [line] = [x for x in logs if x["event"] == "reminder published"]
+        assert line["task_id"] == 1 and line["job"] in {j.name for j in s.sidecar.job_triggers}
+        assert str(line["trace_id"]).startswith("00-")  # the trigger's traceparent header

@@ -64,6 +64,13 @@ def _json(value: Any) -> bytes:
 _STATUS_BODY: Final = {s: _json({"status": s.value}) for s in Status}
 
 
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")[:256]  # type: ignore[no-any-return]
+    return None
+
+
 class WorkerApp:
     """The app port: subscription discovery, task events, job triggers, health."""
 
@@ -112,10 +119,11 @@ class WorkerApp:
                 return await respond(send, 413, _json({"error": "body over 1 MiB"}))
             except anyio.EndOfStream:
                 return None
+            trace = _header(scope, b"traceparent")
             if path == TASK_ROUTE:
-                status = await self.service.handle_delivery(body)
+                status = await self.service.handle_delivery(body, trace)
                 return await respond(send, 200, _STATUS_BODY[status])
-            code = await self.service.handle_job(path[len(JOB_PREFIX):], body)
+            code = await self.service.handle_job(path[len(JOB_PREFIX):], body, trace)
             return await respond(send, code)
         return await respond(send, 404)
 

@@ -58,17 +58,21 @@ class Service:
         self.config = PlanConfig(settings.all_day_time, settings.default_reminders)
 
     # -- pub/sub ------------------------------------------------------------
-    async def handle_delivery(self, body: bytes) -> Status:
-        """Answer one pub/sub delivery: SUCCESS, RETRY or DROP; never raises."""
+    async def handle_delivery(self, body: bytes, trace_id: str | None = None) -> Status:
+        """Answer one pub/sub delivery: SUCCESS, RETRY or DROP; never raises.
+
+        `trace_id`: the delivery's `traceparent` header, used when the envelope has none.
+        """
         try:
             parsed = parse_delivery(body)
         except InvalidEvent as exc:
-            log.warning("event dropped", reason=exc.reason)
+            log.warning("event dropped", reason=exc.reason, trace_id=trace_id)
             self.metrics.events.labels("unknown", "invalid").inc()
             return Status.DROP
-        return await self.handle_parsed(parsed)
+        return await self.handle_parsed(parsed, trace_id)
 
-    async def handle_parsed(self, parsed: TaskEvent | Ignored) -> Status:
+    async def handle_parsed(self, parsed: TaskEvent | Ignored,
+                            trace_id: str | None = None) -> Status:
         if isinstance(parsed, Ignored):
             self.metrics.events.labels("other", "ignored").inc()
             log.info("event ignored", event_type=parsed.event_type[:100])
@@ -76,7 +80,7 @@ class Service:
         # Every line logged while handling the event (here and below) carries its ids.
         tokens = structlog.contextvars.bind_contextvars(
             event_id=parsed.event_id, task_id=parsed.task_id, event_type=parsed.event_type,
-            trace_id=parsed.trace_id,
+            trace_id=parsed.trace_id or trace_id,
         )
         try:
             return await self._answer(parsed)
@@ -219,7 +223,7 @@ class Service:
                  next_due_at=nxt.body["next_due_at"])
 
     # -- jobs ---------------------------------------------------------------
-    async def handle_job(self, name: str, body: bytes) -> int:
+    async def handle_job(self, name: str, body: bytes, trace_id: str | None = None) -> int:
         """Answer a job trigger with an HTTP status: 200 done, 500 retry later."""
         try:
             user_id, task_id, instant, order = parse_job_data(json.loads(body or b"null"))
@@ -227,10 +231,10 @@ class Service:
                 raise InvalidEvent("job name does not match its data")
         except (InvalidEvent, ValueError) as exc:
             reason = exc.reason if isinstance(exc, InvalidEvent) else "job data is not JSON"
-            log.warning("job trigger ignored", job=name[:100], reason=reason)
+            log.warning("job trigger ignored", job=name[:100], reason=reason, trace_id=trace_id)
             self.metrics.reminders.labels("skipped").inc()
             return 200
-        bound = log.bind(task_id=task_id, job=name)
+        bound = log.bind(task_id=task_id, job=name, trace_id=trace_id)
         try:
             return await self._fire(bound, name, user_id, task_id, instant, order)
         except (TransientError, PermanentSidecarError) as exc:
