@@ -310,3 +310,14 @@ async def test_job_trigger_log_lines_carry_task_and_trace_ids() -> None:
         [line] = [x for x in logs if x["event"] == "reminder published"]
         assert line["task_id"] == 1 and line["job"] in {j.name for j in s.sidecar.job_triggers}
         assert str(line["trace_id"]).startswith("00-")  # the trigger's traceparent header
+
+
+async def test_deleted_record_is_a_tombstone_with_ttl_until_re_created() -> None:
+    async with stack() as s:
+        await s.deliver(created(), event("task.deleted", 1))
+        key = task_key("u1", 1)
+        assert s.sidecar.state()[key].expiry is not None  # tombstone: expires in 90 days
+        await s.deliver(event("task.created", 2, due_at=DUE, reminders=["PT1H"]))
+        item = s.sidecar.state()[key]
+        assert item.value["status"] == "active" and item.expiry is None
+        assert len(s.sidecar.jobs()) == 1

@@ -39,6 +39,9 @@ MAX_CAS_ATTEMPTS: Final = 4
 CLAIM_LEASE: Final = timedelta(seconds=60)
 CLAIM_TTL_SECONDS: Final = 90 * 24 * 3600
 TOMBSTONE_TTL_SECONDS: Final = 90 * 24 * 3600  # completed/deleted records: stale events stay stale
+# Dapr's ttlInSeconds -1: keep the value and ignore a TTL set earlier (without it,
+# what happens to an existing TTL depends on the store).
+PERSIST: Final = -1
 
 Clock = Callable[[], datetime]
 log = structlog.get_logger("worker")
@@ -130,7 +133,11 @@ class Service:
             deleted |= drop
             if plan.next is not None:
                 await self._request_next(plan.next, now)
-            ttl = TOMBSTONE_TTL_SECONDS if plan.record["status"] != "active" else None
+            ttl: int | None = None
+            if plan.record["status"] != "active":
+                ttl = TOMBSTONE_TTL_SECONDS
+            elif record is not None and record["status"] != "active":
+                ttl = PERSIST  # a re-created task: drop the tombstone's TTL explicitly
             try:
                 await self.sidecar.state_save(store, key, plan.record, etag=etag,
                                               first_write=etag is None, ttl_seconds=ttl)
