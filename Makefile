@@ -25,7 +25,7 @@ soak: $(STAMP)
 		$(BIN)/python -m tests.soak
 
 lint: $(STAMP)
-	$(BIN)/ruff check worker tests
+	$(BIN)/ruff check worker tests bench
 	$(BIN)/mypy worker
 
 clean:
