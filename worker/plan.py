@@ -137,11 +137,8 @@ def make_plan(
     if status == "active":
         new_jobs, plan.skipped = _wanted_jobs(event, task, old_jobs, now, config)
     order = order_of(event)
-    plan.schedule = [
-        JobSpec(name, max(datetime.fromisoformat(at), now + AT_ONCE_GRACE),
-                _job_data(event, at, order))
-        for name, at in new_jobs.items() if name not in old_jobs
-    ]
+    plan.schedule = [job_spec(event.user_id, event.task_id, name, at, order, now)
+                     for name, at in new_jobs.items() if name not in old_jobs]
     plan.delete = [name for name in old_jobs if name not in new_jobs]
     if event.event_type == "task.completed" and task.get("recurrence") and old_status == "active":
         plan.next = _next(event, task, now)
@@ -232,8 +229,11 @@ def _wanted_jobs(
     return wanted, skipped
 
 
-def _job_data(event: TaskEvent, at: str, order: list[str]) -> dict[str, Any]:
-    return {"user_id": event.user_id, "task_id": event.task_id, "remind_at": at, "order": order}
+def job_spec(user_id: str, task_id: int | str, name: str, at: str, order: list[str],
+             now: datetime) -> JobSpec:
+    """The job of one reminder instant `at`, scheduled by the event of `order`."""
+    data = {"user_id": user_id, "task_id": task_id, "remind_at": at, "order": order}
+    return JobSpec(name, max(datetime.fromisoformat(at), now + AT_ONCE_GRACE), data)
 
 
 def _next(event: TaskEvent, task: dict[str, Any], now: datetime) -> NextOccurrence | None:

@@ -25,6 +25,7 @@ from worker.plan import (
     JobSpec,
     NextOccurrence,
     PlanConfig,
+    job_spec,
     make_plan,
     parse_job_data,
     record_is_behind,
@@ -125,7 +126,7 @@ class Service:
                 return plan.outcome
             desired: dict[str, str] = plan.record["jobs"]
             todo = list(plan.schedule)
-            todo += [self._respec(record, n, desired[n]) for n in deleted
+            todo += [self._respec(record, n, desired[n], now) for n in deleted
                      if n in desired and n not in {j.name for j in todo}]
             drop = set(plan.delete) | {n for n in scheduled if n not in desired}
             await self._job_ops(todo, drop)
@@ -151,11 +152,11 @@ class Service:
             return "processed"
         raise Conflict(f"task record kept changing under {MAX_CAS_ATTEMPTS} attempts")
 
-    def _respec(self, record: dict[str, Any] | None, name: str, at: str) -> JobSpec:
+    def _respec(self, record: dict[str, Any] | None, name: str, at: str,
+                now: datetime) -> JobSpec:
+        """A live job of `record` again (a lost race deleted it)."""
         assert record is not None
-        data = {"user_id": record["user_id"], "task_id": record["task_id"], "remind_at": at,
-                "order": record["order"]}
-        return JobSpec(name, datetime.fromisoformat(at), data)
+        return job_spec(record["user_id"], record["task_id"], name, at, record["order"], now)
 
     async def _repair(self, record: dict[str, Any] | None, scheduled: dict[str, JobSpec],
                       deleted: set[str]) -> None:
@@ -163,7 +164,7 @@ class Service:
         if not scheduled and not deleted:
             return
         live: dict[str, str] = record["jobs"] if record and record["status"] == "active" else {}
-        todo = [self._respec(record, n, live[n]) for n in deleted if n in live]
+        todo = [self._respec(record, n, live[n], self.clock()) for n in deleted if n in live]
         drop = {n for n in scheduled if n not in live}
         await self._job_ops(todo, drop)
 
