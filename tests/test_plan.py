@@ -48,7 +48,8 @@ def test_created_schedules_one_job_per_reminder() -> None:
                                "2026-12-01T07:00:00+00:00", "2026-12-01T07:30:00+00:00"]
     assert set(plan.record["jobs"]) == {j.name for j in plan.schedule}
     job = plan.schedule[0]
-    assert job.name == job_name("u", 1, job.due_time)
+    assert job.name == job_name("u", 1, job.due_time, plan.record["order"])
+    assert job.name != job_name("u", 1, job.due_time)  # a generation of its own
     assert parse_job_data(job.data)[:3] == ("u", 1, job.due_time)
     assert plan.delete == [] and plan.record["status"] == "active"
 

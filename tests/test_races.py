@@ -16,7 +16,7 @@ import pytest
 
 from tests.cluster import Cluster, cluster, reminder_counts
 from tests.harness import START
-from worker.schedule import format_utc, job_name, task_key
+from worker.schedule import format_utc, task_key
 
 pytestmark = pytest.mark.anyio
 
@@ -69,7 +69,7 @@ async def test_two_replicas_converge_to_the_newest_event() -> None:
             payload = _payload(due, offsets, recurrence)
             docs.append(_doc("task.created" if minute == 0 else "task.updated", t, user,
                              minute, payload))
-        names = {job_name(user, t, due - timedelta(minutes=o)) for o in offsets}
+        names = {format_utc(due - timedelta(minutes=o)) for o in offsets}
         status = "active"
         roll = rng.random()
         if roll < 0.3:
@@ -94,9 +94,12 @@ async def test_two_replicas_converge_to_the_newest_event() -> None:
         assert set(records) == set(expected)
         for key, (ts, status, names) in expected.items():
             rec = records[key]
-            assert (rec["order"][0], rec["status"], set(rec["jobs"])) == (ts, status, names)
-        all_jobs = set().union(*(names for _, _, names in expected.values()))
-        assert set(c.sidecar.jobs()) == all_jobs  # no orphan, none missing
+            assert (rec["order"][0], rec["status"], set(rec["jobs"].values())) == (
+                ts, status, names)
+        listed = {n for rec in records.values() for n in rec["jobs"]}
+        assert set(c.sidecar.jobs()) == listed  # no orphan, none missing
+        all_jobs = {(key, at) for key, (_, _, names) in expected.items() for at in names}
+        assert len(listed) == len(all_jobs)
         parents = sorted((i.json["user_id"], i.json["parent_task_id"])
                          for i in c.sidecar.invocations)
         assert parents == sorted(recurring_done)  # one request per completed occurrence
@@ -112,8 +115,7 @@ async def test_two_replicas_converge_to_the_newest_event() -> None:
         published = reminder_counts(c.reminders())
         assert len(published) == len(all_jobs) == len(c.reminders())  # once each
         assert all(len(v) == 1 for v in published.values())
-        fired = {job_name(u, json.loads(t), datetime.fromisoformat(at))
-                 for (u, t, at) in published}
+        fired = {(task_key(u, json.loads(t)), at) for (u, t, at) in published}
         assert fired == all_jobs
 
 
@@ -160,9 +162,9 @@ async def test_same_events_to_both_replicas_at_the_same_moment() -> None:
         await _hammer(c, [_envelope(v) for v in versions for _ in range(3)])
         record = c.records()[task_key("u", 7)]
         due = START + timedelta(hours=12)
-        newest = {job_name("u", 7, due - timedelta(minutes=m)) for m in (100, 5)}
-        assert record["order"][0] == _ts(9) and set(record["jobs"]) == newest
-        assert set(c.sidecar.jobs()) == newest  # the losers' jobs were repaired away
+        newest = {format_utc(due - timedelta(minutes=m)) for m in (100, 5)}
+        assert record["order"][0] == _ts(9) and set(record["jobs"].values()) == newest
+        assert set(c.sidecar.jobs()) == set(record["jobs"])  # the losers' jobs were removed
         texts = await _metrics(c)
         conflicts = sum(_metric(t, "reminder_worker_sidecar_request_seconds_count",
                                 api="state", outcome="error") for t in texts)

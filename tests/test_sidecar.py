@@ -115,6 +115,12 @@ async def test_names_and_keys_are_escaped_in_urls() -> None:
 
 async def test_invoke_posts_json_to_the_method_path() -> None:
     sc, seen = sidecar(lambda r: httpx.Response(201, json={"id": 5}))
-    assert await sc.invoke("todo-backend", "api/tasks/create-next", {"x": 1}) == {"id": 5}
+    assert await sc.invoke("todo-backend", "api/tasks/create-next", {"x": 1}) == (201, {"id": 5})
     assert seen[0].url.path == "/v1.0/invoke/todo-backend/method/api/tasks/create-next"
     assert seen[0].method == "POST" and json.loads(seen[0].content) == {"x": 1}
+    sc, _ = sidecar(lambda r: httpx.Response(409, json={"error": "exists"}))
+    assert await sc.invoke("todo-backend", "m", {}) == (409, {"error": "exists"})
+    sc, _ = sidecar(lambda r: httpx.Response(422, json={"error": "bad"}))
+    with pytest.raises(PermanentSidecarError) as info:
+        await sc.invoke("todo-backend", "m", {})
+    assert info.value.status == 422

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.harness import START, Stack, stack
-from worker.schedule import job_name, occurrence_key, reminder_id, task_key
+from worker.schedule import occurrence_key, reminder_id, task_key
 
 pytestmark = pytest.mark.anyio
 
@@ -41,7 +41,8 @@ async def test_created_schedules_jobs_and_a_firing_publishes_reminder_due() -> N
         [ce] = await s.deliver(created())
         assert s.answers(ce) == ["SUCCESS"]
         assert job_times(s) == ["2026-11-26T13:00:00+00:00", "2026-11-26T13:30:00+00:00"]
-        name = job_name("u1", 1, START + timedelta(hours=1))
+        [name] = [n for n, j in s.sidecar.jobs().items()
+                  if j.due_time == START + timedelta(hours=1)]
         job = s.sidecar.jobs()[name]
         assert job.data["user_id"] == "u1" and job.data["task_id"] == 1
         record = s.records()[task_key("u1", 1)]

@@ -12,6 +12,11 @@
 A permanent sidecar error on an event is still answered RETRY, not DROP: the
 event itself was fine, the deployment is wrong (unknown component, token),
 and a fixed deployment should still see it.
+
+Anything else (an InvalidEvent, or an exception no branch names: OverflowError,
+RecursionError, a bug) would be raised again by the same input: never RETRY,
+which with unlimited redelivery would block the partition behind it. `retryable`
+draws that line in one place.
 """
 
 from __future__ import annotations
@@ -67,3 +72,8 @@ class Status(enum.StrEnum):
     SUCCESS = "SUCCESS"
     RETRY = "RETRY"
     DROP = "DROP"
+
+
+def retryable(exc: BaseException) -> bool:
+    """Can the same input succeed later? Only when the sidecar or the network failed."""
+    return isinstance(exc, TransientError | PermanentSidecarError | OSError | TimeoutError)

@@ -10,7 +10,10 @@ the JSON kept in the state store per (user, task):
 
 `order` is the last applied event: a later event applies, an equal one is a
 duplicate, an earlier one is stale. `jobs` are the live reminder jobs; a fired
-job publishes only if its name is still here and the task is active.
+job publishes only if its name is still here and the task is active. A job is
+named by its reminder instant and the order of the event that first wanted it
+(`schedule.job_name`). `retired` (optional) lists the jobs the last applied
+event made obsolete: deleted after the save, and again by a redelivery.
 """
 
 from __future__ import annotations
@@ -47,6 +50,11 @@ FIRED_RETENTION: Final = timedelta(hours=6)
 # A past reminder "fires at once"; one second of grace lets the record save land
 # first, so the trigger does not find the record behind and wait for a retry.
 AT_ONCE_GRACE: Final = timedelta(seconds=1)
+
+TOMBSTONE_TTL_SECONDS: Final = 90 * 24 * 3600  # completed/deleted records: stale events stay stale
+# Dapr's ttlInSeconds -1: keep the value and ignore a TTL set earlier (without it,
+# what happens to an existing TTL depends on the store).
+PERSIST: Final = -1
 
 Outcome = Literal["processed", "duplicate", "stale"]
 
@@ -125,7 +133,15 @@ def make_plan(
     outcome = compare(record, event)
     if outcome != "processed":
         assert record is not None
-        return Plan(outcome, record)
+        plan = Plan(outcome, record)
+        if outcome == "duplicate":
+            plan.delete = list(record.get("retired", ()))
+        if (outcome == "duplicate" and event.event_type == "task.completed"
+                and record["status"] == "completed" and record["task"].get("recurrence")):
+            # The same completion again (e.g. replayed from the dead-letter topic after
+            # the task service rejected it): the service re-asks only if that was so.
+            plan.next = _next(event, record["task"])
+        return plan
     prior = record["task"] if record else {}
     task = merge(prior, event.changes, config)
     old_status = record["status"] if record else "active"
@@ -141,12 +157,14 @@ def make_plan(
                      for name, at in new_jobs.items() if name not in old_jobs]
     plan.delete = [name for name in old_jobs if name not in new_jobs]
     if event.event_type == "task.completed" and task.get("recurrence") and old_status == "active":
-        plan.next = _next(event, task, now)
+        plan.next = _next(event, task)
         plan.series_ended = plan.next is None
     plan.record = {
         "v": RECORD_VERSION, "user_id": event.user_id, "task_id": event.task_id,
         "order": order, "status": status, "task": task, "jobs": new_jobs,
     }
+    if plan.delete:
+        plan.record["retired"] = sorted(plan.delete)
     return plan
 
 
@@ -211,19 +229,23 @@ def _wanted_jobs(
         instants = reminder_instants(due, zone, offsets, remind_at)
     except (ValueError, OverflowError) as exc:
         raise InvalidEvent(f"payload: reminder instants out of range: {exc}") from None
+    live = {at: name for name, at in old_jobs.items()}  # instant -> the job that has it
+    order = order_of(event)
     wanted: dict[str, str] = {}
     skipped = 0
     for instant in instants:
-        name = job_name(event.user_id, event.task_id, instant)
+        at = format_utc(instant)
+        name = live.get(at)
         if instant > now:
-            wanted[name] = format_utc(instant)
-        elif name in old_jobs:
+            wanted[name or job_name(event.user_id, event.task_id, instant, order)] = at
+        elif name is not None:
             # Scheduled earlier and due by now: it fired or is retrying; keep it
             # live for a while, never schedule it twice.
             if instant > now - FIRED_RETENTION:
-                wanted[name] = old_jobs[name]
+                wanted[name] = at
         elif due is not None and due > now:
-            wanted[name] = format_utc(instant)  # late but still useful: fires at once
+            # late but still useful: fires at once
+            wanted[job_name(event.user_id, event.task_id, instant, order)] = at
         else:
             skipped += 1
     return wanted, skipped
@@ -236,11 +258,14 @@ def job_spec(user_id: str, task_id: int | str, name: str, at: str, order: list[s
     return JobSpec(name, max(datetime.fromisoformat(at), now + AT_ONCE_GRACE), data)
 
 
-def _next(event: TaskEvent, task: dict[str, Any], now: datetime) -> NextOccurrence | None:
+def _next(event: TaskEvent, task: dict[str, Any]) -> NextOccurrence | None:
     zone = load_zone(task["timezone"])
     rec = recurrence_of(task["recurrence"])
     current = datetime.fromisoformat(task["due_at"]) if task.get("due_at") else event.timestamp
-    nxt = next_occurrence(rec, zone, current, now)
+    # "Now" for this purpose is when the task was completed, never when the event
+    # happens to be handled: a redelivery hours later asks for the same occurrence
+    # with the same idempotency key (contract §4).
+    nxt = next_occurrence(rec, zone, current, event.timestamp)
     if nxt is None:
         return None
     key = occurrence_key(event.user_id, event.task_id, nxt)
@@ -277,3 +302,12 @@ def parse_job_data(data: object) -> tuple[str, int | str, datetime, list[str]]:
 def record_is_behind(record: dict[str, Any] | None, order: list[str]) -> bool:
     """A job scheduled by an event the record does not show yet (its save is in flight)."""
     return record is None or _order_key(record["order"]) < _order_key(order)
+
+
+def record_ttl(old: dict[str, Any] | None, new: dict[str, Any]) -> int | None:
+    """The ttlInSeconds to save `new` with: tombstones expire, a re-created task persists."""
+    if new["status"] != "active":
+        return TOMBSTONE_TTL_SECONDS
+    if old is not None and old["status"] != "active":
+        return PERSIST  # a re-created task: drop the tombstone's TTL explicitly
+    return None

@@ -210,10 +210,20 @@ def task_key(user_id: str, task_id: int | str) -> str:
     return f"rw-task-{_user_digest(user)}-{_digest('task', user, task)[:32]}"
 
 
-def job_name(user_id: str, task_id: int | str, instant: datetime) -> str:
-    """Dapr job name of one reminder instant: "rw-<40 hex>"; same moment, same name."""
+def job_name(user_id: str, task_id: int | str, instant: datetime,
+             scheduled_by: Sequence[str] | None = None) -> str:
+    """Dapr job name of one reminder instant: "rw-<40 hex>".
+
+    `scheduled_by` is the order ([timestamp, fingerprint]) of the event that first
+    wanted the job. Naming a job by its generation means a job deleted as obsolete
+    by one event can never be a job that a newer event scheduled for the same
+    instant (a late delete would otherwise remove the newer event's reminder).
+    Without it: the name of jobs scheduled before generations existed.
+    """
     user, task = _ids(user_id, task_id)
-    return f"rw-{_digest('job', user, task, format_utc(instant))[:40]}"
+    if scheduled_by is None:
+        return f"rw-{_digest('job', user, task, format_utc(instant))[:40]}"
+    return f"rw-{_digest('job', user, task, format_utc(instant), list(scheduled_by))[:40]}"
 
 
 def reminder_id(user_id: str, task_id: int | str, instant: datetime) -> str:

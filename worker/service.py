@@ -18,17 +18,23 @@ from typing import Any, Final
 import anyio
 import structlog
 
-from worker.errors import Conflict, InvalidEvent, PermanentSidecarError, Status, TransientError
+from worker.errors import (
+    Conflict,
+    InvalidEvent,
+    PermanentSidecarError,
+    Status,
+    retryable,
+)
 from worker.events import Ignored, TaskEvent, parse_delivery
 from worker.metrics import Metrics
 from worker.plan import (
     JobSpec,
     NextOccurrence,
     PlanConfig,
-    job_spec,
     make_plan,
     parse_job_data,
     record_is_behind,
+    record_ttl,
 )
 from worker.schedule import UTC, format_utc, job_name, reminder_id, task_key
 from worker.settings import Settings
@@ -39,10 +45,10 @@ MAX_CAS_ATTEMPTS: Final = 4
 # crashed replica); the task service dedupes the repeat by idempotency_key.
 CLAIM_LEASE: Final = timedelta(seconds=60)
 CLAIM_TTL_SECONDS: Final = 90 * 24 * 3600
-TOMBSTONE_TTL_SECONDS: Final = 90 * 24 * 3600  # completed/deleted records: stale events stay stale
-# Dapr's ttlInSeconds -1: keep the value and ignore a TTL set earlier (without it,
-# what happens to an existing TTL depends on the store).
-PERSIST: Final = -1
+# The task service's answers to a next-occurrence request that no retry can change
+# (the request itself is refused). 409 is success: it already has the occurrence.
+# 401/403/404 stay retried: a wrong deployment (token, app id, method) can be fixed.
+HOPELESS_STATUSES: Final = frozenset({400, 413, 422})
 
 Clock = Callable[[], datetime]
 log = structlog.get_logger("worker")
@@ -69,8 +75,12 @@ class Service:
         """
         try:
             parsed = parse_delivery(body)
-        except InvalidEvent as exc:
-            log.warning("event dropped", reason=exc.reason, trace_id=trace_id)
+        except Exception as exc:  # nothing but this body can make parsing fail
+            if isinstance(exc, InvalidEvent):
+                log.warning("event dropped", reason=exc.reason, trace_id=trace_id)
+            else:
+                log.exception("event dropped", reason="unexpected error",
+                              error_type=type(exc).__name__, trace_id=trace_id)
             self.metrics.events.labels("unknown", "invalid").inc()
             return Status.DROP
         return await self.handle_parsed(parsed, trace_id)
@@ -98,75 +108,80 @@ class Service:
             log.warning("event dropped", reason=exc.reason)
             self.metrics.events.labels(parsed.event_type, "invalid").inc()
             return Status.DROP
-        except (TransientError, PermanentSidecarError) as exc:
-            log.warning("event will be retried", error=str(exc))
-            self.metrics.events.labels(parsed.event_type, "retry").inc()
-            return Status.RETRY
-        except Exception:
-            log.exception("event failed unexpectedly; will be retried")
-            self.metrics.events.labels(parsed.event_type, "retry").inc()
-            return Status.RETRY
+        except Exception as exc:
+            if retryable(exc):
+                log.warning("event will be retried", error=str(exc))
+                self.metrics.events.labels(parsed.event_type, "retry").inc()
+                return Status.RETRY
+            # The same input would fail again: dead-letter it, stack logged once.
+            log.exception("event dropped", reason="unexpected error",
+                          error_type=type(exc).__name__)
+            self.metrics.events.labels(parsed.event_type, "invalid").inc()
+            return Status.DROP
         self.metrics.events.labels(parsed.event_type, outcome).inc()
         log.info("event handled", outcome=outcome)
         return Status.SUCCESS
 
     async def handle_event(self, event: TaskEvent) -> str:
-        """Apply one task event; returns processed, duplicate or stale. Raises on failure."""
+        """Apply one task event; returns processed, duplicate or stale. Raises on failure.
+
+        Order of effects, so that a crash between any two leaves every job the saved
+        record lists in the scheduler: new jobs are scheduled before the record is
+        saved, obsolete ones deleted only after it (the record names them `retired`,
+        so a redelivery deletes them again). A crash in between, overtaken by a newer
+        event, leaves at most an orphan job that no record lists: its trigger
+        publishes nothing and the scheduler forgets it once it has fired.
+        """
         store = self.settings.state_store
         key = task_key(event.user_id, event.task_id)
-        scheduled: dict[str, JobSpec] = {}  # what earlier attempts did, to repair after a lost race
-        deleted: set[str] = set()
+        scheduled: set[str] = set()  # by earlier attempts of this call: same names again
+        rejected: PermanentSidecarError | None = None
         for _ in range(MAX_CAS_ATTEMPTS):
             got = await self.sidecar.state_get(store, key)
             record, etag = got if got else (None, None)
             now = self.clock()
             plan = make_plan(record, event, now, self.config)
             if plan.outcome != "processed":
-                await self._repair(record, scheduled, deleted)
+                # plan.delete: a duplicate's retired jobs (its deletes failed after its
+                # save). And jobs an earlier attempt scheduled that the record, now at
+                # or past this event, does not list: no record can ever list them.
+                dead = scheduled - set(plan.record["jobs"])
+                await self._job_ops([], set(plan.delete) | dead)
+                if plan.next is not None:
+                    await self._retry_rejected(plan.next, now)
                 return plan.outcome
-            desired: dict[str, str] = plan.record["jobs"]
-            todo = list(plan.schedule)
-            todo += [self._respec(record, n, desired[n], now) for n in deleted
-                     if n in desired and n not in {j.name for j in todo}]
-            drop = set(plan.delete) | {n for n in scheduled if n not in desired}
-            await self._job_ops(todo, drop)
-            scheduled.update({j.name: j for j in todo})
-            deleted |= drop
-            if plan.next is not None:
-                await self._request_next(plan.next, now)
-            ttl: int | None = None
-            if plan.record["status"] != "active":
-                ttl = TOMBSTONE_TTL_SECONDS
-            elif record is not None and record["status"] != "active":
-                ttl = PERSIST  # a re-created task: drop the tombstone's TTL explicitly
+            todo = [job for job in plan.schedule if job.name not in scheduled]
+            await self._job_ops(todo, set())
+            scheduled.update(job.name for job in todo)
+            if plan.next is not None and rejected is None:
+                try:
+                    await self._request_next(plan.next, now)
+                except PermanentSidecarError as exc:
+                    if exc.api != "invoke" or exc.status not in HOPELESS_STATUSES:
+                        raise
+                    rejected = exc  # the completion is applied all the same, then dropped
             try:
                 await self.sidecar.state_save(store, key, plan.record, etag=etag,
-                                              first_write=etag is None, ttl_seconds=ttl)
+                                              first_write=etag is None,
+                                              ttl_seconds=record_ttl(record, plan.record))
             except Conflict:
                 continue
+            # Obsolete jobs go only now. A failure here is retried: the redelivery is a
+            # duplicate, and deletes the jobs the record lists as retired.
+            dead = scheduled - set(plan.record["jobs"])
+            await self._job_ops([], set(plan.delete) | dead)
             # Counted once the event is applied, not once per attempt.
             if plan.series_ended:
                 self.metrics.next_occurrences.labels("ended").inc()
             if plan.skipped:
                 self.metrics.reminders.labels("skipped").inc(plan.skipped)
+            if rejected is not None:
+                raise InvalidEvent(
+                    f"task service rejected the next occurrence (HTTP {rejected.status}); "
+                    f"the completion is applied, the event goes to the dead-letter topic "
+                    f"to be replayed once the task service accepts it: {rejected}")
             return "processed"
         raise Conflict(f"task record kept changing under {MAX_CAS_ATTEMPTS} attempts")
-
-    def _respec(self, record: dict[str, Any] | None, name: str, at: str,
-                now: datetime) -> JobSpec:
-        """A live job of `record` again (a lost race deleted it)."""
-        assert record is not None
-        return job_spec(record["user_id"], record["task_id"], name, at, record["order"], now)
-
-    async def _repair(self, record: dict[str, Any] | None, scheduled: dict[str, JobSpec],
-                      deleted: set[str]) -> None:
-        """Undo what a lost attempt did to jobs the newest record does not agree with."""
-        if not scheduled and not deleted:
-            return
-        live: dict[str, str] = record["jobs"] if record and record["status"] == "active" else {}
-        todo = [self._respec(record, n, live[n], self.clock()) for n in deleted if n in live]
-        drop = {n for n in scheduled if n not in live}
-        await self._job_ops(todo, drop)
 
     async def _job_ops(self, schedule: list[JobSpec], delete: set[str]) -> None:
         if not schedule and not delete:
@@ -194,8 +209,21 @@ class Service:
         if errors:
             raise errors[0]
 
+    async def _retry_rejected(self, nxt: NextOccurrence, now: datetime) -> None:
+        """A completion seen again: ask again only if the task service rejected it before."""
+        got = await self.sidecar.state_get(self.settings.state_store, nxt.key)
+        claim = got[0] if got else None
+        if isinstance(claim, dict) and claim.get("state") == "rejected":
+            await self._request_next(nxt, now)
+
     async def _request_next(self, nxt: NextOccurrence, now: datetime) -> None:
-        """Ask the task service for the next occurrence, at most once per occurrence."""
+        """Ask the task service for the next occurrence, at most once per occurrence.
+
+        The claim (state key = the occurrence's idempotency key) is taken with
+        first-write; a claim left pending by a crashed delivery is taken over after
+        its lease, and the task service dedupes the repeat by idempotency_key (the
+        same key: the occurrence depends only on the record and the event).
+        """
         store, key = self.settings.state_store, nxt.key
         pending = {"state": "pending", "at": format_utc(now)}
         try:
@@ -206,53 +234,74 @@ class Service:
             if got is None:
                 raise Conflict("next-occurrence claim vanished; retry") from None
             claim, etag = got
-            if isinstance(claim, dict) and claim.get("state") == "done":
+            state = claim.get("state") if isinstance(claim, dict) else None
+            if state == "done":
                 return  # a redelivery: already requested
             at = claim.get("at") if isinstance(claim, dict) else None
-            if at and now - datetime.fromisoformat(at) < CLAIM_LEASE:
+            if state == "pending" and at and now - datetime.fromisoformat(at) < CLAIM_LEASE:
                 raise Conflict("next occurrence being requested by another delivery") from None
             await self.sidecar.state_save(store, key, pending, etag=etag,
                                           ttl_seconds=CLAIM_TTL_SECONDS)
         try:
-            await self.sidecar.invoke(self.settings.task_app_id,
-                                      self.settings.next_occurrence_method, nxt.body)
+            status, _ = await self.sidecar.invoke(self.settings.task_app_id,
+                                                  self.settings.next_occurrence_method,
+                                                  nxt.body)
+        except PermanentSidecarError as exc:
+            self.metrics.next_occurrences.labels("error").inc()
+            if exc.status not in HOPELESS_STATUSES:
+                await self._release(key)
+                raise
+            # Kept (not released): a replay of the completion finds it and asks again.
+            await self.sidecar.state_save(
+                store, key, {"state": "rejected", "at": format_utc(now), "status": exc.status},
+                ttl_seconds=CLAIM_TTL_SECONDS)
+            log.error("task service rejected the next occurrence", status=exc.status,
+                      error=str(exc), next_due_at=nxt.body["next_due_at"])
+            raise
         except Exception:
             self.metrics.next_occurrences.labels("error").inc()
-            with anyio.CancelScope(shield=True):
-                try:
-                    await self.sidecar.state_delete(store, key)
-                except Exception as exc:  # the lease expires on its own
-                    log.warning("could not release next-occurrence claim", error=str(exc))
+            await self._release(key)
             raise
         await self.sidecar.state_save(store, key, {"state": "done", "at": format_utc(now)},
                                       ttl_seconds=CLAIM_TTL_SECONDS)
         self.metrics.next_occurrences.labels("requested").inc()
         log.info("next occurrence requested", task_id=nxt.body["parent_task_id"],
-                 next_due_at=nxt.body["next_due_at"])
+                 next_due_at=nxt.body["next_due_at"],
+                 already_there=status == 409)
+
+    async def _release(self, key: str) -> None:
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.sidecar.state_delete(self.settings.state_store, key)
+            except Exception as exc:  # the lease expires on its own
+                log.warning("could not release next-occurrence claim", error=str(exc))
 
     # -- jobs ---------------------------------------------------------------
     async def handle_job(self, name: str, body: bytes, trace_id: str | None = None) -> int:
         """Answer a job trigger with an HTTP status: 200 done, 500 retry later."""
         try:
             user_id, task_id, instant, order = parse_job_data(json.loads(body or b"null"))
-            if job_name(user_id, task_id, instant) != name:
+            if name not in (job_name(user_id, task_id, instant, order),
+                            job_name(user_id, task_id, instant)):  # named before generations
                 raise InvalidEvent("job name does not match its data")
-        except (InvalidEvent, ValueError) as exc:
-            reason = exc.reason if isinstance(exc, InvalidEvent) else "job data is not JSON"
+        except Exception as exc:  # a foreign or hostile body: no retry can change it
+            reason = (exc.reason if isinstance(exc, InvalidEvent)
+                      else f"job data unusable ({type(exc).__name__})")
             log.warning("job trigger ignored", job=name[:100], reason=reason, trace_id=trace_id)
             self.metrics.reminders.labels("skipped").inc()
             return 200
         bound = log.bind(task_id=task_id, job=name, trace_id=trace_id)
         try:
             return await self._fire(bound, name, user_id, task_id, instant, order)
-        except (TransientError, PermanentSidecarError) as exc:
-            bound.warning("job trigger will be retried", error=str(exc))
-            self.metrics.reminders.labels("error").inc()
-            return 500
-        except Exception:
-            bound.exception("job trigger failed unexpectedly; will be retried")
-            self.metrics.reminders.labels("error").inc()
-            return 500
+        except Exception as exc:
+            if retryable(exc):
+                bound.warning("job trigger will be retried", error=str(exc))
+                self.metrics.reminders.labels("error").inc()
+                return 500
+            bound.exception("job trigger dropped: the same trigger would fail again",
+                            error_type=type(exc).__name__)
+            self.metrics.reminders.labels("skipped").inc()
+            return 200
 
     async def _fire(self, bound: Any, name: str, user_id: str, task_id: int | str,
                     instant: datetime, order: list[str]) -> int:

@@ -189,15 +189,16 @@ class Sidecar:
                          body=_dumps(envelope), content_type=CE_JSON)
 
     async def invoke(self, app_id: str, method: str, body: Any,
-                     headers: Mapping[str, str] | None = None) -> Any:
-        """POST to another app through Dapr; the target's 2xx body (JSON or None)."""
+                     headers: Mapping[str, str] | None = None) -> tuple[int, Any]:
+        """POST to another app through Dapr: (status, JSON body or None) for a 2xx or a
+        409 (the target already has it); other 4xx raise PermanentSidecarError."""
         path = f"/v1.0/invoke/{_q(app_id)}/method/{quote(method, safe='/')}"
         resp = await self._call("invoke", "POST", path, body=_dumps(body), headers=headers,
-                                ok=(200, 201, 202, 204))
+                                ok=(200, 201, 202, 204, 409))
         try:
-            return resp.json() if resp.content else None
+            return resp.status_code, resp.json() if resp.content else None
         except ValueError:
-            return None
+            return resp.status_code, None
 
     async def secret(self, store: str, name: str) -> dict[str, str]:
         resp = await self._call("secrets", "GET", f"/v1.0/secrets/{_q(store)}/{_q(name)}",
