@@ -39,6 +39,7 @@ class Replica:
     settings: Settings
     running: Running
     done: anyio.Event
+    scope: anyio.CancelScope
 
     @property
     def app_url(self) -> str:
@@ -60,24 +61,75 @@ class Cluster:
     app_ports: list[int]
     sidecar_timeout: float | None
     replicas: dict[int, Replica] = field(default_factory=dict)
+    kills: int = 0
 
     async def start_replica(self, index: int) -> Replica:
         settings = load_settings({
             "DAPR_HTTP_ENDPOINT": self.sidecar_url, "REMINDER_PORT": str(self.app_ports[index]),
             "REMINDER_OPS_PORT": "0", "REMINDER_OPS_HOST": "127.0.0.1", **self.env})
         done = anyio.Event()
+        scope = anyio.CancelScope()
 
         async def daemon(*, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
             try:
-                await run_daemon(settings, clock=self.clock.now, task_status=task_status,
-                                 sidecar_timeout=self.sidecar_timeout)
+                with scope:
+                    await run_daemon(settings, clock=self.clock.now, task_status=task_status,
+                                     sidecar_timeout=self.sidecar_timeout)
             finally:
                 done.set()
 
         running = await self.tg.start(daemon)
-        replica = Replica(index, running.settings or settings, running, done)
+        replica = Replica(index, running.settings or settings, running, done, scope)
         self.replicas[index] = replica
         return replica
+
+    async def _restart(self, index: int) -> None:
+        for _ in range(100):  # a killed server's port can take a moment to be free
+            try:
+                await self.start_replica(index)
+                return
+            except OSError:
+                await anyio.sleep(0.05)
+        raise AssertionError(f"replica {index} could not be restarted")
+
+    async def kill_all(self) -> None:
+        """kill -9 of every replica: each stops wherever it is (no drain, no further
+        effect: a cancelled handler never reaches its next sidecar call)."""
+        for replica in self.replicas.values():
+            if replica.running.app is not None:
+                replica.running.app.cancel_inflight()
+            replica.scope.cancel()
+        for replica in self.replicas.values():
+            with anyio.fail_after(25):
+                await replica.done.wait()
+            for server in replica.running.servers:  # a dead process holds no socket
+                for listener in server.servers:
+                    listener.close()
+                for conn in list(server.server_state.connections):
+                    conn.transport.abort()  # nor keep-alive connections
+
+    def restart_on_kill(self, advance: timedelta = timedelta(seconds=61)) -> None:
+        """Make the sidecar's `kill` faults kill every replica; they come back on their
+        ports (as Kubernetes restarts a killed pod) after the clock moved `advance`,
+        so leases of the dead ones can expire. `kills` counts them."""
+
+        killing = False
+
+        async def on_kill() -> None:
+            nonlocal killing
+            if killing:  # a second kill while the replicas are down or starting
+                return
+            killing = True
+            try:
+                self.kills += 1
+                await self.kill_all()
+                self.clock.advance(advance)
+                for index in list(self.replicas):
+                    await self._restart(index)
+            finally:
+                killing = False
+
+        self.sidecar.on_kill = on_kill
 
     async def stop_replica(self, index: int) -> None:
         replica = self.replicas.pop(index)

@@ -42,6 +42,9 @@ END = START + timedelta(days=13)
 ZONES = ("UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata")
 OFFSETS: tuple[Any, ...] = (5, 15, 30, 60, "PT2H", "P1D", "PT45M")
 RULES = ("daily", "weekly", "FREQ=DAILY;INTERVAL=2", "FREQ=WEEKLY;BYDAY=MO,WE,FR")
+# Overdue series with occurrences minutes apart: a redelivery after a kill (the clock
+# moves on by the claim lease) would find another "next" if it depended on that clock.
+OVERDUE_RULES = ("FREQ=HOURLY;BYMINUTE=0,10,20,30,40,50",) * 3 + ("FREQ=HOURLY", "daily")
 HOSTILE_USERS = ("a/b", "../..", "x?y#z", "p||q", "üser ✓", "%2F", "a" * 300)
 
 
@@ -104,6 +107,10 @@ class Figures:
     reminders_unexpected: int = 0
     next_expected: int = 0
     next_requested: int = 0
+    next_repeated: int = 0  # same key and occurrence again (a kill before the claim)
+    overdue_completions: int = 0
+    kills: int = 0
+    orphan_jobs: int = 0  # scheduled by an attempt no record kept; fired, published nothing
     events_not_success: int = 0
     seconds: float = 0.0
     violations: list[str] = field(default_factory=list)
@@ -111,19 +118,23 @@ class Figures:
     def line(self) -> str:
         return (f"soak seed={self.seed} tasks={self.tasks} events={self.events} "
                 f"(+{self.duplicates_sent} duplicates, {self.deliveries} deliveries) "
-                f"faults={self.faults_injected} reminders expected={self.reminders_expected} "
+                f"faults={self.faults_injected} kills={self.kills} "
+                f"reminders expected={self.reminders_expected} "
                 f"published={self.reminders_published} duplicated={self.reminders_duplicated} "
                 f"missing={self.reminders_missing} unexpected={self.reminders_unexpected} "
                 f"next_occurrence expected={self.next_expected} "
-                f"requested={self.next_requested} events_not_success="
+                f"requested={self.next_requested} (repeats {self.next_repeated}, "
+                f"overdue {self.overdue_completions}) orphan_jobs={self.orphan_jobs} "
+                f"events_not_success="
                 f"{self.events_not_success} in {self.seconds:.1f}s")
 
 
 def _spec(rng: random.Random, earliest: datetime, recurring: bool) -> Spec:
-    """A task whose every reminder instant is after `earliest` (so none 'fires at once')."""
-    due = earliest + timedelta(days=1, minutes=rng.randrange(60, 8 * 1440))
+    """A task whose every reminder instant is a day after `earliest` or later (so none
+    'fires at once', even after the clock moved on for every kill)."""
+    due = earliest + timedelta(days=2, minutes=rng.randrange(60, 8 * 1440))
     offsets = rng.sample(OFFSETS, rng.randrange(0, 4))
-    remind_at = [earliest + timedelta(minutes=rng.randrange(10, 9 * 1440))
+    remind_at = [earliest + timedelta(days=1, minutes=rng.randrange(10, 8 * 1440))
                  for _ in range(rng.choice((0, 0, 1)))]
     return Spec(due, rng.choice(ZONES), offsets, remind_at,
                 rng.choice(RULES) if recurring else None, f"task {rng.randrange(10**6)}")
@@ -164,13 +175,21 @@ class Model:
 
 async def _inject(c: Cluster, rng: random.Random, apis: Iterable[str]) -> None:
     for api in apis:
-        if rng.random() < 0.5:
+        roll = rng.random()
+        if api == "invoke":  # invocations are few: kill between one and its claim often
+            roll = 0.5 + rng.random() / 2 if rng.random() < 0.6 else roll
+        if roll < 0.5:
             times, after = rng.randrange(1, 5), rng.randrange(0, 6)
             if rng.random() < 0.5:
                 c.sidecar.faults.fail(api, times=times, status=rng.choice((500, 503)),
                                       after=after)
             else:
                 c.sidecar.faults.drop(api, times=times, after=after)
+        elif roll < 0.75:
+            # kill -9 of the workers right after this API's effect: after a job call,
+            # between a save and the deletes, between an invocation and its claim...
+            after = rng.randrange(0, 3 if api == "invoke" else 40)  # invocations are few
+            c.sidecar.faults.kill(api, times=1, after=after)
 
 
 async def _deliver(c: Cluster, rng: random.Random, docs: list[dict[str, Any]],
@@ -225,7 +244,19 @@ async def run_soak(seed: int, n_tasks: int, *, replicas: int = 2, batch: int = 4
             etype = "task.updated"
             task.events.append((ts, etype, _doc(task, etype, ts, spec.payload(rng))))
         roll = rng.random()
-        if roll < 0.15:
+        if recurring and roll < 0.25:
+            # an overdue recurring task, completed: the next occurrence must not depend
+            # on when (after how many kills and redeliveries) the completion is handled
+            spec = Spec(START - timedelta(days=rng.randrange(1, 40), minutes=rng.randrange(600)),
+                        rng.choice(ZONES), [], [], rng.choice(OVERDUE_RULES), spec.title)
+            ts += timedelta(seconds=1)
+            task.events.append((ts, "task.updated", _doc(task, "task.updated", ts,
+                                                         spec.payload(rng))))
+            ts += timedelta(seconds=1)
+            etype = "task.completed"
+            task.events.append((ts, etype, _doc(task, etype, ts, spec.payload(rng))))
+            figures.overdue_completions += 1
+        elif roll < 0.15:
             ts += timedelta(seconds=1)
             etype = "task.completed"  # carries the whole task: order-independent meaning
             task.events.append((ts, etype, _doc(task, etype, ts, spec.payload(rng))))
@@ -238,7 +269,11 @@ async def run_soak(seed: int, n_tasks: int, *, replicas: int = 2, batch: int = 4
     figures.events += len(docs1)
 
     async with cluster(replicas) as c:
+        # a killed worker is back after 11 minutes: past the claim lease, and past an
+        # occurrence of the 10-minute overdue series
+        c.restart_on_kill(timedelta(minutes=11))
         ids = await _deliver(c, rng, docs1, figures, batch)
+        listed = _listed(c)
         model.expect_fires(tasks, START, MID)
         await _advance(c, rng, MID, step)
 
@@ -263,14 +298,23 @@ async def run_soak(seed: int, n_tasks: int, *, replicas: int = 2, batch: int = 4
                 figures.duplicates_sent += 1
         figures.events += len(docs2)
         ids += await _deliver(c, rng, docs2, figures, batch)
+        listed |= _listed(c)
         model.expect_fires(tasks, MID, END)
         await _advance(c, rng, END, step)
         await c.drain_jobs()
 
         figures.faults_injected = sum(c.sidecar.faults.injected.values())
+        figures.kills = c.kills
+        fired = {t.name for t in c.sidecar.job_triggers}
+        figures.orphan_jobs = len((fired | set(c.sidecar.jobs())) - listed)
         _check(c, tasks, model, ids, figures)
     figures.seconds = time.perf_counter() - started
     return figures
+
+
+def _listed(c: Cluster) -> set[str]:
+    """Every job name the records list once a delivery phase has settled."""
+    return {name for record in c.records().values() for name in record["jobs"]}
 
 
 def _check(c: Cluster, tasks: list[Task], model: Model, ids: list[str],
@@ -307,17 +351,21 @@ def _check(c: Cluster, tasks: list[Task], model: Model, ids: list[str],
         v.append(f"{len(unexpected)} reminders not expected, e.g. {unexpected[:3]}")
     if many_ids:
         v.append(f"{len(many_ids)} reminder instants with several ids")
-    parents: dict[tuple[str, str], int] = {}
+    # At least once per completion, and always the same occurrence with the same key:
+    # a repeat (after a kill between the invocation and its claim) is deduped by key.
+    parents: dict[tuple[str, str], set[tuple[str, str]]] = {}
     for inv in c.sidecar.invocations:
         body = inv.json
         key = (body["user_id"], json.dumps(body["parent_task_id"]))
-        parents[key] = parents.get(key, 0) + 1
+        parents.setdefault(key, set()).add((body["idempotency_key"], body["next_due_at"]))
     figures.next_requested = len(c.sidecar.invocations)
     figures.next_expected = len(model.next_expected)
+    figures.next_repeated = figures.next_requested - len(parents)
     wanted = {(tasks[i].user, json.dumps(tasks[i].task_id)) for i in model.next_expected}
-    if set(parents) != wanted or any(n != 1 for n in parents.values()):
+    if set(parents) != wanted or any(len(n) != 1 for n in parents.values()):
         v.append(f"next occurrences: {len(parents)} tasks requested "
-                 f"{sum(parents.values())} times, {len(wanted)} expected once each")
+                 f"{sum(len(n) for n in parents.values())} distinct occurrences, "
+                 f"{len(wanted)} expected one each")
     if c.sidecar.jobs():
         v.append(f"{len(c.sidecar.jobs())} jobs left after the end")
     try:

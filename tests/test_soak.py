@@ -18,3 +18,4 @@ async def test_short_seeded_soak_keeps_every_promise() -> None:
     assert figures.reminders_expected > 100 and figures.reminders_published > 100
     assert figures.faults_injected > 5 and figures.duplicates_sent > 20
     assert figures.next_expected > 3
+    assert figures.kills > 3 and figures.overdue_completions > 3

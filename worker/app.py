@@ -85,6 +85,7 @@ class WorkerApp:
             "deadLetterTopic": settings.dead_letter_topic,
         }])
         self.accepting = True  # false while draining: new work is refused and redelivered
+        self._inflight: set[anyio.CancelScope] = set()
 
     def _authorized(self, scope: Scope) -> bool:
         if self.token is None:
@@ -120,12 +121,23 @@ class WorkerApp:
             except anyio.EndOfStream:
                 return None
             trace = _header(scope, b"traceparent")
-            if path == TASK_ROUTE:
-                status = await self.service.handle_delivery(body, trace)
-                return await respond(send, 200, _STATUS_BODY[status])
-            code = await self.service.handle_job(path[len(JOB_PREFIX):], body, trace)
-            return await respond(send, code)
+            with anyio.CancelScope() as work:
+                self._inflight.add(work)
+                try:
+                    if path == TASK_ROUTE:
+                        status = await self.service.handle_delivery(body, trace)
+                        return await respond(send, 200, _STATUS_BODY[status])
+                    code = await self.service.handle_job(path[len(JOB_PREFIX):], body, trace)
+                    return await respond(send, code)
+                finally:
+                    self._inflight.discard(work)
+            return None  # cancelled: no answer, so the sidecar delivers it again
         return await respond(send, 404)
+
+    def cancel_inflight(self) -> None:
+        """Stop every handler where it stands (no further sidecar call is made)."""
+        for work in list(self._inflight):
+            work.cancel()
 
 
 class OpsApp:

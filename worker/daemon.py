@@ -48,6 +48,7 @@ class Running:
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     stop: anyio.Event = field(default_factory=anyio.Event)
     servers: list[Server] = field(default_factory=list)
+    app: WorkerApp | None = None
 
 
 async def resolve_secrets(settings: Settings, sidecar: Sidecar, *,
@@ -119,7 +120,7 @@ async def run_daemon(
             log.warning("metadata unavailable; using the alpha jobs API", error=str(exc))
         running.settings = settings
         service = Service(settings, sidecar, metrics, clock)
-        app = WorkerApp(settings, service)
+        app = running.app = WorkerApp(settings, service)
         app_sock = bind_socket(settings.host, settings.port)
         running.app_port = app_sock.getsockname()[1]
         app_server = make_server(app)

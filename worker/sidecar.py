@@ -110,7 +110,9 @@ class Sidecar:
             try:
                 async with self.gate:
                     resp = await self.client.request(method, url, content=body, headers=hdrs)
-            except httpx2.HTTPError as exc:
+            except (httpx2.HTTPError, RuntimeError) as exc:
+                # RuntimeError: the client is closed (shutting down) - a sidecar failure
+                # to the caller, to be retried, never a reason to drop the input.
                 self._observe[api, "error"].observe(time.perf_counter() - start)
                 error: Exception = SidecarUnavailable(api, f"{type(exc).__name__}: {exc}")
             else:

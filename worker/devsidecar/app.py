@@ -38,7 +38,7 @@ from .asgi import (
     send_response,
 )
 from .clock import Clock, SystemClock
-from .faults import APIS, Faults
+from .faults import APIS, Decision, Faults
 from .jobs import Jobs
 from .pubsub import PubSub
 from .records import Delivery, Invocation, Job, Published, StateItem, Trigger
@@ -93,6 +93,9 @@ class DevSidecar:
         self.config = config
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.faults = Faults()
+        # Called by a `kill` fault after the call's effect, before the connection is
+        # dropped: a test harness kills the worker there (see tests/cluster.py).
+        self.on_kill: Callable[[], Awaitable[None]] | None = None
         self.counts: dict[str, int] = dict.fromkeys(APIS, 0)
         self._published: list[Published] = []
         self._dead_letters: list[Published] = []
@@ -215,6 +218,7 @@ class DevSidecar:
         if scope["type"] != "http":
             return
         request = await read_request(scope, receive)
+        decision = Decision()
         try:
             api, handler = self._route(request)
             if api is not None:
@@ -240,6 +244,11 @@ class DevSidecar:
             response = result if isinstance(result, Response) else await result
         except ApiError as exc:
             response = exc.response()
+        if decision.kill:
+            if self.on_kill is not None:
+                await self.on_kill()
+            await drop_connection(send)
+            return
         await send_response(send, response)
 
     def _route(self, request: Request) -> tuple[str | None, Handler]:

@@ -1,4 +1,5 @@
-"""Fault injection per API: fail the next N calls, add latency, drop connections, go down.
+"""Fault injection per API: fail the next N calls, add latency, drop connections, go down,
+or serve a call and then kill its caller (`kill`: the effect lands, the answer never does).
 
 APIs: `state`, `jobs`, `publish`, `invoke`, `secrets`, `metadata`, `health`.
 Settable from Python (`sidecar.faults.fail("state", times=2, status=503)`) or
@@ -24,6 +25,7 @@ class ApiFault:
     fail_next: int = 0
     fail_status: int = 500
     drop_next: int = 0
+    kill_next: int = 0
     latency: float = 0.0
 
 
@@ -34,6 +36,7 @@ class Decision:
     latency: float = 0.0
     drop: bool = False
     fail_status: int | None = None
+    kill: bool = False  # serve the call, then run the kill hook and drop the connection
 
 
 _SERVE = Decision()
@@ -68,6 +71,14 @@ class Faults:
         fault.drop_next = times
         fault.pass_next = after
 
+    def kill(self, api: str, times: int = 1, after: int = 0) -> None:
+        """Serve the next `times` calls of `api` (after `after` served normally), then
+        kill the caller: the sidecar's `on_kill` hook runs (a test harness cancels the
+        worker there, as kill -9 would) and the connection is dropped unanswered."""
+        fault = self._get(api)
+        fault.kill_next = times
+        fault.pass_next = after
+
     def latency(self, api: str, seconds: float) -> None:
         """Delay every call of `api` by `seconds` (0 to stop)."""
         self._get(api).latency = seconds
@@ -94,9 +105,14 @@ class Faults:
         fault = self._apis.get(api)
         if fault is None:
             return _SERVE
-        if fault.pass_next > 0 and (fault.drop_next > 0 or fault.fail_next > 0):
+        if fault.pass_next > 0 and (fault.drop_next > 0 or fault.fail_next > 0
+                                    or fault.kill_next > 0):
             fault.pass_next -= 1
             return Decision(latency=fault.latency) if fault.latency else _SERVE
+        if fault.kill_next > 0:
+            fault.kill_next -= 1
+            self._count(api)
+            return Decision(latency=fault.latency, kill=True)
         if fault.drop_next > 0:
             fault.drop_next -= 1
             self._count(api)
@@ -132,7 +148,7 @@ class Faults:
             self.set_down(bool(spec["down"]), None if seconds is None else float(seconds))
         api = spec.get("api")
         if api is None:
-            if any(k in spec for k in ("fail", "drop", "latency")):
+            if any(k in spec for k in ("fail", "drop", "kill", "latency")):
                 raise ValueError("'api' is required with fail/drop/latency")
             return
         if not isinstance(api, str):
@@ -143,6 +159,8 @@ class Faults:
                       after)
         if "drop" in spec:
             self.drop(api, _int(spec["drop"], "drop"), after)
+        if "kill" in spec:
+            self.kill(api, _int(spec["kill"], "kill"), after)
         if "latency" in spec:
             latency = spec["latency"]
             if not isinstance(latency, int | float) or isinstance(latency, bool) or latency < 0:
@@ -158,6 +176,7 @@ class Faults:
                     "fail": f.fail_next,
                     "status": f.fail_status,
                     "drop": f.drop_next,
+                    "kill": f.kill_next,
                     "after": f.pass_next,
                     "latency": f.latency,
                 }
