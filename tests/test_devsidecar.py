@@ -28,6 +28,7 @@ from worker.devsidecar import (
 )
 from worker.devsidecar.asgi import Receive, Scope, Send
 from worker.devsidecar.cron import next_after, parse_schedule
+from worker.devsidecar.protovalue import go_double
 from worker.devsidecar.pubsub import classify
 from worker.devsidecar.timeparse import (
     parse_go_duration,
@@ -334,6 +335,31 @@ async def test_job_fires_at_due_time_with_exact_data() -> None:
         assert call.headers["dapr-api-token"] == "app-secret"
         assert call.headers["traceparent"].startswith("00-")
         await h.sidecar.wait_for(lambda: "remind-1" not in h.sidecar.jobs())
+
+
+@pytest.mark.anyio
+async def test_job_data_numbers_come_back_as_float64_like_daprd() -> None:
+    """daprd holds job data as a protobuf Value: an integer above 2**53 returns changed."""
+    app = FakeApp(subscriptions=[])
+    async with running(app=app) as h:
+        body = '{"dueTime": "0s", "data": {"id": 1234567890123456789, "n": [3, 2.50, 1e-7, 1e21]}}'
+        r = await h.client.post("/v1.0/jobs/numbers", content=body)
+        assert r.status_code == 204
+        await h.sidecar.wait_for(lambda: len(app.calls_to("/job/numbers")) == 1)
+        sent = b'{"id":1234567890123456800,"n":[3,2.5,1e-7,1e+21]}'
+        assert app.calls_to("/job/numbers")[0].body == sent
+        r = await h.client.post("/v1.0/jobs/huge", content='{"dueTime": "1h", "data": 1e400}')
+        assert r.status_code == 400
+
+
+@pytest.mark.parametrize(("number", "text"), [
+    (0.0, "0"), (-0.0, "-0"), (1.0, "1"), (-2.0, "-2"), (0.1, "0.1"), (1.5e-6, "0.0000015"),
+    (9.9e-7, "9.9e-7"), (1e-10, "1e-10"), (1e16, "10000000000000000"),
+    (float(2**63), "9223372036854776000"), (float(1234567890123456789), "1234567890123456800"),
+    (1e21, "1e+21"), (1.5e300, "1.5e+300"),
+])
+def test_go_double_prints_like_protojson(number: float, text: str) -> None:
+    assert go_double(number) == text
 
 
 @pytest.mark.anyio

@@ -43,7 +43,7 @@ async def test_created_schedules_jobs_and_a_firing_publishes_reminder_due() -> N
         assert job_times(s) == ["2026-11-26T13:00:00+00:00", "2026-11-26T13:30:00+00:00"]
         name = job_name("u1", 1, START + timedelta(hours=1))
         job = s.sidecar.jobs()[name]
-        assert job.data["user_id"] == "u1" and job.data["task_id"] == 1
+        assert job.data["user_id"] == "u1" and job.data["task_id"] == "1"
         record = s.records()[task_key("u1", 1)]
         assert record["status"] == "active" and set(record["jobs"]) == set(s.sidecar.jobs())
 

@@ -30,7 +30,7 @@ from worker.plan import (
     parse_job_data,
     record_is_behind,
 )
-from worker.schedule import UTC, format_utc, job_name, reminder_id, task_key
+from worker.schedule import UTC, format_utc, reminder_id, task_key
 from worker.settings import Settings
 from worker.sidecar import Sidecar
 
@@ -234,9 +234,7 @@ class Service:
     async def handle_job(self, name: str, body: bytes, trace_id: str | None = None) -> int:
         """Answer a job trigger with an HTTP status: 200 done, 500 retry later."""
         try:
-            user_id, task_id, instant, order = parse_job_data(json.loads(body or b"null"))
-            if job_name(user_id, task_id, instant) != name:
-                raise InvalidEvent("job name does not match its data")
+            user_id, task_id, instant, order = parse_job_data(json.loads(body or b"null"), name)
         except (InvalidEvent, ValueError) as exc:
             reason = exc.reason if isinstance(exc, InvalidEvent) else "job data is not JSON"
             log.warning("job trigger ignored", job=name[:100], reason=reason, trace_id=trace_id)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import json
 import random
 import secrets
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from anyio.abc import TaskStatus
 from .asgi import ApiError, Request, Response, empty, json_response
 from .clock import Clock, ManualClock, SystemClock
 from .cron import Schedule, ScheduleError, next_after, parse_schedule
+from .protovalue import NotAValue, as_value_json
 from .records import FailurePolicy, Job, Trigger
 from .timeparse import parse_instant, parse_proto_duration
 
@@ -232,7 +232,12 @@ class Jobs:
                 raise _bad_request("DAPR_SCHEDULER_TTL", "ttl must be later than the due time")
         policy = parse_failure_policy(_field(body, "failurePolicy", "failure_policy"))
         data = body.get("data")
-        data_json = None if data is None else json.dumps(data, separators=(",", ":")).encode()
+        try:
+            data_json = None if data is None else as_value_json(data)  # float64s, as daprd
+        except NotAValue as exc:
+            raise _bad_request(
+                "ERR_MALFORMED_REQUEST", f"failed deserializing HTTP body: {exc}"
+            ) from None
         return _Entry(
             name=name,
             next_fire=first,

@@ -1,0 +1,70 @@
+"""Job data through daprd's protobuf Value (numbers come back as float64), over real HTTP.
+
+The development sidecar round-trips job data the way daprd does, so a 64-bit
+task id that rides in the data as a JSON number comes back changed.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from tests.harness import START, Stack, stack
+from worker.schedule import job_name
+
+pytestmark = pytest.mark.anyio
+
+SNOWFLAKE = 1234567890123456789  # above 2**53: a float64 cannot hold it
+DUE = START + timedelta(hours=2)
+AT = DUE - timedelta(hours=1)
+
+
+def created(task_id: int | str) -> dict[str, Any]:
+    return {"event_type": "task.created", "task_id": task_id, "user_id": "u1",
+            "timestamp": "2026-11-26T11:00:00Z",
+            "payload": {"title": "Pay rent", "due_at": "2026-11-26T14:00:00Z",
+                        "reminders": ["PT1H"]}}
+
+
+async def fire(s: Stack, name: str) -> list[dict[str, Any]]:
+    s.clock.advance(AT - START + timedelta(seconds=2))
+    await s.sidecar.wait_for(lambda: any(t.name == name and t.outcome == "done"
+                                         for t in s.sidecar.job_triggers))
+    return [env["data"] for env in s.reminders()]
+
+
+@pytest.mark.parametrize("task_id", [SNOWFLAKE, -SNOWFLAKE, str(SNOWFLAKE), 7])
+async def test_task_id_comes_back_exact_and_with_its_json_type(task_id: int | str) -> None:
+    async with stack() as s:
+        await s.deliver(created(task_id))
+        name = job_name("u1", task_id, AT)
+        assert s.sidecar.jobs()[name].data["task_id"] == str(task_id)  # exact, in a string
+        [data] = await fire(s, name)
+        assert data["task_id"] == task_id and type(data["task_id"]) is type(task_id)
+
+
+def legacy_data(task_id: int, order: list[str]) -> dict[str, Any]:
+    """Job data as the worker wrote it before job data held strings only."""
+    return {"user_id": "u1", "task_id": task_id, "remind_at": AT.isoformat().replace(
+        "+00:00", "Z"), "order": order}
+
+
+@pytest.mark.parametrize("task_id", [7, SNOWFLAKE])
+async def test_a_job_scheduled_by_the_previous_release_still_fires(task_id: int) -> None:
+    """Jobs already waiting in the scheduler carry the task id as a JSON number; a
+    64-bit one comes back rounded and is recovered from the job name."""
+    async with stack() as s:
+        await s.deliver(created(task_id))
+        name = job_name("u1", task_id, AT)
+        job = s.sidecar.jobs()[name]
+        body = {"dueTime": job.due_time_text, "overwrite": True,
+                "data": legacy_data(task_id, job.data["order"])}
+        resp = await s.client.post(f"{s.sidecar_url}/v1.0/jobs/{name}", content=json.dumps(body))
+        assert resp.status_code == 204
+        rounded = s.sidecar.jobs()[name].data["task_id"]
+        assert (rounded == task_id) is (task_id == 7)  # daprd's float64 at work
+        [data] = await fire(s, name)
+        assert data["task_id"] == task_id and type(data["task_id"]) is int
