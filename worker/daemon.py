@@ -130,8 +130,12 @@ async def run_daemon(
             if running.stop.is_set():
                 ops_server.should_exit = True
                 return
-        jobs_api = await check_sidecar(sidecar, patience=SECRETS_PATIENCE)
-        settings = await resolve_secrets(settings, sidecar, patience=SECRETS_PATIENCE)
+        try:
+            jobs_api = await check_sidecar(sidecar, patience=SECRETS_PATIENCE)
+            settings = await resolve_secrets(settings, sidecar, patience=SECRETS_PATIENCE)
+        except BaseException:
+            ops_sock.close()  # the cancelled ops server leaves its socket open
+            raise
         running.settings = settings
         service = Service(settings, sidecar, metrics, clock)
         app = WorkerApp(settings, service)

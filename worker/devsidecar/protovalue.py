@@ -40,7 +40,7 @@ def as_value_json(data: Any) -> bytes:
 
 def _encode(data: Any) -> str:
     if data is None or isinstance(data, bool | str):
-        return json.dumps(data, ensure_ascii=False)
+        return json.dumps(data)
     if isinstance(data, int | float):
         try:
             return go_double(float(data))
@@ -49,6 +49,6 @@ def _encode(data: Any) -> str:
     if isinstance(data, list):
         return "[" + ",".join(_encode(item) for item in data) + "]"
     if isinstance(data, dict):
-        return "{" + ",".join(f"{json.dumps(str(k), ensure_ascii=False)}:{_encode(v)}"
+        return "{" + ",".join(f"{json.dumps(str(k))}:{_encode(v)}"
                               for k, v in data.items()) + "}"
     raise NotAValue(f"{type(data).__name__} is not JSON")
