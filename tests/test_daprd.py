@@ -1,7 +1,8 @@
-"""Job data through daprd's protobuf Value (numbers come back as float64), over real HTTP.
+"""The worker against what daprd really does (dapr-http.md), over real HTTP.
 
-The development sidecar round-trips job data the way daprd does, so a 64-bit
-task id that rides in the data as a JSON number comes back changed.
+Job data goes through daprd's protobuf Value: the development sidecar
+round-trips it the same way, so a 64-bit task id riding in the data as a JSON
+number comes back changed. Invoking an app id nobody serves is a 500.
 """
 
 from __future__ import annotations
@@ -68,3 +69,18 @@ async def test_a_job_scheduled_by_the_previous_release_still_fires(task_id: int)
         assert (rounded == task_id) is (task_id == 7)  # daprd's float64 at work
         [data] = await fire(s, name)
         assert data["task_id"] == task_id and type(data["task_id"]) is int
+
+
+async def test_a_wrong_task_app_id_is_retried_not_lost() -> None:
+    """daprd answers 500 ERR_DIRECT_INVOKE for an unknown app id: the completion is
+    redelivered (a fixed REMINDER_TASK_APP_ID still gets it), never acknowledged."""
+    async with stack(env={"REMINDER_TASK_APP_ID": "todo-backnd"},
+                     sidecar_options={"stub_apps": ("todo-backend",)}) as s:
+        await s.deliver(created(7) | {"payload": {**created(7)["payload"],
+                                                  "recurrence": "daily"}})
+        done = {"event_type": "task.completed", "task_id": 7, "user_id": "u1",
+                "timestamp": "2026-11-26T11:01:00Z"}
+        ce = await s.publish(done)
+        await s.sidecar.wait_for(lambda: len(s.answers(ce)) >= 2)
+        assert s.answers(ce)[:2] == ["RETRY", "RETRY"]
+        assert [i.app_id for i in s.sidecar.invocations][:1] == ["todo-backnd"]
