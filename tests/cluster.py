@@ -266,6 +266,8 @@ async def cluster(replicas: int = 2, env: dict[str, str] | None = None,
         "replica_urls": tuple(f"http://127.0.0.1:{p}" for p in ports[1:]),
         "dapr_api_token": env.get("DAPR_API_TOKEN"),
         "app_api_token": env.get("APP_API_TOKEN"),
+        # the task service stands in: invoking another app id is a 500, as on daprd
+        "stub_apps": (env.get("REMINDER_TASK_APP_ID", "todo-backend"),),
         # a replica being restarted must not make events run out of attempts
         "delivery_max_attempts": 200,
         "delivery_retry_interval": timedelta(seconds=0.05),

@@ -99,7 +99,9 @@ async def stack(env: dict[str, str] | None = None,
     env = dict(env or {})
     options: dict[str, Any] = {"app_base_url": f"http://127.0.0.1:{app_port}",
                                "dapr_api_token": env.get("DAPR_API_TOKEN"),
-                               "app_api_token": env.get("APP_API_TOKEN")}
+                               "app_api_token": env.get("APP_API_TOKEN"),
+                               # the task service stands in: invoking another id is a 500
+                               "stub_apps": (env.get("REMINDER_TASK_APP_ID", "todo-backend"),)}
     config = SidecarConfig(**(options | (sidecar_options or {})))
     sidecar = DevSidecar(config, clock=clock)
     async with httpx.AsyncClient() as client, anyio.create_task_group() as tg:

@@ -46,6 +46,7 @@ from prometheus_client.parser import text_string_to_metric_families
 ROOT = Path(__file__).resolve().parent.parent
 COMPONENTS = ROOT / "components"
 LOCAL = COMPONENTS / "local"
+RUN = ROOT / "run"
 DEPLOY = ROOT / "deploy"
 BASE = DEPLOY / "base"
 OVERLAYS = sorted(p.parent for p in (DEPLOY / "overlays").glob("*/kustomization.yaml"))
@@ -608,7 +609,7 @@ def test_docker_build_context_holds_what_the_dockerfile_copies() -> None:
 
 
 def all_yaml_files() -> list[Path]:
-    return sorted([*COMPONENTS.rglob("*.yaml"), *DEPLOY.rglob("*.yaml")])
+    return sorted([*COMPONENTS.rglob("*.yaml"), *DEPLOY.rglob("*.yaml"), *RUN.glob("*.yaml")])
 
 
 @pytest.mark.parametrize("path", all_yaml_files(), ids=lambda p: str(p.relative_to(ROOT)))
@@ -804,15 +805,16 @@ def test_configuration_turns_on_mtls_tracing_metrics(
 
 
 def test_local_run_file_matches_the_worker(local_components: dict[str, dict[str, Any]]) -> None:
-    (run,) = load_yaml_docs(LOCAL / "dapr.yaml")
+    (run,) = load_yaml_docs(RUN / "dapr.yaml")
     assert run["version"] == 1
     (app,) = run["apps"]
     assert app["appID"] == APP_ID
     assert app["appPort"] == APP_PORT == int(app["env"].get("REMINDER_PORT", APP_PORT))
     assert app["appHealthCheckPath"] == APP_HEALTH_PATH and app["enableAppHealthCheck"] is True
-    assert (LOCAL / run["common"]["resourcesPath"]).is_dir()
-    assert (LOCAL / run["common"]["configFilePath"]).is_file()
-    app_dir = (LOCAL / app["appDirPath"]).resolve()
+    assert (RUN / run["common"]["resourcesPath"]).resolve() == LOCAL
+    (config,) = load_yaml_docs(RUN / run["common"]["configFilePath"])
+    assert config["kind"] == "Configuration"
+    app_dir = (RUN / app["appDirPath"]).resolve()
     assert app_dir == ROOT
     assert app["command"][0] == "reminder-worker"
     assert set(app["env"]) <= set(CONTRACT_SETTINGS)
@@ -823,7 +825,7 @@ def test_local_run_file_matches_the_worker(local_components: dict[str, dict[str,
 
 
 def test_local_run_env_names_are_real_settings() -> None:
-    (run,) = load_yaml_docs(LOCAL / "dapr.yaml")
+    (run,) = load_yaml_docs(RUN / "dapr.yaml")
     unknown = set(run["apps"][0]["env"]) - set(settings_env_names())
     assert not unknown, f"not settings of the worker: {sorted(unknown)}"
 
@@ -1046,3 +1048,60 @@ def test_dashboard_ships_in_the_base(base_docs: list[dict[str, Any]]) -> None:
     assert json.loads(cm["data"]["reminder-worker.json"]) == json.loads(
         DASHBOARD.read_text(encoding="utf-8")
     )
+
+
+# --------------------------------------------------------------------------
+# issue 9: what a real daprd needs of these files
+
+
+def test_kafka_tls_verifies_the_brokers_with_a_ca_from_a_secret(
+        components: dict[str, dict[str, Any]]) -> None:
+    items = {i["name"]: i for i in components["pubsub-kafka.yaml"]["spec"]["metadata"]}
+    assert items["brokers"]["value"].endswith(":9093")  # the TLS listener
+    assert items["caCert"]["secretKeyRef"] == {"name": "reminder-worker-kafka-ca", "key": "ca.crt"}
+    assert "skipVerify" not in items and "disableTls" not in items
+    readme = (ROOT / "README.md").read_text()
+    assert "reminder-worker-kafka-ca" in readme and "--from-file=ca.crt=" in readme
+
+
+RESOURCE_KINDS = {"Component", "Subscription", "Resiliency", "HTTPEndpoint"}
+
+
+def test_local_resources_path_holds_only_resources() -> None:
+    """`dapr run --resources-path components/local` loads every file there."""
+    for path in sorted(LOCAL.iterdir()):
+        if path.suffix in (".yaml", ".yml"):
+            kinds = {doc.get("kind") for doc in load_yaml_docs(path)}
+            assert kinds <= RESOURCE_KINDS, f"{path.name}: {kinds}"
+        else:
+            assert path.name == "secrets.json", path.name  # the local secret store's file
+
+
+def test_readme_dapr_run_line_matches_the_run_file() -> None:
+    (run,) = load_yaml_docs(RUN / "dapr.yaml")
+    (app,) = run["apps"]
+    readme = (ROOT / "README.md").read_text()
+    block = readme[readme.index("Beside a real Dapr"):readme.index("On Kubernetes see")]
+    command = " ".join(block.replace("\\\n", " ").split())
+    for name, value in app["env"].items():
+        assert f"{name}={value}" in command, f"README's dapr run line lacks {name}={value}"
+    assert f"--app-id {app['appID']}" in command and f"--app-port {app['appPort']}" in command
+    assert f"--dapr-http-port {app['daprHTTPPort']}" in command
+    assert "--resources-path components/local" in command
+    assert "--config run/config.yaml" in command
+    assert f"-- {' '.join(app['command'])}" in command
+
+
+def test_state_store_breaker_is_not_tripped_by_normal_conflicts(
+        components: dict[str, dict[str, Any]]) -> None:
+    """A breaker counts ETag and first-write conflicts as failures (Dapr cannot exclude
+    them); each is followed by a successful read, so a run of conflicts is at most the
+    calls in flight times the attempts stateOutbound makes."""
+    from worker.sidecar import DEFAULT_CONCURRENCY
+
+    policies = components["resiliency.yaml"]["spec"]["policies"]
+    trip = policies["circuitBreakers"]["stateStore"]["trip"]
+    match = re.fullmatch(r"consecutiveFailures >= (\d+)", trip)
+    assert match, trip
+    attempts = 1 + int(policies["retries"]["stateOutbound"]["maxRetries"])
+    assert int(match[1]) > DEFAULT_CONCURRENCY * attempts

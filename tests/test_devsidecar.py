@@ -28,6 +28,7 @@ from worker.devsidecar import (
 )
 from worker.devsidecar.asgi import Receive, Scope, Send
 from worker.devsidecar.cron import next_after, parse_schedule
+from worker.devsidecar.protovalue import go_double
 from worker.devsidecar.pubsub import classify
 from worker.devsidecar.timeparse import (
     parse_go_duration,
@@ -239,6 +240,48 @@ async def test_state_bulk_delete_transaction_and_ttl() -> None:
         assert (await c.get(f"{url}/t")).status_code == 204
 
 
+@pytest.mark.anyio
+async def test_state_ttl_0_and_minus_1_mean_no_expiry_below_is_refused() -> None:
+    """As PostgreSQL v2 reads ttlInSeconds (components-contrib ParseTTL)."""
+    clock = ManualClock(START)
+    async with running(clock=clock) as h:
+        c, url = h.client, "/v1.0/state/statestore"
+
+        async def save(key: str, ttl: Any) -> int:
+            item = {"key": key, "value": 1, "metadata": {"ttlInSeconds": ttl}}
+            return (await c.post(url, json=[item])).status_code
+
+        assert await save("zero", "60") == 204
+        assert await save("zero", "0") == 204  # no expiry, and the earlier TTL is gone
+        assert await save("minus", "60") == 204
+        assert await save("minus", "-1") == 204
+        clock.advance(timedelta(days=400))
+        assert (await c.get(f"{url}/zero")).status_code == 200
+        assert (await c.get(f"{url}/minus")).status_code == 200
+        for bad in ["-2", "-3600", "2147483648", "1.5", "soon"]:
+            r = await c.post(url, json=[{"key": "b", "value": 1,
+                                         "metadata": {"ttlInSeconds": bad}}])
+            assert (r.status_code, error_code(r)) == (500, "ERR_STATE_SAVE"), bad
+        assert await save("b", 60) == 400  # metadata values are strings
+        assert "b" not in h.sidecar.state()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("status", [409, 500])
+async def test_first_write_conflict_is_409_in_memory_or_500_like_redis_and_postgresql(
+    status: int,
+) -> None:
+    async with running(SidecarConfig(first_write_conflict_status=status)) as h:
+        c, url = h.client, "/v1.0/state/statestore"
+        item = {"key": "k", "value": 1, "options": {"concurrency": "first-write"}}
+        assert (await c.post(url, json=[item])).status_code == 204
+        r = await c.post(url, json=[item])
+        assert (r.status_code, error_code(r)) == (status, "ERR_STATE_SAVE")
+        etag = (await c.get(f"{url}/k")).headers["etag"]
+        r = await c.post(url, json=[{**item, "etag": str(int(etag) + 1)}])
+        assert r.status_code == 409  # an ETag mismatch stays 409 on every store
+
+
 # ---------------------------------------------------------------- jobs
 
 
@@ -298,12 +341,29 @@ async def test_job_validation() -> None:
 
 
 @pytest.mark.anyio
-async def test_job_name_rules() -> None:
+@pytest.mark.anyio
+@pytest.mark.parametrize("name", [
+    "bad%2Fname", "bad%5Cname", "bad%23name", "bad%3Fname", "bad%00name", "bad%0Aname",
+    "a" * 254, "a..b", ".a", "b.", "%C3%A9t%C3%A9", "-", "a%7C%7C", "a+b", "a@b",
+])
+async def test_job_names_are_validated_like_the_scheduler(name: str) -> None:
+    """go-etcd-cron's validator answers a plain error: daprd turns it into 500 on every verb."""
     async with running() as h:
-        r = await h.client.post("/v1.0/jobs/a%5Cb", json={"dueTime": "1h"})
-        assert r.status_code == 400
-        r = await h.client.post("/v1.0/jobs/ok.name_1-2", json={"dueTime": "1h"})
-        assert r.status_code == 204
+        r = await h.client.post(f"/v1.0/jobs/{name}", json={"dueTime": "1h"})
+        assert (r.status_code, error_code(r)) == (500, "DAPR_SCHEDULER_SCHEDULE_JOB")
+        assert (await h.client.get(f"/v1.0/jobs/{name}")).status_code == 500
+        assert (await h.client.delete(f"/v1.0/jobs/{name}")).status_code == 500
+        assert h.sidecar.jobs() == {}
+
+
+@pytest.mark.anyio
+async def test_job_names_daprd_accepts() -> None:
+    async with running() as h:
+        for name in ["ok.name_1-2", "rw-" + "0f" * 20, "UPPER", "a:b c", "a" * 253, "a||b"]:
+            r = await h.client.post(f"/v1.0/jobs/{name}", json={"dueTime": "1h"})
+            assert r.status_code == 204, name
+        r = await h.client.post("/v1.0/jobs/%20", json={"dueTime": "1h"})  # trimmed: empty
+        assert (r.status_code, error_code(r)) == (400, "DAPR_SCHEDULER_JOB_NAME_EMPTY")
 
 
 @pytest.mark.anyio
@@ -334,6 +394,31 @@ async def test_job_fires_at_due_time_with_exact_data() -> None:
         assert call.headers["dapr-api-token"] == "app-secret"
         assert call.headers["traceparent"].startswith("00-")
         await h.sidecar.wait_for(lambda: "remind-1" not in h.sidecar.jobs())
+
+
+@pytest.mark.anyio
+async def test_job_data_numbers_come_back_as_float64_like_daprd() -> None:
+    """daprd holds job data as a protobuf Value: an integer above 2**53 returns changed."""
+    app = FakeApp(subscriptions=[])
+    async with running(app=app) as h:
+        body = '{"dueTime": "0s", "data": {"id": 1234567890123456789, "n": [3, 2.50, 1e-7, 1e21]}}'
+        r = await h.client.post("/v1.0/jobs/numbers", content=body)
+        assert r.status_code == 204
+        await h.sidecar.wait_for(lambda: len(app.calls_to("/job/numbers")) == 1)
+        sent = b'{"id":1234567890123456800,"n":[3,2.5,1e-7,1e+21]}'
+        assert app.calls_to("/job/numbers")[0].body == sent
+        r = await h.client.post("/v1.0/jobs/huge", content='{"dueTime": "1h", "data": 1e400}')
+        assert r.status_code == 400
+
+
+@pytest.mark.parametrize(("number", "text"), [
+    (0.0, "0"), (-0.0, "-0"), (1.0, "1"), (-2.0, "-2"), (0.1, "0.1"), (1.5e-6, "0.0000015"),
+    (9.9e-7, "9.9e-7"), (1e-10, "1e-10"), (1e16, "10000000000000000"),
+    (float(2**63), "9223372036854776000"), (float(1234567890123456789), "1234567890123456800"),
+    (1e21, "1e+21"), (1.5e300, "1.5e+300"),
+])
+def test_go_double_prints_like_protojson(number: float, text: str) -> None:
+    assert go_double(number) == text
 
 
 @pytest.mark.anyio
@@ -493,7 +578,7 @@ async def test_delivery_answers_redeliver_or_done(first: tuple[int, bytes], outc
 
 
 @pytest.mark.anyio
-async def test_drop_goes_to_dead_letter_topic_and_404_is_dropped() -> None:
+async def test_drop_and_404_go_to_the_dead_letter_topic() -> None:
     app = FakeApp(
         subscriptions=[subscription(deadLetterTopic=DLQ)],
         answers={"/events": [(200, b'{"status": "DROP"}'), (404, b"")]},
@@ -511,7 +596,8 @@ async def test_drop_goes_to_dead_letter_topic_and_404_is_dropped() -> None:
             "HTTP_404",
             "drop",
         )
-        assert len(h.sidecar.dead_letters) == 1
+        await h.sidecar.wait_for(lambda: len(h.sidecar.dead_letters) == 2)  # 404 is like DROP
+        assert h.sidecar.dead_letters[1].envelope["data"] == {"n": 2}
         assert len(app.calls_to("/events")) == 2
 
 
@@ -625,7 +711,8 @@ async def test_invocation_recorded_or_forwarded() -> None:
     target = FakeApp(default=(201, b'{"created": true}'))
     async with anyio.create_task_group() as tg:
         target_port = await tg.start(serve_asgi, target, "127.0.0.1", 0)
-        config = SidecarConfig(hosted_apps={"other": f"http://127.0.0.1:{target_port}"})
+        config = SidecarConfig(hosted_apps={"other": f"http://127.0.0.1:{target_port}"},
+                               stub_apps=("todo-backend",))
         async with running(config) as h:
             body = {"parent_task_id": "t1"}
             r = await h.client.post(
@@ -650,6 +737,10 @@ async def test_invocation_recorded_or_forwarded() -> None:
                 "/things/1",
                 b"raw",
             )
+
+            # an app id nobody serves (a wrong REMINDER_TASK_APP_ID): 500, as daprd answers
+            r = await h.client.post("/v1.0/invoke/todo-backnd/method/x", json={})
+            assert (r.status_code, error_code(r)) == (500, "ERR_DIRECT_INVOKE")
 
             h.sidecar.faults.fail("invoke")
             r = await h.client.post("/v1.0/invoke/todo-backend/method/x", json={})

@@ -302,7 +302,7 @@ async def call(app: WorkerApp, path: str, body: bytes, method: str = "POST",
 
 async def with_app(test: Any) -> None:
     clock = ManualClock(NOW)
-    sidecar = DevSidecar(SidecarConfig(), clock=clock)
+    sidecar = DevSidecar(SidecarConfig(stub_apps=("todo-backend",)), clock=clock)
     recorder = Recorder(sidecar)
     settings_ = load_settings({})
     async with httpx2.AsyncClient(transport=recorder) as client:

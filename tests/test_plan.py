@@ -50,7 +50,7 @@ def test_created_schedules_one_job_per_reminder() -> None:
     job = plan.schedule[0]
     assert job.name == job_name("u", 1, job.due_time, plan.record["order"])
     assert job.name != job_name("u", 1, job.due_time)  # a generation of its own
-    assert parse_job_data(job.data)[:3] == ("u", 1, job.due_time)
+    assert parse_job_data(job.data, job.name)[:3] == ("u", 1, job.due_time)
     assert plan.delete == [] and plan.record["status"] == "active"
 
 
@@ -169,3 +169,51 @@ def test_job_fired_before_its_record_was_saved_is_behind() -> None:
     assert not record_is_behind(plan.record, order)
     older = apply(ev("task.created", 1, due_at="2026-12-01T09:00:00Z"))
     assert record_is_behind(older.record, order)
+
+
+def _job_data(**fields: Any) -> dict[str, Any]:
+    base = {"user_id": "u", "remind_at": "2026-11-26T13:00:00Z",
+            "order": ["2026-11-26T11:00:00Z", "f"]}
+    return base | fields
+
+
+AT = datetime(2026, 11, 26, 13, 0, tzinfo=UTC)
+BIG = 2**62 + 12345  # a float64 rounds it
+
+
+@pytest.mark.parametrize(("fields", "task_id"), [
+    ({"task_id": str(BIG), "task_id_type": "number"}, BIG),
+    ({"task_id": "-7", "task_id_type": "number"}, -7),
+    ({"task_id": "007", "task_id_type": "string"}, "007"),
+    ({"task_id": 7}, 7),  # a job of the previous release
+    ({"task_id": "7"}, "7"),
+    ({"task_id": int(float(BIG))}, BIG),  # previous release, rounded by daprd: recovered
+    ({"task_id": -int(float(BIG))}, -BIG),
+])
+def test_job_data_in_both_forms(fields: dict[str, Any], task_id: int | str) -> None:
+    name = job_name("u", task_id, AT)
+    assert parse_job_data(_job_data(**fields), name) == ("u", task_id, AT, list(
+        _job_data()["order"]))
+
+
+@pytest.mark.parametrize("fields", [
+    {"task_id": "07", "task_id_type": "number"},
+    {"task_id": "7.0", "task_id_type": "number"},
+    {"task_id": 7, "task_id_type": "number"},
+    {"task_id": True},
+    {"task_id": 7.5},
+    {"task_id": "7", "task_id_type": "boolean"},
+])
+def test_job_data_of_another_shape_is_foreign(fields: dict[str, Any]) -> None:
+    with pytest.raises(InvalidEvent):
+        parse_job_data(_job_data(**fields), job_name("u", 7, AT))
+
+
+def test_job_data_that_does_not_match_its_name_is_foreign() -> None:
+    exact = {"task_id": str(BIG), "task_id_type": "number"}
+    with pytest.raises(InvalidEvent, match="does not match"):
+        parse_job_data(_job_data(**exact), job_name("u", BIG + 1, AT))  # exact: no guessing
+    with pytest.raises(InvalidEvent, match="does not match"):  # no id rounds to BIG fits
+        parse_job_data(_job_data(task_id=BIG), job_name("u", BIG + 10**6, AT))
+    with pytest.raises(InvalidEvent, match="does not match"):  # beyond 64 bits: not searched
+        parse_job_data(_job_data(task_id=2**70), job_name("u", 2**70 + 1, AT))

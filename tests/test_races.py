@@ -150,10 +150,13 @@ def _envelope(doc: dict[str, Any]) -> bytes:
                        "datacontenttype": "application/json", "data": doc}).encode()
 
 
-async def test_same_events_to_both_replicas_at_the_same_moment() -> None:
+@pytest.mark.parametrize("first_write_conflict", [409, 500])
+async def test_same_events_to_both_replicas_at_the_same_moment(first_write_conflict: int) -> None:
     """Forced compare-and-set races: ten versions of one task, each sent 3 times to both
-    replicas concurrently; then its completion, 5 times to both at once."""
-    async with cluster(2) as c:
+    replicas concurrently; then its completion, 5 times to both at once. A first-write
+    conflict is 409 on the in-memory store, 500 on Redis and PostgreSQL v2."""
+    options = {"first_write_conflict_status": first_write_conflict}
+    async with cluster(2, sidecar_options=options) as c:
         versions = []
         for minute in range(10):
             due = START + timedelta(hours=3 + minute)

@@ -13,6 +13,7 @@ import pytest
 import structlog
 
 from tests.cluster import cluster, created, event
+from worker.errors import SettingsError, startup_error
 from worker.schedule import task_key
 from worker.settings import load_settings
 
@@ -54,12 +55,13 @@ async def test_app_token_required_on_every_path_but_healthz() -> None:
 
 async def test_worker_sends_its_dapr_token_and_a_wrong_one_is_refused() -> None:
     env = {"DAPR_API_TOKEN": "not-the-sidecars"}
-    async with cluster(1, env=env, sidecar_options={"dapr_api_token": DAPR_TOKEN}) as c:
-        ce = await c.publish(created(), token=DAPR_TOKEN)
-        await c.sidecar.wait_for(lambda: any(d.event_id == ce for d in c.sidecar.deliveries))
-        first = next(d for d in c.sidecar.deliveries if d.event_id == ce)
-        assert first.answer == "RETRY"  # 401 from the sidecar: never applied, redelivered
-        assert c.records() == {} and c.sidecar.jobs() == {}
+    async with cluster(1, env=env, sidecar_options={"dapr_api_token": DAPR_TOKEN},
+                       start=False) as c:
+        with pytest.raises(BaseException) as info:
+            await c.start_replica(0)
+        error = startup_error(info.value)  # a start-up error, never "ready" with a bad token
+        assert isinstance(error, SettingsError) and str(error).startswith("DAPR_API_TOKEN: ")
+        assert not c.sidecar.app_ready and c.sidecar.subscriptions == []
     async with cluster(1, env={"DAPR_API_TOKEN": DAPR_TOKEN}) as c:
         ce = await c.publish(created())
         await c.wait_settled([ce])

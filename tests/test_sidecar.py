@@ -9,7 +9,13 @@ import httpx2 as httpx  # the worker's client library
 import pytest
 from prometheus_client import CollectorRegistry
 
-from worker.errors import Conflict, PermanentSidecarError, SidecarUnavailable
+from worker.errors import (
+    Conflict,
+    PermanentSidecarError,
+    SettingsError,
+    SidecarUnavailable,
+    StartupError,
+)
 from worker.metrics import Metrics
 from worker.sidecar import Sidecar, make_client
 
@@ -33,8 +39,8 @@ def sidecar(handler: object, token: str | None = "tok") -> tuple[Sidecar, list[h
 
 @pytest.mark.parametrize(("version", "prefix"), [
     ("1.18.1", "/v1.0/jobs"), ("1.19.0", "/v1.0/jobs"), ("edge", "/v1.0/jobs"),
-    ("1.17.4", "/v1.0-alpha1/jobs"), ("1.14.0", "/v1.0-alpha1/jobs"),
-    ("garbage", "/v1.0-alpha1/jobs"),
+    ("1.17.4", "/v1.0-alpha1/jobs"), ("1.16.0", "/v1.0-alpha1/jobs"),
+    ("v1.16.2-rc.1", "/v1.0-alpha1/jobs"), ("dev", "/v1.0/jobs"),
 ])
 async def test_jobs_path_follows_the_runtime_version(version: str, prefix: str) -> None:
     def answer(request: httpx.Request) -> httpx.Response:
@@ -51,6 +57,30 @@ async def test_jobs_path_follows_the_runtime_version(version: str, prefix: str) 
     assert body == {"dueTime": "2026-12-01T08:00:00Z", "data": {"a": 1}, "overwrite": True,
                     "failurePolicy": {"constant": {"interval": "10s", "maxRetries": 30}}}
     assert "name" not in body
+
+
+@pytest.mark.parametrize(("version", "problem"), [
+    ("1.15.9", "daprd 1.15.9 is too old"), ("1.14.0", "too old"), ("v0.11.3", "too old"),
+    ("garbage", "not a version"), ("", "not a version"), (None, "not a version"),
+    ("1.18", None), ("1.20.0+build.7", None),
+])
+async def test_daprd_older_than_1_16_or_unknown_is_refused(version: str | None,
+                                                           problem: str | None) -> None:
+    meta = {"id": "rw"} if version is None else {"id": "rw", "runtimeVersion": version}
+    sc, _ = sidecar(lambda request: httpx.Response(200, json=meta))
+    if problem is None:
+        assert await sc.choose_jobs_api() == "/v1.0/jobs"
+        return
+    with pytest.raises(StartupError, match=problem) as info:
+        await sc.choose_jobs_api()
+    assert "1.16 or later" in str(info.value) and not isinstance(info.value, SettingsError)
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_rejected_token_is_a_settings_error_naming_dapr_api_token(status: int) -> None:
+    sc, _ = sidecar(lambda request: httpx.Response(status, json={"errorCode": "x"}))
+    with pytest.raises(SettingsError, match=r"^DAPR_API_TOKEN: .*rejects it"):
+        await sc.choose_jobs_api()
 
 
 async def test_state_get_missing_is_none_and_present_carries_the_etag() -> None:

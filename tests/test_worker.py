@@ -44,7 +44,7 @@ async def test_created_schedules_jobs_and_a_firing_publishes_reminder_due() -> N
         [name] = [n for n, j in s.sidecar.jobs().items()
                   if j.due_time == START + timedelta(hours=1)]
         job = s.sidecar.jobs()[name]
-        assert job.data["user_id"] == "u1" and job.data["task_id"] == 1
+        assert job.data["user_id"] == "u1" and job.data["task_id"] == "1"
         record = s.records()[task_key("u1", 1)]
         assert record["status"] == "active" and set(record["jobs"]) == set(s.sidecar.jobs())
 

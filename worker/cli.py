@@ -13,7 +13,7 @@ import structlog
 
 from worker import __version__
 from worker.daemon import Running, run_daemon
-from worker.errors import SettingsError
+from worker.errors import SettingsError, startup_error
 from worker.logs import configure
 from worker.settings import Settings, load_settings
 
@@ -63,8 +63,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return replay_main(settings, args.replay, dry_run=args.dry_run)
     try:
         return anyio.run(_serve, settings, args.dev, args.demo)
-    except SettingsError as exc:
-        print(f"reminder-worker: bad setting: {exc}", file=sys.stderr)
+    except BaseException as exc:  # task groups wrap a start-up error in an exception group
+        error = startup_error(exc)
+        if error is None:
+            raise
+        print(f"reminder-worker: {error.label}: {error}", file=sys.stderr)
         return EXIT_USAGE
 
 

@@ -1,8 +1,10 @@
 """The long-running worker: ops port first, wait for the sidecar, then the app port.
 
 Start-up order matters: daprd's /v1.0/healthz/outbound answers before the app
-is up (waiting on it cannot deadlock), and the app port opens only once
-secrets are resolved, so the sidecar never meets a half-configured worker.
+is up (waiting on it cannot deadlock); then /v1.0/metadata proves the token
+and the daprd version (a StartupError, exit 2, before anything else is read);
+the app port opens only once secrets are resolved, so the sidecar never meets
+a half-configured worker.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import uvicorn
 from prometheus_client import CollectorRegistry
 
 from worker.app import ASGIApp, OpsApp, WorkerApp
-from worker.errors import PermanentSidecarError, SettingsError, TransientError
+from worker.errors import PermanentSidecarError, SettingsError, StartupError, TransientError
 from worker.metrics import Metrics
 from worker.service import Clock, Service, system_clock
 from worker.serving import Server, bind_socket
@@ -81,6 +83,23 @@ async def resolve_secrets(settings: Settings, sidecar: Sidecar, *,
     return with_secrets(settings, resolved)
 
 
+async def check_sidecar(sidecar: Sidecar, *, patience: float = 0.0) -> str:
+    """The jobs path of a sidecar that can run this worker (token accepted, daprd 1.16 or
+    later); its metadata failing (5xx, no answer) is retried for `patience` seconds.
+    Raises StartupError (SettingsError for a rejected DAPR_API_TOKEN)."""
+    deadline = anyio.current_time() + patience
+    while True:
+        try:
+            return await sidecar.choose_jobs_api()
+        except TransientError as exc:
+            if anyio.current_time() >= deadline:
+                raise StartupError(f"the Dapr sidecar's metadata does not answer: {exc}") from None
+            log.warning("sidecar metadata not answering; retrying", error=str(exc))
+            await anyio.sleep(SIDECAR_POLL)
+        except PermanentSidecarError as exc:
+            raise StartupError(f"the Dapr sidecar refuses its metadata: {exc}") from None
+
+
 async def run_daemon(
     settings: Settings, *, clock: Clock = system_clock, running: Running | None = None,
     sidecar_timeout: float | None = None,
@@ -112,12 +131,12 @@ async def run_daemon(
             if running.stop.is_set():
                 ops_server.should_exit = True
                 return
-        settings = await resolve_secrets(settings, sidecar, patience=SECRETS_PATIENCE)
         try:
-            jobs_api = await sidecar.choose_jobs_api()
-        except (TransientError, PermanentSidecarError) as exc:
-            jobs_api = sidecar.jobs_prefix
-            log.warning("metadata unavailable; using the alpha jobs API", error=str(exc))
+            jobs_api = await check_sidecar(sidecar, patience=SECRETS_PATIENCE)
+            settings = await resolve_secrets(settings, sidecar, patience=SECRETS_PATIENCE)
+        except BaseException:
+            ops_sock.close()  # the cancelled ops server leaves its socket open
+            raise
         running.settings = settings
         service = Service(settings, sidecar, metrics, clock)
         app = running.app = WorkerApp(settings, service)

@@ -47,6 +47,7 @@ def sidecar_config(settings: Settings) -> SidecarConfig:
         if settings.dapr_api_token else None,
         app_api_token=settings.app_api_token.get_secret_value()
         if settings.app_api_token else None,
+        stub_apps=(settings.task_app_id,),  # no task service here: the sidecar answers {}
         echo=_echo,
     )
 

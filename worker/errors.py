@@ -7,7 +7,10 @@
      |    +-- Conflict             an ETag or first-write race lost; re-read and redo
      +-- PermanentSidecarError    the sidecar refused the request as malformed (4xx):
                                   retrying the same request cannot help
-     +-- SettingsError       bad configuration at start-up: one line, exit 2
+     +-- StartupError        the worker cannot run beside this sidecar (a daprd older
+          |                   than 1.16): one line, exit 2
+          +-- SettingsError   bad configuration (a setting, or a token the sidecar
+                              rejects): one line naming the setting, exit 2
 
 A permanent sidecar error on an event is still answered RETRY, not DROP: the
 event itself was fine, the deployment is wrong (unknown component, token),
@@ -62,8 +65,28 @@ class PermanentSidecarError(WorkerError):
         self.status = status
 
 
-class SettingsError(WorkerError):
+class StartupError(WorkerError):
+    """The worker cannot start here; the message says what to change."""
+
+    label = "cannot start"  # the CLI prints "reminder-worker: {label}: {message}"
+
+
+class SettingsError(StartupError):
     """A setting cannot be used; the message names it."""
+
+    label = "bad setting"
+
+
+def startup_error(exc: BaseException) -> StartupError | None:
+    """The StartupError in `exc`, also when task groups wrapped it; else None."""
+    if isinstance(exc, StartupError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = startup_error(inner)
+            if found is not None:
+                return found
+    return None
 
 
 class Status(enum.StrEnum):

@@ -18,6 +18,8 @@ event made obsolete: deleted after the save, and again by a redelivery.
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
 from typing import Any, Final, Literal
@@ -253,8 +255,15 @@ def _wanted_jobs(
 
 def job_spec(user_id: str, task_id: int | str, name: str, at: str, order: list[str],
              now: datetime) -> JobSpec:
-    """The job of one reminder instant `at`, scheduled by the event of `order`."""
-    data = {"user_id": user_id, "task_id": task_id, "remind_at": at, "order": order}
+    """The job of one reminder instant `at`, scheduled by the event of `order`.
+
+    daprd holds job data as a protobuf Value: every number comes back as a float64
+    (a 64-bit id returns changed), so the data holds strings only, and the task
+    id's JSON type beside it so `reminder.due` can echo the id as it came.
+    """
+    data = {"user_id": user_id, "task_id": str(task_id),
+            "task_id_type": "string" if isinstance(task_id, str) else "number",
+            "remind_at": at, "order": order}
     return JobSpec(name, max(datetime.fromisoformat(at), now + AT_ONCE_GRACE), data)
 
 
@@ -283,20 +292,63 @@ def _next(event: TaskEvent, task: dict[str, Any]) -> NextOccurrence | None:
     return NextOccurrence(key, nxt.astimezone(UTC), body)
 
 
-def parse_job_data(data: object) -> tuple[str, int | str, datetime, list[str]]:
-    """(user_id, task_id, instant, order) from a job's data; InvalidEvent if foreign."""
+_DECIMAL_INT = re.compile(r"-?(0|[1-9][0-9]*)")
+# Jobs scheduled before job data held strings carry the task id as a JSON number;
+# daprd rounds one above 2**53 to a float64. Ids up to 2**64 are recovered from the
+# job name (at most 2 x 4096 digests); beyond that no Snowflake-style id goes.
+_EXACT_FLOAT_INT: Final = 2**53
+_RECOVERABLE_INT: Final = 2**64
+
+
+def parse_job_data(data: object, name: str) -> tuple[str, int | str, datetime, list[str]]:
+    """(user_id, task_id, instant, order) of the job `name` from its data.
+
+    Reads the string form `job_spec` writes and the number form of older jobs.
+    InvalidEvent if the data is foreign or does not match the name.
+    """
+    foreign = InvalidEvent("job data is not a reminder of this worker")
     if not isinstance(data, dict):
         raise InvalidEvent("job data is not an object")
     try:
-        user_id, task_id = data["user_id"], data["task_id"]
+        user_id, raw_id = data["user_id"], data["task_id"]
         instant = datetime.fromisoformat(data["remind_at"])
         order = data["order"]
         _order_key(order)
     except (KeyError, TypeError, ValueError, IndexError):
-        raise InvalidEvent("job data is not a reminder of this worker") from None
-    if not isinstance(user_id, str) or not isinstance(task_id, int | str) or instant.tzinfo is None:
-        raise InvalidEvent("job data is not a reminder of this worker")
+        raise foreign from None
+    id_type = data.get("task_id_type")
+    task_id: int | str
+    if id_type == "string" and isinstance(raw_id, str):
+        task_id = raw_id
+    elif id_type == "number" and isinstance(raw_id, str) and _DECIMAL_INT.fullmatch(raw_id):
+        task_id = int(raw_id)
+    elif id_type is None and isinstance(raw_id, int | str) and not isinstance(raw_id, bool):
+        task_id = raw_id  # a job scheduled before job data held strings
+    else:
+        raise foreign
+    if not isinstance(user_id, str) or instant.tzinfo is None:
+        raise foreign
+    if name not in (job_name(user_id, task_id, instant, order),
+                    job_name(user_id, task_id, instant)):  # named before generations
+        recovered = (_unrounded(user_id, task_id, instant, name)
+                     if id_type is None and isinstance(task_id, int) else None)
+        if recovered is None:
+            raise InvalidEvent("job name does not match its data")
+        task_id = recovered
     return user_id, task_id, instant, list(order)
+
+
+def _unrounded(user_id: str, rounded: int, instant: datetime, name: str) -> int | None:
+    """The integer id that daprd's float64 rounding turned into `rounded`, found by
+    the job name it was scheduled under; None when there is none."""
+    if not _EXACT_FLOAT_INT < abs(rounded) < _RECOVERABLE_INT:
+        return None
+    image = float(rounded)
+    centre, spacing = int(image), int(math.ulp(image))
+    for candidate in range(centre - spacing, centre + spacing + 1):
+        if float(candidate) == image and job_name(user_id, candidate, instant) == name:
+            return candidate
+    return None
 
 
 def record_is_behind(record: dict[str, Any] | None, order: list[str]) -> bool:

@@ -17,8 +17,8 @@ from typing import IO, Any, Final
 import anyio
 from prometheus_client import CollectorRegistry
 
-from worker.daemon import resolve_secrets
-from worker.errors import InvalidEvent, PermanentSidecarError, SettingsError, TransientError
+from worker.daemon import check_sidecar, resolve_secrets
+from worker.errors import InvalidEvent, PermanentSidecarError, StartupError, TransientError
 from worker.events import Ignored, TaskEvent, parse_document
 from worker.metrics import Metrics
 from worker.plan import PlanConfig, make_plan
@@ -130,8 +130,8 @@ async def live(lines: Iterable[tuple[int, bytes]], settings: Settings, err: IO[s
         if not await sidecar.outbound_healthy():
             print(f"reminder-worker: sidecar not reachable at {settings.sidecar_url}", file=err)
             return 1
+        await check_sidecar(sidecar)
         settings = await resolve_secrets(settings, sidecar)
-        await sidecar.choose_jobs_api()
         service = Service(settings, sidecar, metrics, clock)
         for number, line in lines:
             count = number
@@ -162,6 +162,6 @@ def replay_main(settings: Settings, path: str, *, dry_run: bool) -> int:
     except IsADirectoryError:
         print(f"reminder-worker: --replay: is a directory: {path}", file=sys.stderr)
         return 2
-    except SettingsError as exc:
-        print(f"reminder-worker: bad setting: {exc}", file=sys.stderr)
+    except StartupError as exc:
+        print(f"reminder-worker: {exc.label}: {exc}", file=sys.stderr)
         return 2

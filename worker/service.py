@@ -36,7 +36,7 @@ from worker.plan import (
     record_is_behind,
     record_ttl,
 )
-from worker.schedule import UTC, format_utc, job_name, reminder_id, task_key
+from worker.schedule import UTC, format_utc, reminder_id, task_key
 from worker.settings import Settings
 from worker.sidecar import Sidecar
 
@@ -280,10 +280,7 @@ class Service:
     async def handle_job(self, name: str, body: bytes, trace_id: str | None = None) -> int:
         """Answer a job trigger with an HTTP status: 200 done, 500 retry later."""
         try:
-            user_id, task_id, instant, order = parse_job_data(json.loads(body or b"null"))
-            if name not in (job_name(user_id, task_id, instant, order),
-                            job_name(user_id, task_id, instant)):  # named before generations
-                raise InvalidEvent("job name does not match its data")
+            user_id, task_id, instant, order = parse_job_data(json.loads(body or b"null"), name)
         except Exception as exc:  # a foreign or hostile body: no retry can change it
             reason = (exc.reason if isinstance(exc, InvalidEvent)
                       else f"job data unusable ({type(exc).__name__})")

@@ -20,7 +20,13 @@ import anyio
 import httpx2
 from httpx_aiohttp.httpx2 import AiohttpTransport
 
-from worker.errors import Conflict, PermanentSidecarError, SidecarUnavailable
+from worker.errors import (
+    Conflict,
+    PermanentSidecarError,
+    SettingsError,
+    SidecarUnavailable,
+    StartupError,
+)
 from worker.metrics import Metrics
 from worker.schedule import format_utc
 
@@ -34,6 +40,13 @@ BACKOFF_BASE: Final = 0.05
 # Reminder triggers retry for minutes, not Dapr's default 3 x 1 s.
 JOB_FAILURE_POLICY: Final = {"constant": {"interval": "10s", "maxRetries": 30}}
 CE_JSON: Final = "application/cloudevents+json"
+# The jobs' `overwrite` and `failurePolicy` exist from daprd 1.16.0; older sidecars drop
+# them silently (3 x 1 s retries, 409 on a re-schedule). The stable jobs path from 1.18.
+MIN_RUNTIME: Final = (1, 16)
+STABLE_JOBS_RUNTIME: Final = (1, 18)
+# daprd built from source without a release version reports "edge" (dapr's Makefile).
+CURRENT_BUILDS: Final = frozenset({"edge", "dev", "latest"})
+_VERSION: Final = re.compile(r"v?(\d+)\.(\d+)(?:\.\d+)?(?:[-+][0-9A-Za-z.+-]*)?\Z")
 
 
 def make_client(
@@ -224,17 +237,47 @@ class Sidecar:
         return value if isinstance(value, dict) else {}
 
     async def choose_jobs_api(self) -> str:
-        """Use the stable jobs path on daprd >= 1.18, the alpha path before."""
-        version = str((await self.metadata()).get("runtimeVersion", ""))
-        self.jobs_prefix = "/v1.0/jobs" if _at_least(version, (1, 18)) else "/v1.0-alpha1/jobs"
+        """Check that this daprd can run the worker, and pick its jobs path.
+
+        The stable path on daprd >= 1.18, the alpha path on 1.16 and 1.17. Raises
+        SettingsError when the sidecar rejects DAPR_API_TOKEN, StartupError for a
+        daprd older than 1.16 or a runtimeVersion that is not a version.
+        """
+        try:
+            meta = await self.metadata()
+        except PermanentSidecarError as exc:
+            if exc.status in (401, 403):
+                raise SettingsError(
+                    f"DAPR_API_TOKEN: the Dapr sidecar rejects it (HTTP {exc.status}); "
+                    "set it to the sidecar's API token") from None
+            raise
+        version = meta.get("runtimeVersion")
+        release = runtime_release(version if isinstance(version, str) else "")
+        self.jobs_prefix = ("/v1.0/jobs" if release is None or release >= STABLE_JOBS_RUNTIME
+                            else "/v1.0-alpha1/jobs")
         return self.jobs_prefix
 
 
-def _at_least(version: str, wanted: tuple[int, int]) -> bool:
-    if version in ("edge", "dev", "latest"):
-        return True
-    parts = version.lstrip("v").split(".")
-    try:
-        return (int(parts[0]), int(parts[1])) >= wanted
-    except (ValueError, IndexError):
-        return False
+def runtime_release(version: str) -> tuple[int, int] | None:
+    """(major, minor) of daprd's runtimeVersion; None for a build of current source.
+
+    StartupError below 1.16, or when the text is not a version: a sidecar that
+    cannot say which it is may be one that drops job fields silently.
+    """
+    if version in CURRENT_BUILDS:
+        return None
+    match = _VERSION.match(version)
+    if match is None:
+        raise StartupError(
+            f"the Dapr sidecar reports runtimeVersion {version[:40]!r}, not a version; "
+            f"this worker needs daprd {_dotted(MIN_RUNTIME)} or later")
+    release = int(match[1]), int(match[2])
+    if release < MIN_RUNTIME:
+        raise StartupError(
+            f"daprd {version[:40]} is too old: this worker needs {_dotted(MIN_RUNTIME)} or later "
+            "(older sidecars drop the jobs' overwrite and failurePolicy silently); upgrade Dapr")
+    return release
+
+
+def _dotted(release: tuple[int, int]) -> str:
+    return ".".join(map(str, release))

@@ -76,8 +76,14 @@ class SidecarConfig:
     dapr_api_token: str | None = None
     app_api_token: str | None = None
     runtime_version: str = "1.18.0"
-    # other app id -> base URL; invocations of ids not here are recorded and answered 200 {}.
+    # other app id -> base URL, where invocations are forwarded.
     hosted_apps: dict[str, str] = field(default_factory=dict)
+    # app ids the sidecar answers itself with 200 {} (a stand-in task service); invoking an
+    # id in neither is 500 ERR_DIRECT_INVOKE, as daprd answers an unknown app id.
+    stub_apps: tuple[str, ...] = ()
+    # first-write on an existing key: 409 like the in-memory store, 500 like Redis and
+    # PostgreSQL v2 (both are "maybe present" to a client; it confirms with a GET).
+    first_write_conflict_status: int = 409
     # More base URLs of the same app id (replicas): each delivery and job trigger
     # goes to a random one of app_base_url and these, as daprd does across replicas.
     replica_urls: tuple[str, ...] = ()
@@ -108,7 +114,10 @@ class DevSidecar:
                 max_connections=APP_MAX_CONNECTIONS, max_keepalive_connections=APP_MAX_CONNECTIONS
             ),
         )
-        self._state = StateStores(config.state_stores, config.app_id, self.clock)
+        self._state = StateStores(
+            config.state_stores, config.app_id, self.clock,
+            first_write_conflict_status=config.first_write_conflict_status,
+        )
         self._secrets = SecretStores(config.secret_stores)
         self._jobs = Jobs(
             self.clock, self._client, config.app_base_url, config.app_api_token, self._triggers,
@@ -380,8 +389,14 @@ class DevSidecar:
         self._invocations.append(record)
         if self.config.echo is not None:
             self.config.echo(_invocation_summary(record))
-        if base is None:
+        if base is None and app_id in self.config.stub_apps:
             return json_response({})
+        if base is None:
+            raise ApiError(
+                500,
+                "ERR_DIRECT_INVOKE",
+                f"failed to invoke, id: {app_id}, err: couldn't find service: {app_id}",
+            )
         headers = {k: v for k, v in request.headers.items() if k not in _NOT_FORWARDED}
         if self.config.app_api_token is not None:
             headers["dapr-api-token"] = self.config.app_api_token

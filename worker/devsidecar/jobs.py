@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import json
 import random
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -25,10 +25,13 @@ from anyio.abc import TaskStatus
 from .asgi import ApiError, Request, Response, empty, json_response
 from .clock import Clock, ManualClock, SystemClock
 from .cron import Schedule, ScheduleError, next_after, parse_schedule
+from .protovalue import NotAValue, as_value_json
 from .records import FailurePolicy, Job, Trigger
 from .timeparse import parse_instant, parse_proto_duration
 
-_FORBIDDEN_NAME_CHARS = frozenset("/\\#?\x00\n\r")
+_NAME_SANITIZER = str.maketrans("", "", "_:- ")
+_DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_MAX_NAME_PART = 253
 DEFAULT_POLICY = FailurePolicy()
 # Clocks that announce their jumps only need a slow safety poll; others need a short one.
 _SLOW_POLL = 1.0
@@ -114,9 +117,21 @@ def parse_failure_policy(value: Any) -> FailurePolicy:
     return FailurePolicy(kind="constant", interval=interval, max_retries=retries)
 
 
-def validate_name(name: str) -> None:
-    if not name or any(c in _FORBIDDEN_NAME_CHARS for c in name):
-        raise _bad_request("DAPR_SCHEDULER_JOB_NAME", f"job name {name!r} is invalid")
+def valid_name(name: str, action: str, code: str) -> str:
+    """The job name as daprd takes it from the URL (spaces trimmed), checked like the
+    scheduler (go-etcd-cron's validator): with `_ : -` and spaces dropped and lower-cased,
+    each `||`-separated part must be a DNS-1123 subdomain (dot-separated ASCII letters and
+    digits, at most 253 characters). An empty name is 400; an invalid one is a plain error
+    from the scheduler, which daprd answers with 500."""
+    name = name.strip()
+    if not name:
+        raise _bad_request("DAPR_SCHEDULER_JOB_NAME_EMPTY", "Name is empty")
+    sanitized = name.translate(_NAME_SANITIZER).lower()
+    for part in sanitized.split("||"):
+        if len(part) > _MAX_NAME_PART or not _DNS1123_SUBDOMAIN.fullmatch(part):
+            raise ApiError(500, code, f"failed to {action} job due to: job name is invalid "
+                           f"{sanitized!r}: a lowercase RFC 1123 subdomain is required")
+    return name
 
 
 class Jobs:
@@ -156,7 +171,7 @@ class Jobs:
             )
         if "name" in body:
             raise _bad_request("DAPR_SCHEDULER_JOB_NAME", "Set the job name in the url only")
-        validate_name(name)
+        name = valid_name(name, "schedule", "DAPR_SCHEDULER_SCHEDULE_JOB")
         entry = self._parse(body, name)
         overwrite = body.get("overwrite", False)
         if not isinstance(overwrite, bool):
@@ -172,6 +187,7 @@ class Jobs:
         return empty()
 
     def get(self, request: Request, name: str) -> Response:
+        name = valid_name(name, "get", "DAPR_SCHEDULER_GET_JOB")
         entry = self._jobs.get(name)
         if entry is None:
             raise ApiError(
@@ -180,7 +196,7 @@ class Jobs:
         return json_response(entry.snapshot().to_api_json())
 
     def delete(self, request: Request, name: str) -> Response:
-        self._jobs.pop(name, None)
+        self._jobs.pop(valid_name(name, "delete", "DAPR_SCHEDULER_DELETE_JOB"), None)
         return empty()
 
     def _parse(self, body: dict[str, Any], name: str) -> _Entry:
@@ -232,7 +248,12 @@ class Jobs:
                 raise _bad_request("DAPR_SCHEDULER_TTL", "ttl must be later than the due time")
         policy = parse_failure_policy(_field(body, "failurePolicy", "failure_policy"))
         data = body.get("data")
-        data_json = None if data is None else json.dumps(data, separators=(",", ":")).encode()
+        try:
+            data_json = None if data is None else as_value_json(data)  # float64s, as daprd
+        except NotAValue as exc:
+            raise _bad_request(
+                "ERR_MALFORMED_REQUEST", f"failed deserializing HTTP body: {exc}"
+            ) from None
         return _Entry(
             name=name,
             next_fire=first,

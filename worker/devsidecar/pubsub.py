@@ -415,7 +415,7 @@ class PubSub:
         self._record(work, route, status, verdict, outcome)
         if outcome == "retry":
             tg.start_soon(self._redeliver_later, _Work(message, sub, work.attempt + 1))
-        elif outcome == "drop" and verdict != "HTTP_404" and sub.dead_letter_topic:
+        elif outcome == "drop" and sub.dead_letter_topic:  # DROP, 404, attempts exhausted
             self._dead_letter(message, sub)
 
     def _record(

@@ -18,6 +18,7 @@ from .records import StateItem
 from .timeparse import format_rfc3339
 
 _STORE_TYPE = "state.in-memory"
+_MAX_TTL = 2**31 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +31,9 @@ class _Write:
 
 
 class StateStores:
-    def __init__(self, names: tuple[str, ...], app_id: str, clock: Clock) -> None:
+    def __init__(self, names: tuple[str, ...], app_id: str, clock: Clock, *,
+                 first_write_conflict_status: int = 409) -> None:
+        self._first_write_status = first_write_conflict_status
         self._stores: dict[str, dict[str, StateItem]] = {name: {} for name in names}
         self._app_id = app_id
         self._prefix = f"{app_id}||"
@@ -63,7 +66,8 @@ class StateStores:
             self._apply(items, writes)
         except _Mismatch as exc:
             raise ApiError(
-                409, "ERR_STATE_SAVE", f"failed saving state in state store {store}: {exc}"
+                self._status(exc), "ERR_STATE_SAVE",
+                f"failed saving state in state store {store}: {exc}",
             ) from None
         return empty()
 
@@ -128,11 +132,15 @@ class StateStores:
             self._apply(items, writes)
         except _Mismatch as exc:
             raise ApiError(
-                409, "ERR_STATE_TRANSACTION", f"error while executing state transaction: {exc}"
+                self._status(exc), "ERR_STATE_TRANSACTION",
+                f"error while executing state transaction: {exc}",
             ) from None
         return empty()
 
     # ---- internals
+
+    def _status(self, mismatch: _Mismatch) -> int:
+        return self._first_write_status if mismatch.first_write else 409
 
     def _store(self, store: str) -> dict[str, StateItem]:
         if not self._stores:
@@ -172,15 +180,7 @@ class StateStores:
         ttl: timedelta | None = None
         metadata = entry.get("metadata")
         if isinstance(metadata, dict) and "ttlInSeconds" in metadata:
-            try:
-                seconds = int(metadata["ttlInSeconds"])
-            except (TypeError, ValueError):
-                raise ApiError(
-                    400,
-                    "ERR_MALFORMED_REQUEST",
-                    f"incorrect value for metadata ttlInSeconds: {metadata['ttlInSeconds']}",
-                ) from None
-            ttl = timedelta(seconds=seconds) if seconds >= 0 else None
+            ttl = _parse_ttl(metadata["ttlInSeconds"])
         value_json = (
             json.dumps(entry.get("value"), separators=(",", ":")).encode() if upsert else None
         )
@@ -197,7 +197,7 @@ class StateStores:
                 if current is None or current.etag != write.etag:
                     raise _Mismatch(f"possible etag mismatch for key {short}")
             elif write.first_write and write.value_json is not None and current is not None:
-                raise _Mismatch(f"first-write: key {short} already exists")
+                raise _Mismatch(f"first-write: key {short} already exists", first_write=True)
             if write.value_json is None:
                 staged[write.key] = None
             else:
@@ -221,5 +221,26 @@ class StateStores:
         ]
 
 
+def _parse_ttl(raw: Any) -> timedelta | None:
+    """`ttlInSeconds` as PostgreSQL v2 reads it (components-contrib ParseTTL): 0 and -1 mean
+    no expiry (and clear an earlier one); below -1, above 2**31-1 or not an integer fails
+    the save with 500. Metadata values are strings: another JSON type is a 400."""
+    if not isinstance(raw, str):
+        raise ApiError(400, "ERR_MALFORMED_REQUEST",
+                       "failed deserializing HTTP body: metadata values are strings")
+    if raw == "":
+        return None
+    try:
+        seconds = int(raw, 10)
+    except ValueError:
+        seconds = None
+    if seconds is None or not -1 <= seconds <= _MAX_TTL or raw.strip() != raw or "_" in raw:
+        raise ApiError(500, "ERR_STATE_SAVE", "failed saving state: error parsing TTL: incorrect "
+                       "value for metadata 'ttlInSeconds': must be -1 or greater")
+    return timedelta(seconds=seconds) if seconds > 0 else None
+
+
 class _Mismatch(Exception):
-    pass
+    def __init__(self, message: str, *, first_write: bool = False) -> None:
+        super().__init__(message)
+        self.first_write = first_write
