@@ -111,7 +111,10 @@ class Service:
         return Status.SUCCESS
 
     async def handle_event(self, event: TaskEvent) -> str:
-        """Apply one task event; returns processed, duplicate or stale. Raises on failure."""
+        """Apply one task event; returns processed, partial, duplicate or stale. Raises on failure.
+
+        partial: applied without the parts listed in `plan.problems` (logged once).
+        """
         store = self.settings.state_store
         key = task_key(event.user_id, event.task_id)
         scheduled: dict[str, JobSpec] = {}  # what earlier attempts did, to repair after a lost race
@@ -149,6 +152,9 @@ class Service:
                 self.metrics.next_occurrences.labels("ended").inc()
             if plan.skipped:
                 self.metrics.reminders.labels("skipped").inc(plan.skipped)
+            if plan.problems:
+                log.warning("event applied without some parts", problems=plan.problems)
+                return "partial"
             return "processed"
         raise Conflict(f"task record kept changing under {MAX_CAS_ATTEMPTS} attempts")
 
