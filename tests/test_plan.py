@@ -315,6 +315,10 @@ def test_new_zone_keeps_the_instant_and_derives_the_wall_clock_again() -> None:
                                       due_at="2031-03-30T02:30:00"), BEFORE_2031, CFG)
     assert both.record["task"]["due_local"] == "2031-03-30T02:30:00"
     assert due_times(both) == ["2031-03-28T17:30:00+00:00"]
+    # a new zone with an unusable due_at: the due_at is left out, so the instant stays
+    bad = make_plan(first.record, ev("task.updated", 1, timezone="Asia/Tokyo", due_at="x"),
+                    BEFORE_2031, CFG)
+    assert bad.record["task"]["due_local"] == "2031-03-30T10:30:00" and len(bad.problems) == 1
 
 
 # A record saved by the code before wall clocks were kept (make_plan at 2031-03-01T12:00Z of

@@ -189,6 +189,7 @@ def merge(prior: dict[str, Any], changes: dict[str, Any], config: PlanConfig,
     except ValueError as exc:
         raise InvalidEvent(f"payload.timezone: {exc}") from None
     task["timezone"] = zone.key
+    due_applied = False
     for name, value in changes.items():
         try:
             if name == "title":
@@ -197,6 +198,7 @@ def merge(prior: dict[str, Any], changes: dict[str, Any], config: PlanConfig,
                 when = None if value is None else parse_when_wall(value, zone, config.all_day_time)
                 task["due_at"] = None if when is None else format_utc(when.instant)
                 task["due_local"] = None if when is None else when.wall.isoformat()
+                due_applied = True
             elif name == "reminders":
                 offsets = _entries(name, value, parse_offset, problems)
                 if offsets is not None:
@@ -211,7 +213,7 @@ def merge(prior: dict[str, Any], changes: dict[str, Any], config: PlanConfig,
                     parse_recurrence(value, zone, config.all_day_time))
         except (ValueError, OverflowError, TypeError) as exc:
             problems.append(f"payload.{name}: {exc}")
-    if task.get("due_at") and "due_at" not in changes and (
+    if task.get("due_at") and not due_applied and (
         not task.get("due_local") or zone.key != old_zone
     ):  # a version 1 record, or a new zone: the instant stays, the wall clock follows
         task["due_local"] = wall_clock(datetime.fromisoformat(task["due_at"]), zone).isoformat()
@@ -219,7 +221,7 @@ def merge(prior: dict[str, Any], changes: dict[str, Any], config: PlanConfig,
 
 
 def _entries(name: str, value: list[Any] | None, parse: Callable[[Any], T],
-                problems: list[str]) -> list[T] | None:
+             problems: list[str]) -> list[T] | None:
     """Parse a list field entry by entry: the usable entries, or None if there are none.
 
     None (cleared) and an empty or all-blank list give []; every unusable entry is
@@ -253,7 +255,7 @@ def due_of(task: dict[str, Any], zone: ZoneInfo) -> tuple[datetime | None, datet
 
 
 def _store_recurrence(rec: Recurrence) -> dict[str, Any]:
-    """A parsed recurrence as kept in the record."""
+    """A parsed recurrence as kept in the record (with wall clocks: rec.to_record())."""
     return {
         "rrule": rec.rrule,
         "dtstart": format_utc(rec.dtstart) if rec.dtstart else None,
@@ -263,7 +265,7 @@ def _store_recurrence(rec: Recurrence) -> dict[str, Any]:
 
 def _load_recurrence(stored: dict[str, Any], zone: ZoneInfo) -> Recurrence:
     """The recurrence kept in a record (any record version)."""
-    del zone  # the stored form is UTC today; a wall-clock form will need the zone
+    del zone  # UTC today; with wall clocks: Recurrence.from_record(stored, zone)
     return Recurrence(
         rrule=stored["rrule"],
         dtstart=datetime.fromisoformat(stored["dtstart"]) if stored.get("dtstart") else None,
@@ -274,7 +276,10 @@ def _load_recurrence(stored: dict[str, Any], zone: ZoneInfo) -> Recurrence:
 def _next_instant(rec: Recurrence, zone: ZoneInfo, current_wall: datetime, current: datetime,
                   now: datetime) -> datetime | None:
     """The occurrence after the current one (wall clock `current_wall`, instant `current`)."""
-    del current_wall  # today's next_occurrence rebuilds the wall clock from the instant
+    # With the wall-clock interface of worker.recurrence this becomes
+    # next_occurrence(rec, zone, current_wall, max(current, now)); today's
+    # next_occurrence rebuilds the wall clock from the instant.
+    del current_wall
     return next_occurrence(rec, zone, current, now)
 
 
