@@ -85,3 +85,55 @@ def test_replay_dry_run_prints_the_plan(tmp_path: Path) -> None:
 def test_replay_from_stdin() -> None:
     out = run("--replay", "-", "--dry-run", stdin=json.dumps(LINES[0]) + "\n")
     assert out.returncode == 0 and json.loads(out.stdout)["outcome"] == "processed"
+
+
+def bare(etype: str, task_id: int, minute: int, **payload: object) -> str:
+    return json.dumps({"event_type": etype, "task_id": task_id, "user_id": "u",
+                       "timestamp": f"2030-01-01T00:{minute:02d}:00Z", "payload": payload})
+
+
+# The hand-written cases of issue 8 that are not recurrence-rule parsing, as a task
+# service sends them.
+INPUTS = [
+    # 1: a wall-clock time in the Berlin spring-forward gap, day and signed offsets
+    bare("task.created", 10, 0, due_at="2031-03-30T02:30:00", timezone="Europe/Berlin",
+         reminders=["P1D", "-PT15M", "+PT15M"]),
+    # 2: a fixed-offset zone; one bad reminder among good ones; remind_at with a space
+    bare("task.created", 11, 0, due_at="2031-06-01T09:00:00", timezone="+01:00",
+         reminders=["PT1H", "P1M", "soon"], remind_at=["2031-05-31 18:00:00Z"]),
+    # 3: cleared fields in a created event
+    bare("task.created", 12, 0, due_at="", recurrence="", reminders=["PT1H"], timezone="-03:00"),
+    # 4-6: a recurring task whose due date and rule are cleared, then completed
+    bare("task.created", 13, 0, due_at="2031-04-01T09:00", timezone="Europe/Berlin",
+         reminders=["PT1H"], recurrence="FREQ=DAILY"),
+    bare("task.updated", 13, 1, due_at="", recurrence=""),
+    bare("task.completed", 13, 2),
+    # 7: an unparseable rule: the task and its reminders are applied without it
+    bare("task.created", 14, 0, due_at="2031-04-01T09:00:00Z", reminders="-PT30M",
+         recurrence="every second tuesday-ish"),
+    # 8: an aware due_at in a fixed zone of +05:30
+    bare("task.created", 15, 0, due_at="2031-04-01", timezone="+05:30", reminders=[30]),
+]
+
+
+def test_replay_dry_run_of_what_task_services_send(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    path.write_text("\n".join(INPUTS) + "\n")
+    out = run("--replay", str(path), "--dry-run")
+    assert out.returncode == 0, out.stderr  # partial events are applied, not failures
+    plans = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [p["line"] for p in plans] == list(range(1, 9))
+    assert all(p["outcome"] == "processed" for p in plans)
+    times = [[j["due_time"] for j in p["schedule"]] for p in plans]
+    problems = [[x.split(":")[0] for x in p["problems"]] for p in plans]
+    assert times[0] == ["2031-03-29T01:30:00Z", "2031-03-30T01:15:00Z", "2031-03-30T01:45:00Z"]
+    assert times[1] == ["2031-05-31T18:00:00Z", "2031-06-01T07:00:00Z"]
+    assert problems[1] == ["payload.reminders[1]", "payload.reminders[2]"]
+    assert "calendar months" in plans[1]["problems"][0]
+    assert times[2] == [] and problems[2] == []
+    assert times[3] == ["2031-04-01T06:00:00Z"]
+    assert plans[4]["delete"] == [plans[3]["schedule"][0]["name"]] and times[4] == []
+    assert plans[5]["next_occurrence"] is None and plans[5]["series_ended"] is False
+    assert times[6] == ["2031-04-01T08:30:00Z"] and problems[6] == ["payload.recurrence"]
+    assert times[7] == ["2031-04-01T03:00:00Z"]  # 09:00 at +05:30 is 03:30Z, 30 min before
+    assert all(p == [] for i, p in enumerate(problems) if i not in (1, 6))

@@ -62,6 +62,14 @@ def test_other_types_are_ignored(etype: str) -> None:
         ({"recurrence": {"rrule": "FREQ=DAILY"}}, {"recurrence": {"rrule": "FREQ=DAILY"}}),
         ({"due_at": None}, {"due_at": None}),
         ({"unknown": 1}, {}),
+        # what task services really send: "" is a cleared field like null
+        ({"due_at": "", "recurrence": " ", "title": "", "timezone": ""},
+         {"due_at": None, "recurrence": None, "title": None, "timezone": None}),
+        ({"reminders": "", "remind_at": None}, {"reminders": None, "remind_at": None}),
+        # entries are only normalized here; the plan parses and reports each one
+        ({"reminders": ["PT1H", "", None, True, 1.5, 30.0]},
+         {"reminders": ["PT1H", "", None, True, 1.5, 30]}),
+        ({"remind_before_minutes": "PT1H"}, {"reminders": ["PT1H"]}),
     ],
 )
 def test_payload_aliases(payload: dict[str, object], expected: dict[str, object]) -> None:
@@ -88,13 +96,8 @@ def test_payload_aliases(payload: dict[str, object], expected: dict[str, object]
         (json.dumps({k: v for k, v in BASE.items() if k != "timestamp"}).encode(), "timestamp"),
         (json.dumps({**BASE, "event_type": 5}).encode(), "event_type"),
         (json.dumps({**BASE, "payload": [1]}).encode(), "payload"),
-        (json.dumps({**BASE, "payload": {"due_at": 5}}).encode(), "due_at"),
-        (json.dumps({**BASE, "payload": {"reminders": [True]}}).encode(), "reminders"),
-        (json.dumps({**BASE, "payload": {"reminders": [1.5]}}).encode(), "whole"),
-        (json.dumps({**BASE, "payload": {"reminders": list(range(101))}}).encode(), "100"),
-        (json.dumps({**BASE, "payload": {"remind_before_minutes": "PT1H"}}).encode(),
-         "integer minutes"),
-        (json.dumps({**BASE, "payload": {"recurrence": 5}}).encode(), "recurrence"),
+        (json.dumps({**BASE, "payload": {"timezone": 5}}).encode(), "payload.timezone"),
+        (json.dumps({**BASE, "payload": {"timezone": ["UTC"]}}).encode(), "payload.timezone"),
         (ce([1]), "not a JSON object"),
         (ce("not json"), "not JSON"),
         (json.dumps({"specversion": "1.0", "type": "task.created"}).encode(), "no data"),
@@ -104,6 +107,35 @@ def test_invalid(body: bytes, reason: str) -> None:
     with pytest.raises(InvalidEvent) as info:
         parse_delivery(body)
     assert reason in info.value.reason
+
+
+@pytest.mark.parametrize(
+    ("payload", "field", "reason"),
+    [
+        ({"due_at": 5}, "due_at", "payload.due_at: must be a string"),
+        ({"due_date": "x" * 65}, "due_at", "payload.due_date: must be a string"),
+        ({"title": {"a": 1}}, "title", "payload.title: must be a string"),
+        ({"reminders": list(range(101))}, "reminders", "payload.reminders: more than 100"),
+        ({"remind_at": list(range(101))}, "remind_at", "payload.remind_at: more than 100"),
+        ({"recurrence": 5}, "recurrence", "payload.recurrence: must be a rule string"),
+        ({"recurrence": ["FREQ=DAILY"]}, "recurrence", "payload.recurrence: must be a rule"),
+    ],
+)
+def test_unusable_field_is_rejected_alone(payload: dict[str, object], field: str,
+                                          reason: str) -> None:
+    ev = parse_document({**BASE, "payload": {**payload, "title": "kept"} if field != "title"
+                         else {**payload, "due_at": "2026-12-01"}})
+    assert isinstance(ev, TaskEvent)
+    assert list(ev.rejected) == [field] and ev.rejected[field].startswith(reason)
+    assert field not in ev.changes and len(ev.changes) == 1  # the rest of the payload stays
+
+
+def test_fingerprint_counts_rejected_fields_and_is_unchanged_without() -> None:
+    a = parse_document({**BASE, "payload": {"due_at": 5}})
+    b = parse_document({**BASE, "payload": {"due_at": 5}})
+    c = parse_document({**BASE, "payload": {}})
+    assert isinstance(a, TaskEvent) and isinstance(b, TaskEvent) and isinstance(c, TaskEvent)
+    assert a.fingerprint == b.fingerprint != c.fingerprint
 
 
 def test_fingerprint_is_stable_and_distinguishes_content() -> None:

@@ -12,6 +12,7 @@ from worker.schedule import (
     occurrence_key,
     parse_offset,
     parse_when,
+    parse_when_wall,
     reminder_id,
     reminder_instants,
     resolve_local,
@@ -22,6 +23,7 @@ BERLIN = load_zone("Europe/Berlin")
 NEW_YORK = load_zone("America/New_York")
 NINE = time(9, 0)
 UTC_ZONE = load_zone("UTC")
+BER, NYC = "Europe/Berlin", "America/New_York"
 
 
 def utc(y: int, mo: int, d: int, h: int = 0, mi: int = 0, s: int = 0, us: int = 0) -> datetime:
@@ -41,10 +43,42 @@ def test_load_zone_known_and_cached() -> None:
 
 
 @pytest.mark.parametrize(
+    "name,key,offset",
+    [
+        ("+05:30", "+05:30", timedelta(hours=5, minutes=30)),
+        ("-03:00", "-03:00", timedelta(hours=-3)),
+        ("+01:00", "+01:00", timedelta(hours=1)),
+        ("+0100", "+01:00", timedelta(hours=1)),
+        ("-00:00", "+00:00", timedelta(0)),
+        ("+14:00", "+14:00", timedelta(hours=14)),
+        ("-12:00", "-12:00", timedelta(hours=-12)),
+        ("UTC", "UTC", timedelta(0)),
+    ],
+)
+def test_load_zone_fixed_offsets(name: str, key: str, offset: timedelta) -> None:
+    zone = load_zone(name)
+    assert zone.key == key
+    for moment in (wall(1970, 1, 1), wall(2031, 3, 30, 2, 30), wall(2031, 10, 26, 2, 30),
+                   wall(9000, 12, 31, 23, 59)):
+        assert moment.replace(tzinfo=zone).utcoffset() == offset  # no DST, ever
+        assert resolve_local(moment, zone) == moment.replace(tzinfo=UTC) - offset
+    assert format_local(utc(2031, 6, 1, 12), zone) == (
+        (datetime(2031, 6, 1, 12) + offset).isoformat()  # noqa: DTZ001
+        + ("+00:00" if key == "UTC" else key))
+
+
+@pytest.mark.parametrize(
     "name",
     [
         "",
         "Mars/Phobos",
+        "+24:00",
+        "+18:01",
+        "+05:60",
+        "+5:30",
+        "05:30",
+        "UTC+01:00",
+        "+05:30 ",
         "../etc/passwd",
         "/etc/passwd",
         "Europe/../UTC",
@@ -126,6 +160,30 @@ def test_parse_when(value: str, expected: datetime) -> None:
     assert result.tzinfo is not None and result.utcoffset() == timedelta(0)
 
 
+@pytest.mark.parametrize(
+    "value,zone,instant,wall_clock",
+    [
+        # naive: the wall clock as written, also inside the gap (the instant follows the policy)
+        ("2031-03-30T02:30:00", BER, utc(2031, 3, 30, 1, 30), wall(2031, 3, 30, 2, 30)),
+        ("2031-03-09T02:15", NYC, utc(2031, 3, 9, 7, 15), wall(2031, 3, 9, 2, 15)),
+        # overlap: written once, read as the first 02:30
+        ("2031-10-26T02:30:00", BER, utc(2031, 10, 26, 0, 30), wall(2031, 10, 26, 2, 30)),
+        # with an offset: the instant, and its local time in the zone
+        ("2031-10-26T02:30:00+01:00", BER, utc(2031, 10, 26, 1, 30), wall(2031, 10, 26, 2, 30)),
+        ("2031-03-30T01:30:00Z", BER, utc(2031, 3, 30, 1, 30), wall(2031, 3, 30, 3, 30)),
+        ("2031-03-30", BER, utc(2031, 3, 30, 7), wall(2031, 3, 30, 9)),
+        ("2031-03-30T02:30", "+05:30", utc(2031, 3, 29, 21), wall(2031, 3, 30, 2, 30)),
+    ],
+)
+def test_parse_when_wall_keeps_the_wall_clock_as_written(
+    value: str, zone: str, instant: datetime, wall_clock: datetime
+) -> None:
+    when = parse_when_wall(value, load_zone(zone), NINE)
+    assert when.instant == instant and when.instant.utcoffset() == timedelta(0)
+    assert when.wall == wall_clock and when.wall.tzinfo is None
+    assert parse_when(value, load_zone(zone), NINE) == instant
+
+
 def test_parse_when_all_day_time_and_zone_are_used() -> None:
     assert parse_when("2026-12-01", NEW_YORK, time(7, 30)) == utc(2026, 12, 1, 12, 30)
     assert parse_when("2026-12-01T09:00:00", NEW_YORK, NINE) == utc(2026, 12, 1, 14)
@@ -183,6 +241,14 @@ def test_parse_when_rejects_non_string() -> None:
         (0, Offset(), "PT0S"),
         ("30", Offset(seconds=1800), "PT30M"),
         (" 45 ", Offset(seconds=2700), "PT45M"),
+        # iCalendar signs: "-" is before (the same as none), "+" is after the due time
+        ("-PT15M", Offset(seconds=900), "PT15M"),
+        ("-P1D", Offset(days=1), "P1D"),
+        ("+PT15M", Offset(seconds=-900), "+PT15M"),
+        ("+P1DT2H", Offset(days=-1, seconds=-7200), "+P1DT2H"),
+        ("+p1w", Offset(days=-7), "+P7D"),
+        ("+PT0S", Offset(), "PT0S"),
+        ("+P366D", Offset(days=-366), "+P366D"),
     ],
 )
 def test_parse_offset(value: str | int, expected: Offset, iso: str) -> None:
@@ -198,9 +264,14 @@ def test_parse_offset(value: str | int, expected: Offset, iso: str) -> None:
         (True, "duration or minutes"),
         (False, "duration or minutes"),
         (1.5, "duration or minutes"),
-        (-5, "negative"),
-        ("-PT1H", "negative"),
-        ("-30", "negative"),
+        (-5, "ambiguous"),
+        ("-30", "ambiguous"),
+        ("+30", "ambiguous"),
+        ("--PT1H", "not an ISO 8601"),
+        ("+-PT1H", "not an ISO 8601"),
+        ("- PT1H", "not an ISO 8601"),
+        ("+P367D", "longer than 366 days"),
+        ("+P1M", "calendar months/years"),
         ("P1M", "calendar months/years"),
         ("P1Y", "calendar months/years"),
         ("P1Y2M3D", "calendar months/years"),
@@ -231,6 +302,49 @@ def test_reminder_instants_day_offsets_keep_wall_clock_time_across_dst() -> None
     result = reminder_instants(due, BERLIN, [parse_offset("P1D"), parse_offset("PT24H")], [])
     # P1D: 09:00 CET the day before (08:00Z); PT24H: exactly 24 h earlier (08:00 CET, 07:00Z)
     assert result == [utc(2026, 3, 28, 7), utc(2026, 3, 28, 8)]
+
+
+@pytest.mark.parametrize(
+    "zone,due_wall,offset,expected",
+    [
+        # Berlin 2031-03-30 02:00 -> 03:00: 02:30 in the gap; P1D = 02:30 CET the day before
+        ("Europe/Berlin", wall(2031, 3, 30, 2, 30), "P1D", utc(2031, 3, 29, 1, 30)),
+        ("Europe/Berlin", wall(2031, 3, 30, 2, 30), "P1DT1H", utc(2031, 3, 29, 0, 30)),
+        ("Europe/Berlin", wall(2031, 3, 30, 2, 30), "P7D", utc(2031, 3, 23, 1, 30)),
+        # exact offsets count back from the instant the policy gives (01:30Z)
+        ("Europe/Berlin", wall(2031, 3, 30, 2, 30), "PT1H", utc(2031, 3, 30, 0, 30)),
+        # after the due time: a day after 02:30 is 02:30 CEST
+        ("Europe/Berlin", wall(2031, 3, 30, 2, 30), "+P1D", utc(2031, 3, 31, 0, 30)),
+        ("Europe/Berlin", wall(2031, 3, 30, 2, 30), "+PT15M", utc(2031, 3, 30, 1, 45)),
+        # New York, 2031-03-09 02:00 EST -> 03:00 EDT
+        ("America/New_York", wall(2031, 3, 9, 2, 15), "P1D", utc(2031, 3, 8, 7, 15)),
+        # Lord Howe: half-hour DST, 2031-10-05 02:00 +10:30 -> 02:30 +11
+        ("Australia/Lord_Howe", wall(2031, 10, 5, 2, 15), "P1D", utc(2031, 10, 3, 15, 45)),
+        ("Australia/Lord_Howe", wall(2031, 10, 5, 2, 15), "PT15M", utc(2031, 10, 4, 15, 30)),
+        # Dublin: negative DST (winter is the "summer" offset), 2031-03-30 01:00 GMT -> 02:00 IST
+        ("Europe/Dublin", wall(2031, 3, 30, 1, 30), "P1D", utc(2031, 3, 29, 1, 30)),
+        # a day after a time in the overlap (Berlin 2031-10-26 02:30 twice): 02:30 CET
+        ("Europe/Berlin", wall(2031, 10, 25, 2, 30), "+P1D", utc(2031, 10, 26, 0, 30)),
+        ("Europe/Berlin", wall(2031, 10, 27, 2, 30), "P1D", utc(2031, 10, 26, 0, 30)),
+        # fixed offsets have no DST at all
+        ("+05:30", wall(2031, 3, 30, 2, 30), "P1D", utc(2031, 3, 28, 21)),
+        ("-03:00", wall(2031, 3, 30, 2, 30), "+PT30M", utc(2031, 3, 30, 6)),
+    ],
+)
+def test_reminder_instants_from_the_wall_clock_as_written(
+    zone: str, due_wall: datetime, offset: str, expected: datetime
+) -> None:
+    tz = load_zone(zone)
+    due = resolve_local(due_wall, tz)
+    assert reminder_instants(due, tz, [parse_offset(offset)], [], due_wall) == [expected]
+
+
+def test_reminder_instants_day_offset_from_an_aware_due_in_the_overlap() -> None:
+    due = utc(2031, 10, 26, 1, 30)  # the second 02:30 in Berlin (CET)
+    assert reminder_instants(due, BERLIN, [parse_offset("P1D")], []) == [utc(2031, 10, 25, 0, 30)]
+    assert reminder_instants(due, BERLIN, [parse_offset("PT1H")], []) == [utc(2031, 10, 26, 0, 30)]
+    with pytest.raises(ValueError, match="naive"):
+        reminder_instants(due, BERLIN, [Offset(days=1)], [], due)
 
 
 def test_reminder_instants_exact_offset_across_gap() -> None:

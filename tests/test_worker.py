@@ -159,6 +159,25 @@ async def test_invalid_event_is_dropped_to_the_dead_letter_topic() -> None:
         assert 'outcome="invalid",type="task.created"' in await s.metrics()
 
 
+async def test_event_with_one_unusable_part_is_applied_without_it_and_counted_partial() -> None:
+    from structlog.testing import capture_logs
+
+    async with stack() as s:
+        with capture_logs() as logs:
+            [ce] = await s.deliver(created(reminders=["PT1H", "P1M", 30], recurrence="sometimes"))
+        assert s.answers(ce) == ["SUCCESS"] and s.sidecar.dead_letters == []
+        assert job_times(s) == ["2026-11-26T13:00:00+00:00", "2026-11-26T13:30:00+00:00"]
+        metrics = await s.metrics()
+        assert 'outcome="partial",type="task.created"' in metrics
+        assert 'outcome="processed",type="task.created"' not in metrics
+        [warning] = [x for x in logs if x["log_level"] == "warning"]
+        assert warning["event"] == "event applied without some parts"
+        assert [p.split(":")[0] for p in warning["problems"]] == [
+            "payload.reminders[1]", "payload.recurrence"]
+        await s.deliver(event("task.updated", 1, title="x"))
+        assert 'outcome="processed",type="task.updated"' in await s.metrics()
+
+
 async def test_other_event_types_are_acknowledged_and_ignored() -> None:
     async with stack() as s:
         [ce] = await s.deliver({"event_type": "task.archived", "task_id": 1, "user_id": "u"})

@@ -2,6 +2,13 @@
 
 Only the shape is checked here; time values are parsed in `plan`, where the
 task's effective time zone (possibly from an earlier event) is known.
+
+What makes a whole event invalid (InvalidEvent, DROP) is only what leaves nothing
+to apply: not JSON, not an object, neither a CloudEvent nor a task event, no
+usable ids or timestamp, a payload that is not an object, a time zone that is not
+a string. An optional payload field of a JSON type that can never be right is
+*rejected* alone (`TaskEvent.rejected`, reported by the plan as a problem) and the
+rest of the event still applies. `null` and `""` mean the field is cleared.
 """
 
 from __future__ import annotations
@@ -40,7 +47,8 @@ ALIASES: Final[dict[str, tuple[str, ...]]] = {
 class TaskEvent:
     """One task event, ids checked, payload fields raw but of acceptable JSON types.
 
-    `changes` holds only the fields the event carried (None = explicitly cleared).
+    `changes` holds only the fields the event carried (None = explicitly cleared);
+    `rejected` the payload fields left out as unusable, with the reason.
     """
 
     event_type: str
@@ -50,11 +58,15 @@ class TaskEvent:
     event_id: str | None = None
     trace_id: str | None = None
     changes: dict[str, Any] = field(default_factory=dict)
+    rejected: dict[str, str] = field(default_factory=dict)
 
     @cached_property
     def fingerprint(self) -> str:
         """Stable digest of the event's meaning: equal for a redelivery of the same event."""
-        blob = _FINGERPRINT_ENCODER.encode([self.event_type, self.event_id, self.changes])
+        parts: list[object] = [self.event_type, self.event_id, self.changes]
+        if self.rejected:  # only when present, so digests of clean events stay as they were
+            parts.append(self.rejected)
+        blob = _FINGERPRINT_ENCODER.encode(parts)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -107,6 +119,7 @@ def parse_document(doc: object) -> TaskEvent | Ignored:
         raise InvalidEvent("event_type missing or not a string")
     if event_type not in TASK_EVENT_TYPES:
         return Ignored(event_type[:100])
+    changes, rejected = _changes(data.get("payload"))
     return TaskEvent(
         event_type=event_type,
         task_id=_task_id(data.get("task_id")),
@@ -114,7 +127,8 @@ def parse_document(doc: object) -> TaskEvent | Ignored:
         timestamp=_timestamp(data.get("timestamp")),
         event_id=_event_id(data.get("event_id")),
         trace_id=trace_id,
-        changes=_changes(data.get("payload")),
+        changes=changes,
+        rejected=rejected,
     )
 
 
@@ -156,49 +170,53 @@ def _timestamp(value: object) -> datetime:
     return ts.astimezone(UTC)
 
 
-def _changes(payload: object) -> dict[str, Any]:
+def _changes(payload: object) -> tuple[dict[str, Any], dict[str, str]]:
     if payload is None:
-        return {}
+        return {}, {}
     if not isinstance(payload, dict):
         raise InvalidEvent("payload is not a JSON object")
     changes: dict[str, Any] = {}
+    rejected: dict[str, str] = {}
     for name, names in ALIASES.items():
         for alias in names:
             if alias in payload:
-                changes[name] = _checked(name, alias, payload[alias])
+                try:
+                    changes[name] = _checked(name, payload[alias])
+                except ValueError as exc:
+                    if name == "timezone":  # every wall-clock time depends on it
+                        raise InvalidEvent(f"payload.{alias}: {exc}") from None
+                    rejected[name] = f"payload.{alias}: {exc}"
                 break
-    return changes
+    return changes, rejected
 
 
-def _checked(name: str, alias: str, value: object) -> object:
-    """Reject values whose JSON type can never be right, and bound their size."""
-    if value is None:
+def is_blank(value: object) -> bool:
+    """`null` or an empty string: a cleared field, or a list entry that says nothing."""
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _checked(name: str, value: object) -> object:
+    """Normalize one field; ValueError when its JSON type can never be right or it is huge.
+
+    Entries of a list are only normalized here (whole floats made integers); each is
+    parsed, skipped when blank, and reported alone when unusable, by the plan.
+    """
+    if is_blank(value):
         return None
     if name in ("title", "due_at", "timezone"):
         if isinstance(value, str) and len(value) <= (2000 if name == "title" else 64):
             return value
-        raise InvalidEvent(f"payload.{alias} must be a string")
+        raise ValueError("must be a string" + ("" if name == "title" else " of at most 64"))
     if name in ("reminders", "remind_at"):
         items = value if isinstance(value, list) else [value]
         if len(items) > MAX_LIST:
-            raise InvalidEvent(f"payload.{alias} has more than {MAX_LIST} entries")
-        for item in items:
-            ok = isinstance(item, str) and len(item) <= 64
-            if name == "reminders":
-                ok = ok or (isinstance(item, int | float) and not isinstance(item, bool))
-                if isinstance(item, float) and not (math.isfinite(item) and item.is_integer()):
-                    raise InvalidEvent(f"payload.{alias} minutes must be whole numbers")
-            if not ok:
-                raise InvalidEvent(f"payload.{alias} entries must be strings or minutes")
-        if alias == "remind_before_minutes" and not all(
-            isinstance(i, int | float) and not isinstance(i, bool) for i in items
-        ):
-            raise InvalidEvent("payload.remind_before_minutes must be integer minutes")
-        return [int(i) if isinstance(i, float) else i for i in items]
+            raise ValueError(f"more than {MAX_LIST} entries")
+        return [int(i) if isinstance(i, float) and math.isfinite(i) and i.is_integer() else i
+                for i in items]
     if name == "recurrence":
         if isinstance(value, str) and len(value) <= 1000:
             return value
         if isinstance(value, dict) and len(json.dumps(value)) <= 20_000:
             return value
-        raise InvalidEvent("payload.recurrence must be a rule string or an object")
+        raise ValueError("must be a rule string or an object")
     raise AssertionError(name)  # pragma: no cover

@@ -3,9 +3,10 @@
 No I/O. The service executes a plan; `--dry-run` prints it. A task record is
 the JSON kept in the state store per (user, task):
 
-    {"v": 1, "user_id", "task_id", "order": [timestamp, fingerprint],
+    {"v": 2, "user_id", "task_id", "order": [timestamp, fingerprint],
      "status": "active" | "completed" | "deleted",
-     "task": {"title", "due_at", "timezone", "offsets", "remind_at", "recurrence"},
+     "task": {"title", "timezone", "due_at", "due_local", "offsets", "remind_at",
+              "recurrence"},
      "jobs": {job name: reminder instant}}
 
 `order` is the last applied event: a later event applies, an equal one is a
@@ -14,18 +15,34 @@ job publishes only if its name is still here and the task is active. A job is
 named by its reminder instant and the order of the event that first wanted it
 (`schedule.job_name`). `retired` (optional) lists the jobs the last applied
 event made obsolete: deleted after the save, and again by a redelivery.
+
+`due_at` is the due instant (RFC 3339 UTC, "Z"); `due_local` the wall-clock time
+in `timezone` as the user wrote it, naive ISO 8601 ("2031-03-30T02:30:00", also
+inside a DST gap, where `due_at` follows the DST policy). Day offsets and the
+recurrence work from `due_local`. Version 1 records (no `due_local`) load as they
+are: the wall clock is derived from `due_at`. When only the zone changes, the
+instant stays where it was and `due_local` is derived again in the new zone.
+`offsets` are ISO 8601 durations, "+PT15M" meaning after the due time.
+
+Partial application: an unusable optional part of an event (a bad field, one bad
+entry of a list) is left out, the rest applies, and the part is listed with its
+reason in `Plan.problems` (the service counts the event `partial`). A field left
+out keeps the value it had before the event; a list field applies its usable
+entries, or is left out when it has none.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeVar
+from zoneinfo import ZoneInfo
 
 from worker.errors import InvalidEvent
-from worker.events import TaskEvent
+from worker.events import TaskEvent, is_blank
 from worker.recurrence import (
     Recurrence,
     next_occurrence,
@@ -42,10 +59,14 @@ from worker.schedule import (
     occurrence_key,
     parse_offset,
     parse_when,
+    parse_when_wall,
     reminder_instants,
+    wall_clock,
 )
 
-RECORD_VERSION: Final = 1
+T = TypeVar("T")
+
+RECORD_VERSION: Final = 2  # 2: `due_local`, signed offsets; version 1 records still load
 # A fired job may still be retrying (publish failed): keep its name live this
 # long after its instant so an unrelated update does not orphan the retry.
 FIRED_RETENTION: Final = timedelta(hours=6)
@@ -90,6 +111,7 @@ class Plan:
     next: NextOccurrence | None = None
     series_ended: bool = False
     skipped: int = 0  # reminder instants already past with the task overdue
+    problems: list[str] = field(default_factory=list)  # parts left out: "payload.x: reason"
 
     def to_json(self, event: TaskEvent) -> dict[str, Any]:
         return {
@@ -103,6 +125,7 @@ class Plan:
             "skipped": self.skipped,
             "next_occurrence": self.next.body if self.next else None,
             "series_ended": self.series_ended,
+            "problems": self.problems,
         }
 
 
@@ -145,13 +168,14 @@ def make_plan(
             plan.next = _next(event, record["task"])
         return plan
     prior = record["task"] if record else {}
-    task = merge(prior, event.changes, config)
+    problems = list(event.rejected.values())
+    task = merge(prior, event.changes, config, problems)
     old_status = record["status"] if record else "active"
     status = {"task.created": "active", "task.completed": "completed",
               "task.deleted": "deleted"}.get(event.event_type, old_status)
     old_jobs: dict[str, str] = dict(record["jobs"]) if record else {}
     new_jobs: dict[str, str] = {}
-    plan = Plan("processed", {})
+    plan = Plan("processed", {}, problems=problems)
     if status == "active":
         new_jobs, plan.skipped = _wanted_jobs(event, task, old_jobs, now, config)
     order = order_of(event)
@@ -170,38 +194,88 @@ def make_plan(
     return plan
 
 
-def merge(prior: dict[str, Any], changes: dict[str, Any], config: PlanConfig) -> dict[str, Any]:
-    """The task's fields after `changes`, each time value parsed in the effective zone."""
+def merge(prior: dict[str, Any], changes: dict[str, Any], config: PlanConfig,
+          problems: list[str] | None = None) -> dict[str, Any]:
+    """The task's fields after `changes`, each time value parsed in the effective zone.
+
+    Raises InvalidEvent only for an unknown zone. Any other unusable part is left
+    out and described in `problems` (see the module docstring).
+    """
+    problems = [] if problems is None else problems
     task = dict(prior)
+    old_zone = prior.get("timezone") or "UTC"
     try:
-        zone_name = changes.get("timezone") or prior.get("timezone") or "UTC"
-        zone = load_zone(zone_name)
-        task["timezone"] = zone_name
+        zone = load_zone((changes["timezone"] or "UTC") if "timezone" in changes else old_zone)
     except ValueError as exc:
         raise InvalidEvent(f"payload.timezone: {exc}") from None
+    task["timezone"] = zone.key
+    due_applied = False
     for name, value in changes.items():
         try:
             if name == "title":
                 task["title"] = value
             elif name == "due_at":
-                task["due_at"] = None if value is None else format_utc(
-                    parse_when(value, zone, config.all_day_time))
+                when = None if value is None else parse_when_wall(value, zone, config.all_day_time)
+                task["due_at"] = None if when is None else format_utc(when.instant)
+                task["due_local"] = None if when is None else when.wall.isoformat()
+                due_applied = True
             elif name == "reminders":
-                task["offsets"] = [] if value is None else [parse_offset(v).iso() for v in value]
+                offsets = _entries(name, value, parse_offset, problems)
+                if offsets is not None:
+                    task["offsets"] = [o.iso() for o in offsets]
             elif name == "remind_at":
-                task["remind_at"] = [] if value is None else [
-                    format_utc(parse_when(v, zone, config.all_day_time)) for v in value]
+                instants = _entries(
+                    name, value, lambda v: parse_when(v, zone, config.all_day_time), problems)
+                if instants is not None:
+                    task["remind_at"] = [format_utc(i) for i in instants]
             elif name == "recurrence":
-                task["recurrence"] = None if value is None else _recurrence_json(
+                task["recurrence"] = None if value is None else _store_recurrence(
                     parse_recurrence(value, zone, config.all_day_time))
-        except InvalidEvent:
-            raise
         except (ValueError, OverflowError, TypeError) as exc:
-            raise InvalidEvent(f"payload.{name}: {exc}") from None
+            problems.append(f"payload.{name}: {exc}")
+    if task.get("due_at") and not due_applied and (
+        not task.get("due_local") or zone.key != old_zone
+    ):  # a version 1 record, or a new zone: the instant stays, the wall clock follows
+        task["due_local"] = wall_clock(datetime.fromisoformat(task["due_at"]), zone).isoformat()
     return task
 
 
-def _recurrence_json(rec: Recurrence) -> dict[str, Any]:
+def _entries(name: str, value: list[Any] | None, parse: Callable[[Any], T],
+             problems: list[str]) -> list[T] | None:
+    """Parse a list field entry by entry: the usable entries, or None if there are none.
+
+    None (cleared) and an empty or all-blank list give []; every unusable entry is
+    reported as "payload.<name>[i]: reason".
+    """
+    if value is None:
+        return []
+    parsed: list[T] = []
+    bad = 0
+    for index, item in enumerate(value):
+        if is_blank(item):
+            continue
+        try:
+            parsed.append(parse(item))
+        except (ValueError, OverflowError, TypeError) as exc:
+            problems.append(f"payload.{name}[{index}]: {exc}")
+            bad += 1
+    return None if bad and not parsed else parsed
+
+
+def due_of(task: dict[str, Any], zone: ZoneInfo) -> tuple[datetime | None, datetime | None]:
+    """(due instant, naive wall clock as written) of a stored task; (None, None) if no due."""
+    if not task.get("due_at"):
+        return None, None
+    due = datetime.fromisoformat(task["due_at"])
+    local = task.get("due_local")
+    return due, datetime.fromisoformat(local) if local else wall_clock(due, zone)
+
+
+# -- the recurrence seam: the only places that know Recurrence's shape --------------
+
+
+def _store_recurrence(rec: Recurrence) -> dict[str, Any]:
+    """A parsed recurrence as kept in the record (with wall clocks: rec.to_record())."""
     return {
         "rrule": rec.rrule,
         "dtstart": format_utc(rec.dtstart) if rec.dtstart else None,
@@ -209,7 +283,9 @@ def _recurrence_json(rec: Recurrence) -> dict[str, Any]:
     }
 
 
-def recurrence_of(stored: dict[str, Any]) -> Recurrence:
+def _load_recurrence(stored: dict[str, Any], zone: ZoneInfo) -> Recurrence:
+    """The recurrence kept in a record (any record version)."""
+    del zone  # UTC today; with wall clocks: Recurrence.from_record(stored, zone)
     return Recurrence(
         rrule=stored["rrule"],
         dtstart=datetime.fromisoformat(stored["dtstart"]) if stored.get("dtstart") else None,
@@ -217,18 +293,35 @@ def recurrence_of(stored: dict[str, Any]) -> Recurrence:
     )
 
 
+def _next_instant(rec: Recurrence, zone: ZoneInfo, current_wall: datetime, current: datetime,
+                  now: datetime) -> datetime | None:
+    """The occurrence after the current one (wall clock `current_wall`, instant `current`)."""
+    # With the wall-clock interface of worker.recurrence this becomes
+    # next_occurrence(rec, zone, current_wall, max(current, now)); today's
+    # next_occurrence rebuilds the wall clock from the instant.
+    del current_wall
+    return next_occurrence(rec, zone, current, now)
+
+
+def _recurrence_body(rec: Recurrence, zone: ZoneInfo, current_wall: datetime,
+                     current: datetime) -> dict[str, object]:
+    """The object form sent with a next occurrence (dtstart = the series start)."""
+    del current_wall
+    return rec.to_json(zone, series_start(rec, current))
+
+
 def _wanted_jobs(
     event: TaskEvent, task: dict[str, Any], old_jobs: dict[str, str], now: datetime,
     config: PlanConfig,
 ) -> tuple[dict[str, str], int]:
     zone = load_zone(task["timezone"])
-    due = datetime.fromisoformat(task["due_at"]) if task.get("due_at") else None
+    due, due_wall = due_of(task, zone)
     offsets_raw = task.get("offsets")
     offsets = (config.default_offsets if offsets_raw is None and due is not None
                else tuple(parse_offset(o) for o in offsets_raw or ()))
     remind_at = [datetime.fromisoformat(a) for a in task.get("remind_at") or ()]
     try:
-        instants = reminder_instants(due, zone, offsets, remind_at)
+        instants = reminder_instants(due, zone, offsets, remind_at, due_wall)
     except (ValueError, OverflowError) as exc:
         raise InvalidEvent(f"payload: reminder instants out of range: {exc}") from None
     live = {at: name for name, at in old_jobs.items()}  # instant -> the job that has it
@@ -269,12 +362,14 @@ def job_spec(user_id: str, task_id: int | str, name: str, at: str, order: list[s
 
 def _next(event: TaskEvent, task: dict[str, Any]) -> NextOccurrence | None:
     zone = load_zone(task["timezone"])
-    rec = recurrence_of(task["recurrence"])
-    current = datetime.fromisoformat(task["due_at"]) if task.get("due_at") else event.timestamp
+    rec = _load_recurrence(task["recurrence"], zone)
+    current, current_wall = due_of(task, zone)
+    if current is None or current_wall is None:  # no due date: the series runs from completion
+        current, current_wall = event.timestamp, wall_clock(event.timestamp, zone)
     # "Now" for this purpose is when the task was completed, never when the event
     # happens to be handled: a redelivery hours later asks for the same occurrence
     # with the same idempotency key (contract §4).
-    nxt = next_occurrence(rec, zone, current, event.timestamp)
+    nxt = _next_instant(rec, zone, current_wall, current, event.timestamp)
     if nxt is None:
         return None
     key = occurrence_key(event.user_id, event.task_id, nxt)
@@ -284,7 +379,7 @@ def _next(event: TaskEvent, task: dict[str, Any]) -> NextOccurrence | None:
         "next_due_at": format_utc(nxt),
         "next_due_local": format_local(nxt, zone),
         "timezone": task["timezone"],
-        "recurrence": rec.to_json(zone, series_start(rec, current)),
+        "recurrence": _recurrence_body(rec, zone, current_wall, current),
         "idempotency_key": key,
     }
     if task.get("title") is not None:

@@ -1,6 +1,10 @@
 """Pure time math of the worker: no I/O, no clock reads (`now` is always passed in).
 
 Every datetime that crosses this module's boundary is timezone-aware; results are UTC.
+The one exception is a *wall-clock time* (`When.wall`, `resolve_local`'s input): a
+naive datetime meaning "this reading of the clock in the task's zone", kept as the
+user wrote it, because a time written in a DST gap (02:30 on the spring change) has
+no instant of its own and would be lost by a round trip through UTC.
 
 DST policy (RFC 5545 §3.3.5), applied by `resolve_local` to every wall-clock time:
 a local time inside a spring-forward gap takes the UTC offset from before the gap
@@ -14,12 +18,15 @@ Recurrences (RRULE expansion) live in `worker.recurrence`.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import re
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 from functools import lru_cache
+from typing import NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 UTC = ZoneInfo("UTC")
@@ -29,6 +36,8 @@ MAX_YEAR = 9000  # so offset and DST arithmetic can never overflow
 MAX_OFFSET_DAYS = 366  # a reminder more than a year ahead is a data error, not a wish
 
 _ZONE_NAME = re.compile(r"[A-Za-z0-9_+-]+(?:/[A-Za-z0-9_+-]+)*")
+_FIXED_OFFSET = re.compile(r"([+-])(\d{2}):?(\d{2})")
+MAX_FIXED_OFFSET = timedelta(hours=18)  # ISO 8601 / RFC 3339 practice; real zones span -12..+14
 _WHEN = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})"
     r"(?:[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,9}))?)?(?:([Zz])|([+-])(\d{2}):?(\d{2}))?)?"
@@ -40,7 +49,12 @@ _DURATION = re.compile(
 
 @lru_cache(maxsize=512)
 def load_zone(name: str) -> ZoneInfo:
-    """Return the ZoneInfo of an IANA zone name; ValueError for anything else."""
+    """The ZoneInfo of an IANA zone name, `UTC`, or a fixed offset (`+05:30`, `-0300`).
+
+    ValueError for anything else (unknown IANA names stay invalid).
+    """
+    if isinstance(name, str) and (fixed := _FIXED_OFFSET.fullmatch(name)):
+        return fixed_offset_zone(*fixed.groups())
     if (
         not isinstance(name, str)
         or not 0 < len(name) <= 64
@@ -52,6 +66,28 @@ def load_zone(name: str) -> ZoneInfo:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
         raise ValueError(f"unknown time zone: {name!r}") from exc
+
+
+def fixed_offset_zone(sign: str, hours: str, minutes: str) -> ZoneInfo:
+    """A ZoneInfo with one constant offset, keyed "+05:30".
+
+    A real ZoneInfo (built from a one-type TZif file, RFC 8536), not a
+    `datetime.timezone`, so every function taking a zone keeps one type and the
+    DST policy code needs no special case.
+    """
+    delta = timedelta(hours=int(hours), minutes=int(minutes))
+    if int(minutes) > 59 or delta > MAX_FIXED_OFFSET:
+        raise ValueError(f"unknown time zone: UTC offset out of range: {sign}{hours}:{minutes}")
+    key = f"{'-' if sign == '-' and delta else '+'}{hours}:{minutes}"
+    seconds = int(delta.total_seconds()) * (-1 if sign == "-" else 1)
+    abbr = key.replace(":", "").encode() + b"\0"
+    counts = struct.pack(">6l", 0, 0, 0, 0, 1, len(abbr))  # one type, no transitions
+    block = counts + struct.pack(">lBB", seconds, 0, 0) + abbr
+    header = b"TZif2" + b"\0" * 15
+    # POSIX TZ footer: the sign is inverted ("<+0530>-5:30" is five and a half hours east).
+    footer = f"<{key.replace(':', '')}>{'+' if seconds < 0 else '-'}{hours}:{minutes}"
+    tzif = header + block + header + block + b"\n" + footer.encode() + b"\n"
+    return ZoneInfo.from_file(io.BytesIO(tzif), key=key)
 
 
 def resolve_local(naive: datetime, zone: ZoneInfo) -> datetime:
@@ -68,8 +104,25 @@ def check_window(dt: datetime) -> None:
         raise ValueError(f"date out of range (years {MIN_YEAR}..{MAX_YEAR}): {dt.year}")
 
 
+class When(NamedTuple):
+    """A parsed time value: the instant and the wall-clock time in the task's zone.
+
+    `wall` is naive. For a naive input it is the text as written (also inside a DST
+    gap, where `instant` follows the DST policy); for an input with an offset or Z
+    it is the instant's local time in the zone.
+    """
+
+    instant: datetime  # aware UTC
+    wall: datetime  # naive wall clock in the zone
+
+
 def parse_when(value: str, zone: ZoneInfo, all_day_time: time) -> datetime:
     """Parse a due_at form (RFC 3339, naive date-time, bare date) -> aware UTC."""
+    return parse_when_wall(value, zone, all_day_time).instant
+
+
+def parse_when_wall(value: str, zone: ZoneInfo, all_day_time: time) -> When:
+    """Parse a due_at form -> (aware UTC instant, naive wall clock in `zone` as written)."""
     if not isinstance(value, str):
         raise ValueError(f"expected a date-time string, got {type(value).__name__}")
     match = _WHEN.fullmatch(value.strip()) if len(value) <= 64 else None
@@ -88,58 +141,74 @@ def parse_when(value: str, zone: ZoneInfo, all_day_time: time) -> datetime:
         raise ValueError(f"invalid date-time {value!r}: {exc}") from None
     check_window(naive)
     if zulu:
-        return naive.replace(tzinfo=UTC)
-    if sign:
+        instant = naive.replace(tzinfo=UTC)
+    elif sign:
         if int(off_h) > 23 or int(off_m) > 59:
             raise ValueError(f"invalid UTC offset in {value!r}")
         delta = timedelta(hours=int(off_h), minutes=int(off_m))
         fixed = timezone(-delta if sign == "-" else delta)
-        return naive.replace(tzinfo=fixed).astimezone(UTC)
-    return resolve_local(naive, zone)
+        instant = naive.replace(tzinfo=fixed).astimezone(UTC)
+    else:
+        return When(resolve_local(naive, zone), naive)
+    return When(instant, wall_clock(instant, zone))
 
 
 @dataclass(frozen=True)
 class Offset:
-    """A reminder offset before the due time."""
+    """A reminder offset *before* the due time; negative values are *after* it.
+
+    Signed so that iCalendar's TRIGGER forms fit: `-PT15M` (before) is
+    Offset(seconds=900), `+PT15M` (after) is Offset(seconds=-900). Days and seconds
+    never have opposite signs (one duration carries one sign).
+    """
 
     days: int = 0  # nominal days: subtracted in wall-clock time (RFC 5545 dur-day)
     seconds: int = 0  # exact seconds: subtracted on the UTC timeline
 
     def __post_init__(self) -> None:
-        if self.days < 0 or self.seconds < 0:
-            raise ValueError("negative reminder offsets are not supported")
-        if self.days * 86_400 + self.seconds > MAX_OFFSET_DAYS * 86_400:
+        if self.days * self.seconds < 0:
+            raise ValueError("a reminder offset has one sign for all its parts")
+        if abs(self.days) * 86_400 + abs(self.seconds) > MAX_OFFSET_DAYS * 86_400:
             raise ValueError(f"reminder offset longer than {MAX_OFFSET_DAYS} days")
 
     def iso(self) -> str:
-        """Canonical ISO 8601 duration (weeks are written as days): "P1DT2H", "PT0S"."""
-        hours, rest = divmod(self.seconds, 3600)
+        """Canonical ISO 8601 duration: "P1DT2H" before, "+PT15M" after, "PT0S" (weeks as days)."""
+        hours, rest = divmod(abs(self.seconds), 3600)
         minutes, secs = divmod(rest, 60)
-        day_part = f"{self.days}D" if self.days else ""
+        day_part = f"{abs(self.days)}D" if self.days else ""
         units = ((hours, "H"), (minutes, "M"), (secs, "S"))
         time_part = "".join(f"{n}{unit}" for n, unit in units if n)
         if not day_part and not time_part:
             return "PT0S"
-        return f"P{day_part}" + (f"T{time_part}" if time_part else "")
+        after = "+" if self.days < 0 or self.seconds < 0 else ""
+        return f"{after}P{day_part}" + (f"T{time_part}" if time_part else "")
 
 
 # typed: True must not share the cache entry of 1 (a bool is rejected, 1 minute is not).
 @lru_cache(maxsize=1024, typed=True)
 def parse_offset(value: str | int) -> Offset:
-    """Parse an ISO 8601 duration (PnW, PnD, PTnHnMnS) or integer minutes -> Offset."""
+    """Parse an ISO 8601 duration (PnW, PnD, PTnHnMnS) or integer minutes -> Offset.
+
+    A duration may carry a sign as in iCalendar: none or "-" = before the due time,
+    "+" = after it. Minutes are always "before" and unsigned (a signed number is
+    ambiguous: -5 reads as "before" in iCalendar and as "after" in arithmetic).
+    """
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise ValueError(f"reminder offset must be a duration or minutes, not {value!r:.40}")
     if isinstance(value, int):
         if value < 0:
-            raise ValueError("negative reminder offsets are not supported")
+            raise ValueError("negative minutes are ambiguous; write -PT15M (before) "
+                             "or +PT15M (after)")
         if value > MAX_OFFSET_DAYS * 1440:
             raise ValueError(f"reminder offset longer than {MAX_OFFSET_DAYS} days")
         return Offset(seconds=value * 60)
     text = value.strip().upper()
-    if text.startswith("-"):
-        raise ValueError("negative reminder offsets are not supported")
-    if re.fullmatch(r"\+?\d{1,9}", text):
+    if re.fullmatch(r"\d{1,9}", text):
         return parse_offset(int(text))
+    if re.fullmatch(r"[+-]\d{1,9}", text):
+        raise ValueError("signed minutes are ambiguous; write -PT15M (before) or +PT15M (after)")
+    after = text.startswith("+")
+    text = text[1:] if text[:1] in ("+", "-") else text
     match = _DURATION.fullmatch(text) if text != "P" else None
     if match is None:
         if re.fullmatch(r"P(\d+Y)?(\d+M)?(\d+[WD])*(T.*)?", text) and re.search(
@@ -150,7 +219,9 @@ def parse_offset(value: str | int) -> Offset:
     weeks, days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
     if weeks * 7 + days > MAX_OFFSET_DAYS:
         raise ValueError(f"reminder offset longer than {MAX_OFFSET_DAYS} days")
-    return Offset(days=weeks * 7 + days, seconds=hours * 3600 + minutes * 60 + seconds)
+    sign = -1 if after else 1
+    return Offset(days=sign * (weeks * 7 + days),
+                  seconds=sign * (hours * 3600 + minutes * 60 + seconds))
 
 
 def to_utc(dt: datetime, what: str) -> datetime:
@@ -169,18 +240,27 @@ def reminder_instants(
     zone: ZoneInfo,
     offsets: Sequence[Offset],
     remind_at: Sequence[datetime],
+    due_wall: datetime | None = None,
 ) -> list[datetime]:
-    """Every (due_at minus offset) plus every remind_at: aware UTC, de-duplicated, sorted."""
+    """Every (due_at minus offset) plus every remind_at: aware UTC, de-duplicated, sorted.
+
+    Day parts are subtracted from `due_wall`, the naive wall clock as the user wrote
+    it (default: due_at's local time), then resolved by the DST policy: "P1D before
+    02:30 written on the spring-change day" is 02:30 the day before. Exact parts are
+    subtracted on the UTC timeline from there.
+    """
     instants = {to_utc(dt, "remind_at") for dt in remind_at}
     if due_at is not None:
         due = to_utc(due_at, "due_at")
+        if due_wall is not None and due_wall.tzinfo is not None:
+            raise ValueError("due_wall must be a naive wall-clock time")
+        wall = due_wall if due_wall is not None else wall_clock(due, zone)
         for offset in offsets:
             base = due
             if offset.days:
-                base = resolve_local(wall_clock(due, zone) - timedelta(days=offset.days), zone)
+                base = resolve_local(wall - timedelta(days=offset.days), zone)
             instants.add(base - timedelta(seconds=offset.seconds))
     return sorted(instants)
-
 
 
 # Built once: json.dumps with non-default options builds a new encoder on every call.

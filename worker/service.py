@@ -123,7 +123,7 @@ class Service:
         return Status.SUCCESS
 
     async def handle_event(self, event: TaskEvent) -> str:
-        """Apply one task event; returns processed, duplicate or stale. Raises on failure.
+        """Apply one task event: processed, partial, duplicate or stale. Raises on failure.
 
         Order of effects, so that a crash between any two leaves every job the saved
         record lists in the scheduler: new jobs are scheduled before the record is
@@ -131,6 +131,8 @@ class Service:
         so a redelivery deletes them again). A crash in between, overtaken by a newer
         event, leaves at most an orphan job that no record lists: its trigger
         publishes nothing and the scheduler forgets it once it has fired.
+
+        partial: applied without the parts listed in `plan.problems` (logged once).
         """
         store = self.settings.state_store
         key = task_key(event.user_id, event.task_id)
@@ -180,6 +182,9 @@ class Service:
                     f"task service rejected the next occurrence (HTTP {rejected.status}); "
                     f"the completion is applied, the event goes to the dead-letter topic "
                     f"to be replayed once the task service accepts it: {rejected}")
+            if plan.problems:
+                log.warning("event applied without some parts", problems=plan.problems)
+                return "partial"
             return "processed"
         raise Conflict(f"task record kept changing under {MAX_CAS_ATTEMPTS} attempts")
 
