@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
 from typing import Any, Final, Literal
+from zoneinfo import ZoneInfo
 
 from worker.errors import InvalidEvent
 from worker.events import TaskEvent
@@ -38,6 +39,7 @@ from worker.schedule import (
     parse_offset,
     parse_when,
     reminder_instants,
+    wall_clock,
 )
 
 RECORD_VERSION: Final = 1
@@ -172,8 +174,8 @@ def merge(prior: dict[str, Any], changes: dict[str, Any], config: PlanConfig) ->
                 task["remind_at"] = [] if value is None else [
                     format_utc(parse_when(v, zone, config.all_day_time)) for v in value]
             elif name == "recurrence":
-                task["recurrence"] = None if value is None else _recurrence_json(
-                    parse_recurrence(value, zone, config.all_day_time))
+                task["recurrence"] = None if value is None else parse_recurrence(
+                    value, zone, config.all_day_time).to_record()
         except InvalidEvent:
             raise
         except (ValueError, OverflowError, TypeError) as exc:
@@ -181,20 +183,9 @@ def merge(prior: dict[str, Any], changes: dict[str, Any], config: PlanConfig) ->
     return task
 
 
-def _recurrence_json(rec: Recurrence) -> dict[str, Any]:
-    return {
-        "rrule": rec.rrule,
-        "dtstart": format_utc(rec.dtstart) if rec.dtstart else None,
-        "exdates": [format_utc(d) for d in rec.exdates],
-    }
-
-
-def recurrence_of(stored: dict[str, Any]) -> Recurrence:
-    return Recurrence(
-        rrule=stored["rrule"],
-        dtstart=datetime.fromisoformat(stored["dtstart"]) if stored.get("dtstart") else None,
-        exdates=tuple(datetime.fromisoformat(d) for d in stored.get("exdates", ())),
-    )
+def recurrence_of(stored: dict[str, Any], zone: ZoneInfo) -> Recurrence:
+    """The stored recurrence (naive wall-clock times; older records hold UTC times)."""
+    return Recurrence.from_record(stored, zone)
 
 
 def _wanted_jobs(
@@ -238,8 +229,9 @@ def job_spec(user_id: str, task_id: int | str, name: str, at: str, order: list[s
 
 def _next(event: TaskEvent, task: dict[str, Any], now: datetime) -> NextOccurrence | None:
     zone = load_zone(task["timezone"])
-    rec = recurrence_of(task["recurrence"])
-    current = datetime.fromisoformat(task["due_at"]) if task.get("due_at") else event.timestamp
+    rec = recurrence_of(task["recurrence"], zone)
+    due = datetime.fromisoformat(task["due_at"]) if task.get("due_at") else event.timestamp
+    current = wall_clock(due, zone)
     nxt = next_occurrence(rec, zone, current, now)
     if nxt is None:
         return None

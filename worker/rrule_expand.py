@@ -1,0 +1,390 @@
+"""RFC 5545 §3.3.10 expansion of a `Rule` over naive wall-clock time, period by period.
+
+Pure and zone-free: times are naive wall clock (the caller resolves them in a zone).
+Internally a moment is an int, seconds since 0001-01-01T00:00 (proleptic, naive).
+
+Each period (the year, month, week from WKST, day, hour or minute the FREQ names, every
+INTERVAL-th from the one holding DTSTART) gives a set: its days (BYMONTH, BYWEEKNO,
+BYYEARDAY, BYMONTHDAY, BYDAY expand or limit as the RFC table says; missing day parts
+come from DTSTART) times its times of day (BYHOUR, BYMINUTE, BYSECOND, else DTSTART's),
+sorted; BYSETPOS picks positions in that whole set. DTSTART is always the first
+occurrence and counts for COUNT; set members before it are dropped.
+
+Bounded CPU: a period's set is never built element by element (it is a product of
+sorted lists, indexed arithmetically); the sizes of periods repeat in a cycle (a week
+of positions for DAILY/HOURLY/MINUTELY without month or day-of-month parts, 4800 months
+for MONTHLY, 400 years for YEARLY), so skipping empty periods and counting for COUNT
+are arithmetic over one cycle, and a rule with no non-empty period in its cycle has
+ended. Other rules (BYMONTH/BYMONTHDAY/BYYEARDAY on DAILY and finer, BYMONTH on WEEKLY)
+are scanned period by period, at most `MAX_STEPS` periods per search; beyond that, and
+beyond the year `MAX_YEAR`, the series is treated as ended.
+"""
+
+from __future__ import annotations
+
+import calendar
+from bisect import bisect_left
+from collections.abc import Iterator
+from datetime import date, datetime, timedelta
+from math import gcd
+
+from worker.rrule_parse import Rule
+
+MAX_STEPS = 20_000  # periods one search may examine one by one (bounds CPU per event)
+MAX_YEAR = 9000  # occurrences after this year are not produced (schedule.MAX_YEAR)
+DAY = 86_400
+WEEK = 7 * DAY
+_UNIT = {"WEEKLY": WEEK, "DAILY": DAY, "HOURLY": 3600, "MINUTELY": 60}
+_CYCLE = {"MONTHLY": 4800, "YEARLY": 400}  # the Gregorian calendar repeats every 400 years
+_END = date(MAX_YEAR + 1, 1, 1).toordinal() * DAY
+
+
+class Exhausted(Exception):
+    """The search needed more than MAX_STEPS periods: treated as the end of the series."""
+
+
+def to_secs(dt: datetime) -> int:
+    """Naive datetime -> seconds since 0001-01-01 (microseconds rounded up)."""
+    secs = dt.toordinal() * DAY + dt.hour * 3600 + dt.minute * 60 + dt.second
+    return secs + (1 if dt.microsecond else 0)
+
+
+def from_secs(secs: int) -> datetime:
+    day, rest = divmod(secs, DAY)
+    return datetime.fromordinal(day) + timedelta(seconds=rest)
+
+
+class _Times:
+    """The sorted product hours x minutes x seconds, as seconds of the day, by index."""
+
+    def __init__(self, hours: tuple[int, ...], minutes: tuple[int, ...],
+                 seconds: tuple[int, ...]) -> None:
+        self.h, self.m, self.s = hours, minutes, seconds
+        self.ms = len(minutes) * len(seconds)
+        self.size = len(hours) * self.ms
+
+    def at(self, i: int) -> int:
+        h, rest = divmod(i, self.ms)
+        m, s = divmod(rest, len(self.s))
+        return self.h[h] * 3600 + self.m[m] * 60 + self.s[s]
+
+    def first_ge(self, secs: int) -> int:
+        return bisect_left(range(self.size), secs, key=self.at)
+
+
+class _Set:
+    """One period's set: days (ordinals, sorted) x times, then BYSETPOS positions."""
+
+    def __init__(self, days: list[int], times: _Times, setpos: tuple[int, ...]) -> None:
+        self.days, self.times = days, times
+        whole = len(days) * times.size
+        self.picked: list[int] | None = None
+        if setpos:
+            self.picked = sorted({p - 1 if p > 0 else whole + p for p in setpos
+                                  if -whole <= p <= whole})
+        self.size = whole if self.picked is None else len(self.picked)
+
+    def at(self, j: int) -> int:
+        i = j if self.picked is None else self.picked[j]
+        d, t = divmod(i, self.times.size)
+        return self.days[d] * DAY + self.times.at(t)
+
+    def first_ge(self, secs: int) -> int:
+        if self.picked is not None:
+            return bisect_left(range(self.size), secs, key=self.at)
+        day, rest = divmod(secs, DAY)
+        i = bisect_left(self.days, day)
+        if i < len(self.days) and self.days[i] == day:
+            return i * self.times.size + self.times.first_ge(rest)
+        return i * self.times.size
+
+
+def _weekno(ordinal: int, wkst: int) -> tuple[int, int]:
+    """(week number, negative week number) of a day, weeks from WKST (RFC 5545 BYWEEKNO)."""
+    week_start = ordinal - (ordinal - 1 - wkst) % 7  # ordinal 1 is a Monday
+    year = date.fromordinal(week_start + 3).year  # the year holding 4+ days of the week
+
+    def first(y: int) -> int:
+        jan1 = date(y, 1, 1).toordinal()
+        start = jan1 - (jan1 - 1 - wkst) % 7
+        return start + 7 if jan1 - start > 3 else start
+
+    number = (week_start - first(year)) // 7 + 1
+    weeks = (first(year + 1) - first(year)) // 7
+    return number, number - weeks - 1
+
+
+class Expander:
+    """The occurrences of one rule from one DTSTART (naive wall clock, whole seconds)."""
+
+    def __init__(self, rule: Rule, start: datetime) -> None:
+        self.rule, self.start = rule, start.replace(microsecond=0)
+        self.start_secs = to_secs(self.start)
+        r, s = rule, self.start
+        day_parts = r.byweekno or r.byyearday or r.bymonthday or r.byweekday or r.bynweekday
+        self.bymonth, self.bymonthday, self.byweekday = r.bymonth, r.bymonthday, r.byweekday
+        if r.freq == "YEARLY" and not day_parts:  # missing parts come from DTSTART
+            self.bymonth = r.bymonth or (s.month,)
+            self.bymonthday = (s.day,)
+        elif r.freq == "YEARLY" and r.byweekno and not (r.byyearday or r.bymonthday
+                                                        or r.byweekday or r.bynweekday):
+            self.byweekday = (s.weekday(),)
+        elif r.freq == "MONTHLY" and not (r.bymonthday or r.byweekday or r.bynweekday):
+            self.bymonthday = (s.day,)
+        elif r.freq == "WEEKLY" and not (r.byweekday or r.bynweekday):
+            self.byweekday = (s.weekday(),)
+        self.minutes = r.byminute or (s.minute,)
+        self.seconds = r.bysecond or (s.second,)
+        self.times = _Times(r.byhour or (s.hour,), self.minutes, self.seconds)
+        self.step = r.interval * _UNIT.get(r.freq, 0)
+        day0 = s.toordinal()
+        self.origin = {  # where period 0 starts: a month index, a year or a moment
+            "YEARLY": s.year, "MONTHLY": s.year * 12 + s.month - 1,
+            "WEEKLY": (day0 - (day0 - 1 - r.wkst) % 7) * DAY, "DAILY": day0 * DAY,
+            "HOURLY": day0 * DAY + s.hour * 3600,
+            "MINUTELY": day0 * DAY + s.hour * 3600 + s.minute * 60,
+        }[r.freq]
+        self._types: dict[tuple[int, ...], list[int]] = {}
+        self._sub_times: dict[int, _Times] = {}
+        # Sizes of periods repeat: by position in the week (or day), or in 400 years.
+        calendar_parts = r.bymonth or (r.freq != "WEEKLY" and (r.bymonthday or r.byyearday))
+        if r.freq in _CYCLE:
+            self.cycle: int | None = _CYCLE[r.freq] // gcd(_CYCLE[r.freq], r.interval)
+        elif calendar_parts:
+            self.cycle = None
+        else:
+            span = WEEK if self.byweekday else DAY
+            self.cycle = span // gcd(span, self.step)
+        self._sizes: list[int] | None = None
+        self._prefix: list[int] = []
+        self._nonempty: list[int] = []
+
+    # -- one period --------------------------------------------------------------------
+
+    def _start_of(self, k: int) -> int:
+        """First moment (secs) of period k."""
+        r, o = self.rule, self.origin
+        if r.freq == "YEARLY":
+            year = o + k * r.interval
+            return date(year, 1, 1).toordinal() * DAY if year <= MAX_YEAR else _END
+        if r.freq == "MONTHLY":
+            year, month = divmod(o + k * r.interval, 12)
+            return date(year, month + 1, 1).toordinal() * DAY if year <= MAX_YEAR else _END
+        return o + k * self.step
+
+    def period_of(self, secs: int) -> int:
+        """Index of the period holding moment `secs` (negative before period 0)."""
+        r = self.rule
+        if r.freq in _CYCLE:
+            moment = date.fromordinal(min(secs // DAY, _END // DAY))
+            number = moment.year if r.freq == "YEARLY" else moment.year * 12 + moment.month - 1
+            return (number - self.origin) // r.interval
+        return (secs - self.origin) // self.step
+
+    def _day_ok(self, ordinal: int) -> bool:
+        """The limiting day parts of DAILY, HOURLY, MINUTELY and WEEKLY (BYMONTH)."""
+        r = self.rule
+        if not (r.bymonth or r.bymonthday or r.byyearday or self.byweekday):
+            return True
+        day = date.fromordinal(ordinal)
+        if r.bymonth and day.month not in r.bymonth:
+            return False
+        if self.byweekday and day.weekday() not in self.byweekday:
+            return False
+        if r.bymonthday:
+            length = calendar.monthrange(day.year, day.month)[1]
+            if day.day not in r.bymonthday and day.day - length - 1 not in r.bymonthday:
+                return False
+        if r.byyearday:
+            number = ordinal - date(day.year, 1, 1).toordinal() + 1
+            length = 366 if calendar.isleap(day.year) else 365
+            if number not in r.byyearday and number - length - 1 not in r.byyearday:
+                return False
+        return True
+
+    def _days_in(self, first: int, length: int, in_month: bool) -> list[int]:
+        """Days (offsets from `first`) of a month or year matching the day parts."""
+        r = self.rule
+        out = []
+        for offset in range(length):
+            day = date.fromordinal(first + offset)
+            if self.bymonth and day.month not in self.bymonth:
+                continue
+            if self.bymonthday:
+                mlen = calendar.monthrange(day.year, day.month)[1]
+                if day.day not in self.bymonthday and day.day - mlen - 1 not in self.bymonthday:
+                    continue
+            if r.byyearday and offset + 1 not in r.byyearday and (
+                    offset - length not in r.byyearday):
+                continue
+            if r.byweekno and not set(_weekno(first + offset, r.wkst)) & set(r.byweekno):
+                continue
+            weekday = day.weekday()
+            if self.byweekday or r.bynweekday:
+                if in_month or r.bymonth:  # nth weekday of the month
+                    mlen = calendar.monthrange(day.year, day.month)[1]
+                    nth, last = (day.day - 1) // 7 + 1, -((mlen - day.day) // 7 + 1)
+                else:  # nth weekday of the year
+                    nth, last = offset // 7 + 1, -((length - 1 - offset) // 7 + 1)
+                if weekday not in self.byweekday and (weekday, nth) not in r.bynweekday and (
+                        weekday, last) not in r.bynweekday:
+                    continue
+            out.append(offset)
+        return out
+
+    def _days(self, k: int) -> list[int]:
+        r = self.rule
+        first = self._start_of(k) // DAY
+        if r.freq in _CYCLE:
+            day = date.fromordinal(first)
+            if r.freq == "MONTHLY":
+                if r.bymonth and day.month not in r.bymonth:
+                    return []
+                key: tuple[int, ...] = (day.month, calendar.isleap(day.year), day.weekday())
+                length = calendar.monthrange(day.year, day.month)[1]
+            else:
+                length = 366 if calendar.isleap(day.year) else 365
+                key = (day.weekday(), length)
+                if r.byweekno:  # week numbers also depend on the years around
+                    key += (calendar.isleap(day.year - 1), calendar.isleap(day.year + 1))
+            offsets = self._types.get(key)
+            if offsets is None:
+                offsets = self._types[key] = self._days_in(first, length, r.freq == "MONTHLY")
+            return [first + o for o in offsets]
+        if r.freq == "WEEKLY":
+            return [d for d in range(first, first + 7)
+                    if (d - 1) % 7 in self.byweekday and self._day_ok(d)]
+        return [first] if self._day_ok(first) else []
+
+    def _times_of(self, k: int) -> _Times | None:
+        """Times of day of period k; None when BYHOUR/BYMINUTE rule out an hour or minute."""
+        r = self.rule
+        if r.freq not in ("HOURLY", "MINUTELY"):
+            return self.times
+        rest = self._start_of(k) % DAY
+        hour, minute = rest // 3600, rest // 60 % 60
+        if (r.byhour and hour not in r.byhour) or (
+                r.freq == "MINUTELY" and r.byminute and minute not in r.byminute):
+            return None
+        times = self._sub_times.get(rest)
+        if times is None:
+            minutes = (minute,) if r.freq == "MINUTELY" else self.minutes
+            times = self._sub_times[rest] = _Times((hour,), minutes, self.seconds)
+        return times
+
+    def period(self, k: int) -> _Set | None:
+        times = self._times_of(k)
+        days = self._days(k) if times is not None else []
+        if times is None or not days:
+            return None
+        found = _Set(days, times, self.rule.bysetpos)
+        return found if found.size else None
+
+    def size(self, k: int) -> int:
+        found = self.period(k)
+        return found.size if found else 0
+
+    # -- many periods ------------------------------------------------------------------
+
+    def _cycle_tables(self) -> None:
+        assert self.cycle is not None
+        if self._sizes is None:
+            self._sizes = [self.size(k) for k in range(self.cycle)]
+            self._prefix = [0]
+            for n in self._sizes:
+                self._prefix.append(self._prefix[-1] + n)
+            self._nonempty = [k for k, n in enumerate(self._sizes) if n]
+
+    def next_nonempty(self, k: int, budget: list[int]) -> int | None:
+        """The first period at or after k with a non-empty set; None if there is none."""
+        for probe in range(k, k + 32):  # most rules: found at once, no tables built
+            if self._start_of(probe) >= _END:
+                return None
+            if self.size(probe):
+                return probe
+        k += 32
+        if self.cycle is not None:
+            self._cycle_tables()
+            if not self._nonempty:
+                return None
+            base, rest = divmod(k, self.cycle)
+            i = bisect_left(self._nonempty, rest)
+            if i == len(self._nonempty):
+                base, i = base + 1, 0
+            return base * self.cycle + self._nonempty[i]
+        while self._start_of(k) < _END:
+            self._spend(budget)
+            if self.size(k):
+                return k
+            k += 1
+        return None
+
+    def count_between(self, a: int, b: int, budget: list[int]) -> int:
+        """Total size of periods a..b-1 (a >= 1)."""
+        if b - a <= 64 or self.cycle is None:
+            total = 0
+            for k in range(a, b):
+                self._spend(budget)
+                total += self.size(k)
+            return total
+        self._cycle_tables()
+
+        def upto(x: int) -> int:
+            assert self.cycle is not None
+            return (x // self.cycle) * self._prefix[-1] + self._prefix[x % self.cycle]
+
+        return upto(b) - upto(a)
+
+    @staticmethod
+    def _spend(budget: list[int]) -> None:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise Exhausted
+
+    def occurrences(self, low: datetime, stop: datetime | None = None) -> Iterator[datetime]:
+        """Occurrences at or after `low` (and at or before `stop`), in wall-clock order.
+
+        Honours COUNT (counted from DTSTART) and a local UNTIL; ends (returns) when
+        the series ends, past MAX_YEAR, or after MAX_STEPS periods scanned one by one.
+        """
+        r = self.rule
+        bounds = [b for b in (stop, r.until_local) if b is not None]
+        last = min(to_secs(b) if b.microsecond == 0 else to_secs(b) - 1 for b in bounds) \
+            if bounds else _END - 1
+        low_secs = max(to_secs(low), self.start_secs)
+        if low_secs > last:
+            return
+        budget = [MAX_STEPS]
+        try:
+            k = max(0, self.period_of(low_secs))
+            used = 0
+            if k > 0 and r.count is not None:
+                zero = self.period(0)
+                above = zero.size - zero.first_ge(self.start_secs + 1) if zero else 0
+                used = 1 + above + self.count_between(1, k, budget)
+            if k == 0:
+                used = 1
+                if low_secs <= self.start_secs:
+                    yield self.start
+            while r.count is None or used < r.count:
+                nxt = self.next_nonempty(k, budget)  # periods skipped are empty: count 0
+                if nxt is None or self._start_of(nxt) >= _END:
+                    return
+                k = nxt
+                found = self.period(k)
+                assert found is not None
+                first = found.first_ge(self.start_secs + 1) if k == 0 else 0
+                skip = found.first_ge(low_secs)
+                if skip > first:
+                    used, first = used + skip - first, skip
+                for j in range(first, found.size):
+                    if r.count is not None and used >= r.count:
+                        return
+                    secs = found.at(j)
+                    if secs > last:
+                        return
+                    used += 1
+                    yield from_secs(secs)
+                k += 1
+        except Exhausted:
+            return
