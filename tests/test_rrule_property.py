@@ -13,6 +13,7 @@ before the gap, an ambiguous one its earlier instant.
 from __future__ import annotations
 
 import calendar
+import os
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from functools import cache
@@ -260,8 +261,11 @@ def specs(draw: st.DrawFn) -> Spec:
                 byday, draw(st.integers(0, 6)))
 
 
-@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                   HealthCheck.filter_too_much])
+EXAMPLES = int(os.environ.get("RRULE_EXAMPLES", "250"))  # ~3 s in `make test`
+
+
+@settings(max_examples=EXAMPLES, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 @given(spec=specs(), zone_name=st.sampled_from(sorted(ZONES)), data=st.data())
 def test_next_occurrence_matches_a_brute_force_expansion(
     spec: Spec, zone_name: str, data: st.DataObject

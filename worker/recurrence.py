@@ -246,7 +246,8 @@ def next_occurrence(
         stop = wall_clock(rule.until_utc, zone) + offset_jump(zone, rule.until_utc)
     exdays = {d for d in rec.exdates if not isinstance(d, datetime)}
     excluded = {resolve_local(d, zone) for d in rec.exdates if isinstance(d, datetime)}
-    expander = _expander(rule.text, series_start(rec, current).replace(microsecond=0))
+    start = series_start(rec, current).replace(microsecond=0)
+    expander = _expander(rule.text, start)
     from_rule = ((t, True) for t in expander.occurrences(low, stop))
     extra = ((t, False) for t in rec.rdates if t >= low)
     best: datetime | None = None
@@ -257,8 +258,8 @@ def next_occurrence(
         instant = resolve_local(local, zone)
         if instant <= cutoff or instant in excluded or local.date() in exdays:
             continue
-        if ruled and rule.until_utc is not None and instant > rule.until_utc:
-            continue
+        if ruled and rule.until_utc is not None and instant > rule.until_utc and local != start:
+            continue  # UNTIL bounds the rule's members; DTSTART is always an occurrence
         if best is None or instant < best:
             best = instant
             limit = limit or local + offset_jump(zone, instant)

@@ -344,6 +344,7 @@ class Expander:
     def occurrences(self, low: datetime, stop: datetime | None = None) -> Iterator[datetime]:
         """Occurrences at or after `low` (and at or before `stop`), in wall-clock order.
 
+        DTSTART first (when at or after `low`), then the rule's members after it.
         Honours COUNT (counted from DTSTART) and a local UNTIL; ends (returns) when
         the series ends, past MAX_YEAR, or after MAX_STEPS periods scanned one by one.
         """
@@ -352,20 +353,18 @@ class Expander:
         last = min(to_secs(b) if b.microsecond == 0 else to_secs(b) - 1 for b in bounds) \
             if bounds else _END - 1
         low_secs = max(to_secs(low), self.start_secs)
+        if to_secs(low) <= self.start_secs:
+            yield self.start  # DTSTART is the first occurrence whatever the rule or UNTIL say
         if low_secs > last:
             return
         budget = [MAX_STEPS]
         try:
             k = max(0, self.period_of(low_secs))
-            used = 0
+            used = 1
             if k > 0 and r.count is not None:
                 zero = self.period(0)
                 above = zero.size - zero.first_ge(self.start_secs + 1) if zero else 0
                 used = 1 + above + self.count_between(1, k, budget)
-            if k == 0:
-                used = 1
-                if low_secs <= self.start_secs:
-                    yield self.start
             while r.count is None or used < r.count:
                 nxt = self.next_nonempty(k, budget)  # periods skipped are empty: count 0
                 if nxt is None or self._start_of(nxt) >= _END:
