@@ -17,8 +17,9 @@ Decisions:
   would not produce it (RFC 5545). RDATEs add occurrences (not counted for COUNT, not
   bounded by UNTIL); EXDATEs remove occurrences (a bare date: all of that local day) and
   do not make COUNT reach further.
-- The search window follows the zone's real UTC offsets near the instants searched
-  (`offset_jump`), not a constant, so Apia's 24-hour jump of 2011 is searched right.
+- The search follows the zone's real UTC offsets near the instants searched
+  (`zone_offsets`), not a constant margin, so Apia's 24-hour jump of 2011 is searched
+  right and costs no more than Berlin's hour.
 """
 
 from __future__ import annotations
@@ -37,10 +38,9 @@ from worker.rrule_parse import MAX_COUNT, MAX_INTERVAL, parse_rule
 from worker.schedule import UTC, check_window, resolve_local, to_utc, wall_clock
 
 __all__ = ["MAX_COUNT", "MAX_INTERVAL", "Recurrence", "format_wall", "next_occurrence",
-           "offset_jump", "parse_recurrence", "parse_wall", "series_start"]
+           "offset_jump", "parse_recurrence", "parse_wall", "series_start", "zone_offsets"]
 
 MAX_DATES = 1000  # exdates or rdates per series
-_WINDOW = timedelta(days=2)  # > any real UTC offset change (Apia 2011: 24 h), see offset_jump
 _WHEN = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})"
     r"(?:[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:\.\d{1,9})?)?(?:([Zz])|([+-])(\d{2}):?(\d{2}))?)?"
@@ -203,24 +203,29 @@ def series_start(rec: Recurrence, current: datetime) -> datetime:
     return rec.dtstart if rec.dtstart is not None else current
 
 
-def offset_jump(zone: ZoneInfo, instant: datetime) -> timedelta:
-    """Largest change of the zone's UTC offset within 2 days of `instant` (0 if none).
+def zone_offsets(zone: ZoneInfo, instant: datetime) -> frozenset[timedelta]:
+    """The UTC offsets the zone uses within 2 days of `instant` (one unless near a change).
 
-    Sampled hourly (no zone keeps an offset for less than an hour): 1 h for Berlin's
-    DST, 30 min on Lord Howe, 2 h on Troll, 24 h for Apia's 2011-12-30.
+    Sampled hourly (no zone keeps an offset for less than an hour): Berlin's DST gives
+    +01/+02, Lord Howe's +10:30/+11, Troll's +00/+02, Apia's 2011-12-30 -10/+14.
     """
-    return _offset_jump(zone, to_utc(instant, "instant").replace(minute=0, second=0,
-                                                                  microsecond=0))
+    return _offsets(zone, to_utc(instant, "instant").replace(minute=0, second=0, microsecond=0))
+
+
+def offset_jump(zone: ZoneInfo, instant: datetime) -> timedelta:
+    """Largest change of the zone's UTC offset within 2 days of `instant` (0 if none)."""
+    offsets = zone_offsets(zone, instant)
+    return max(offsets) - min(offsets)
 
 
 @lru_cache(maxsize=4096)
-def _offset_jump(zone: ZoneInfo, hour: datetime) -> timedelta:
+def _offsets(zone: ZoneInfo, hour: datetime) -> frozenset[timedelta]:
     offsets = set()
     for h in range(-48, 49):
         offset = (hour + timedelta(hours=h)).astimezone(zone).utcoffset()
         assert offset is not None
         offsets.add(offset)
-    return max(offsets) - min(offsets)
+    return frozenset(offsets)
 
 
 @lru_cache(maxsize=1024)
@@ -232,15 +237,20 @@ def next_occurrence(
     rec: Recurrence, zone: ZoneInfo, current: datetime, after: datetime
 ) -> datetime | None:
     """First occurrence (aware UTC) strictly after the occurrence `current` (naive wall
-    clock) and after the instant `after`; None when the series has ended."""
+    clock) and after the instant `after`; None when the series has ended.
+
+    Occurrences are produced in wall-clock order, which is instant order except near a
+    change of UTC offset. So the search runs once per offset o in use near the instants
+    involved: a wall clock w read with offset o is after the cutoff c and before the best
+    instant b found so far only if c + o < w < b + o, and that window closes fast.
+    """
     if current.tzinfo is not None:
         raise ValueError("current must be a naive wall-clock time")
     rule = parse_rule(rec.rrule)
     cutoff = max(resolve_local(current, zone), to_utc(after, "after"))
-    low = wall_clock(cutoff, zone) - offset_jump(zone, cutoff)
     stop = None
     if rule.until_utc is not None and rule.until_utc <= cutoff:
-        stop = low - timedelta(seconds=1)  # the rule part has ended: nothing to expand
+        stop = datetime.min  # noqa: DTZ901 - ended: only DTSTART and rdates may be left
     elif rule.until_utc is not None and rule.until_utc.year < MAX_YEAR:
         # UNTIL is an instant: a wall-clock bound with the zone's margin there
         stop = wall_clock(rule.until_utc, zone) + offset_jump(zone, rule.until_utc)
@@ -248,19 +258,28 @@ def next_occurrence(
     excluded = {resolve_local(d, zone) for d in rec.exdates if isinstance(d, datetime)}
     start = series_start(rec, current).replace(microsecond=0)
     expander = _expander(rule.text, start)
-    from_rule = ((t, True) for t in expander.occurrences(low, stop))
-    extra = ((t, False) for t in rec.rdates if t >= low)
+    naive_cutoff = cutoff.replace(tzinfo=None)
     best: datetime | None = None
-    limit: datetime | None = None
-    for local, ruled in heapq.merge(from_rule, sorted(extra)):
-        if limit is not None and local > limit:
-            break  # later wall-clock times cannot map to an earlier instant
-        instant = resolve_local(local, zone)
-        if instant <= cutoff or instant in excluded or local.date() in exdays:
-            continue
-        if ruled and rule.until_utc is not None and instant > rule.until_utc and local != start:
-            continue  # UNTIL bounds the rule's members; DTSTART is always an occurrence
-        if best is None or instant < best:
-            best = instant
-            limit = limit or local + offset_jump(zone, instant)
+    done: set[timedelta] = set()
+    todo = set(zone_offsets(zone, cutoff))
+    while todo:
+        offset = max(todo)  # the largest first: its first candidate is after the cutoff
+        todo.discard(offset)
+        done.add(offset)
+        low = naive_cutoff + offset
+        ruled = ((t, True) for t in expander.occurrences(low, stop))
+        extra = sorted((t, False) for t in rec.rdates if t >= low)
+        for local, from_rule in heapq.merge(ruled, extra):
+            if best is not None and local >= best.replace(tzinfo=None) + offset:
+                break  # read with this offset it cannot beat `best`; others are scanned too
+            instant = resolve_local(local, zone)
+            if instant <= cutoff or instant in excluded or local.date() in exdays:
+                continue
+            if (from_rule and rule.until_utc is not None and instant > rule.until_utc
+                    and local != start):
+                continue  # UNTIL bounds the rule's members; DTSTART is always an occurrence
+            if best is None or instant < best:
+                best = instant
+        if best is not None:  # offsets in use near the best instant must be scanned too
+            todo |= zone_offsets(zone, best) - done
     return best
