@@ -25,93 +25,25 @@ from __future__ import annotations
 import calendar
 from bisect import bisect_left
 from collections.abc import Iterator
-from datetime import date, datetime, timedelta
+from dataclasses import replace
+from datetime import date, datetime
 from math import gcd
 
+from worker.rrule_days import DayFilter
 from worker.rrule_parse import Rule
+from worker.rrule_sets import DAY, Set, Times, from_secs, picked_size, to_secs, weekno
 
 MAX_STEPS = 20_000  # periods one search may examine one by one (bounds CPU per event)
 MAX_YEAR = 9000  # occurrences after this year are not produced (schedule.MAX_YEAR)
-DAY = 86_400
 WEEK = 7 * DAY
 _UNIT = {"WEEKLY": WEEK, "DAILY": DAY, "HOURLY": 3600, "MINUTELY": 60}
 _CYCLE = {"MONTHLY": 4800, "YEARLY": 400}  # the Gregorian calendar repeats every 400 years
+_DAY_TABLE = 1024  # longest repeat (days) of per-day period counts worth tabulating
 _END = date(MAX_YEAR + 1, 1, 1).toordinal() * DAY
 
 
 class Exhausted(Exception):
     """The search needed more than MAX_STEPS periods: treated as the end of the series."""
-
-
-def to_secs(dt: datetime) -> int:
-    """Naive datetime -> seconds since 0001-01-01 (microseconds rounded up)."""
-    secs = dt.toordinal() * DAY + dt.hour * 3600 + dt.minute * 60 + dt.second
-    return secs + (1 if dt.microsecond else 0)
-
-
-def from_secs(secs: int) -> datetime:
-    day, rest = divmod(secs, DAY)
-    return datetime.fromordinal(day) + timedelta(seconds=rest)
-
-
-class _Times:
-    """The sorted product hours x minutes x seconds, as seconds of the day, by index."""
-
-    def __init__(self, hours: tuple[int, ...], minutes: tuple[int, ...],
-                 seconds: tuple[int, ...]) -> None:
-        self.h, self.m, self.s = hours, minutes, seconds
-        self.ms = len(minutes) * len(seconds)
-        self.size = len(hours) * self.ms
-
-    def at(self, i: int) -> int:
-        h, rest = divmod(i, self.ms)
-        m, s = divmod(rest, len(self.s))
-        return self.h[h] * 3600 + self.m[m] * 60 + self.s[s]
-
-    def first_ge(self, secs: int) -> int:
-        return bisect_left(range(self.size), secs, key=self.at)
-
-
-class _Set:
-    """One period's set: days (ordinals, sorted) x times, then BYSETPOS positions."""
-
-    def __init__(self, days: list[int], times: _Times, setpos: tuple[int, ...]) -> None:
-        self.days, self.times = days, times
-        whole = len(days) * times.size
-        self.picked: list[int] | None = None
-        if setpos:
-            self.picked = sorted({p - 1 if p > 0 else whole + p for p in setpos
-                                  if -whole <= p <= whole})
-        self.size = whole if self.picked is None else len(self.picked)
-
-    def at(self, j: int) -> int:
-        i = j if self.picked is None else self.picked[j]
-        d, t = divmod(i, self.times.size)
-        return self.days[d] * DAY + self.times.at(t)
-
-    def first_ge(self, secs: int) -> int:
-        if self.picked is not None:
-            return bisect_left(range(self.size), secs, key=self.at)
-        day, rest = divmod(secs, DAY)
-        i = bisect_left(self.days, day)
-        if i < len(self.days) and self.days[i] == day:
-            return i * self.times.size + self.times.first_ge(rest)
-        return i * self.times.size
-
-
-def _weekno(ordinal: int, wkst: int) -> tuple[int, int]:
-    """(week number, negative week number) of a day, weeks from WKST (RFC 5545 BYWEEKNO)."""
-    week_start = ordinal - (ordinal - 1 - wkst) % 7  # ordinal 1 is a Monday
-    year = date.fromordinal(week_start + 3).year  # the year holding 4+ days of the week
-
-    def first(y: int) -> int:
-        jan1 = date(y, 1, 1).toordinal()
-        start = jan1 - (jan1 - 1 - wkst) % 7
-        return start + 7 if jan1 - start > 3 else start
-
-    number = (week_start - first(year)) // 7 + 1
-    weeks = (first(year + 1) - first(year)) // 7
-    return number, number - weeks - 1
 
 
 class Expander:
@@ -135,7 +67,7 @@ class Expander:
             self.byweekday = (s.weekday(),)
         self.minutes = r.byminute or (s.minute,)
         self.seconds = r.bysecond or (s.second,)
-        self.times = _Times(r.byhour or (s.hour,), self.minutes, self.seconds)
+        self.times = Times(r.byhour or (s.hour,), self.minutes, self.seconds)
         self.step = r.interval * _UNIT.get(r.freq, 0)
         day0 = s.toordinal()
         self.origin = {  # where period 0 starts: a month index, a year or a moment
@@ -145,7 +77,7 @@ class Expander:
             "MINUTELY": day0 * DAY + s.hour * 3600 + s.minute * 60,
         }[r.freq]
         self._types: dict[tuple[int, ...], list[int]] = {}
-        self._sub_times: dict[int, _Times] = {}
+        self._sub_times: dict[int, Times] = {}
         # Sizes of periods repeat: by position in the week (or day), or in 400 years.
         calendar_parts = r.bymonth or (r.freq != "WEEKLY" and (r.bymonthday or r.byyearday))
         if r.freq in _CYCLE:
@@ -158,6 +90,12 @@ class Expander:
         self._sizes: list[int] | None = None
         self._prefix: list[int] = []
         self._nonempty: list[int] = []
+        self.days: DayFilter | None = None
+        self.week: Expander | None = None
+        self._day_table: list[int] | None = None
+        if self.cycle is None:  # skip and count with the days that pass and the rest
+            self.days = DayFilter(r, self.byweekday)
+            self.week = Expander(replace(r, bymonth=(), bymonthday=(), byyearday=()), start)
 
     # -- one period --------------------------------------------------------------------
 
@@ -217,7 +155,7 @@ class Expander:
             if r.byyearday and offset + 1 not in r.byyearday and (
                     offset - length not in r.byyearday):
                 continue
-            if r.byweekno and not set(_weekno(first + offset, r.wkst)) & set(r.byweekno):
+            if r.byweekno and not set(weekno(first + offset, r.wkst)) & set(r.byweekno):
                 continue
             weekday = day.weekday()
             if self.byweekday or r.bynweekday:
@@ -256,7 +194,7 @@ class Expander:
                     if (d - 1) % 7 in self.byweekday and self._day_ok(d)]
         return [first] if self._day_ok(first) else []
 
-    def _times_of(self, k: int) -> _Times | None:
+    def _times_of(self, k: int) -> Times | None:
         """Times of day of period k; None when BYHOUR/BYMINUTE rule out an hour or minute."""
         r = self.rule
         if r.freq not in ("HOURLY", "MINUTELY"):
@@ -269,15 +207,15 @@ class Expander:
         times = self._sub_times.get(rest)
         if times is None:
             minutes = (minute,) if r.freq == "MINUTELY" else self.minutes
-            times = self._sub_times[rest] = _Times((hour,), minutes, self.seconds)
+            times = self._sub_times[rest] = Times((hour,), minutes, self.seconds)
         return times
 
-    def period(self, k: int) -> _Set | None:
+    def period(self, k: int) -> Set | None:
         times = self._times_of(k)
         days = self._days(k) if times is not None else []
         if times is None or not days:
             return None
-        found = _Set(days, times, self.rule.bysetpos)
+        found = Set(days, times, self.rule.bysetpos)
         return found if found.size else None
 
     def size(self, k: int) -> int:
@@ -286,10 +224,25 @@ class Expander:
 
     # -- many periods ------------------------------------------------------------------
 
+    def _position_ok(self, secs: int) -> bool:
+        """Weekday, BYHOUR, BYMINUTE of a DAILY/HOURLY/MINUTELY period without calendar parts."""
+        r = self.rule
+        rest = secs % DAY
+        return ((not self.byweekday or (secs // DAY - 1) % 7 in self.byweekday)
+                and (r.freq == "DAILY" or not r.byhour or rest // 3600 in r.byhour)
+                and (r.freq != "MINUTELY" or not r.byminute or rest // 60 % 60 in r.byminute))
+
     def _cycle_tables(self) -> None:
         assert self.cycle is not None
+        if self._sizes is None and self.rule.freq in ("DAILY", "HOURLY", "MINUTELY"):
+            whole = {"DAILY": self.times.size, "HOURLY": len(self.minutes) * len(self.seconds),
+                     "MINUTELY": len(self.seconds)}[self.rule.freq]
+            full = picked_size(whole, self.rule.bysetpos)
+            self._sizes = [full if self._position_ok(self.origin + k * self.step) else 0
+                           for k in range(self.cycle)]
         if self._sizes is None:
             self._sizes = [self.size(k) for k in range(self.cycle)]
+        if not self._prefix:
             self._prefix = [0]
             for n in self._sizes:
                 self._prefix.append(self._prefix[-1] + n)
@@ -312,28 +265,70 @@ class Expander:
             if i == len(self._nonempty):
                 base, i = base + 1, 0
             return base * self.cycle + self._nonempty[i]
-        while self._start_of(k) < _END:
+        assert self.week is not None and self.days is not None
+        while True:  # the rest of the rule and the days that pass, each skipping ahead
             self._spend(budget)
-            if self.size(k):
-                return k
-            k += 1
-        return None
+            found = self.week.next_nonempty(k, budget)
+            if found is None or self._start_of(found) >= _END:
+                return None
+            if self.size(found):
+                return found
+            day = self.days.next_day(self._start_of(found) // DAY + 1)
+            if day is None:
+                return None
+            k = max(found + 1, self._period_from(day * DAY))
+
+    def _period_from(self, secs: int) -> int:
+        """The first period starting at or after `secs` (WEEKLY: the week holding it)."""
+        if self.rule.freq == "WEEKLY":
+            return (secs - self.origin) // self.step
+        return -((self.origin - secs) // self.step)
+
+    def _sum(self, a: int, b: int) -> int:
+        """Total size of periods a..b-1 from the cycle tables (any a <= b)."""
+        assert self.cycle is not None
+        self._cycle_tables()
+        full, rest = divmod(b, self.cycle)
+        total = full * self._prefix[-1] + self._prefix[rest]
+        full, rest = divmod(a, self.cycle)
+        return total - full * self._prefix[-1] - self._prefix[rest]
 
     def count_between(self, a: int, b: int, budget: list[int]) -> int:
-        """Total size of periods a..b-1 (a >= 1)."""
-        if b - a <= 64 or self.cycle is None:
-            total = 0
-            for k in range(a, b):
-                self._spend(budget)
-                total += self.size(k)
-            return total
-        self._cycle_tables()
+        """Total size of periods a..b-1 (1 <= a)."""
+        if b <= a:
+            return 0
+        if self.cycle is not None:
+            if b - a <= 64 and self._sizes is None:
+                return sum(self.size(k) for k in range(a, b))
+            return self._sum(a, b)
+        assert self.week is not None and self.days is not None
+        week = self.week
+        span = week.cycle * week.step // DAY if week.cycle else 0  # days, DAILY and finer
+        if self.rule.freq == "WEEKLY" or not 0 < span <= _DAY_TABLE:
+            total, k = 0, a  # sparse periods: visit the non-empty ones
+            while True:
+                found = self.next_nonempty(k, budget)
+                if found is None or found >= b:
+                    return total
+                total, k = total + self.size(found), found + 1
+        # DAILY and finer: periods starting on one day sum to a value that repeats
+        # every `span` days; add it up over the days that pass.
+        first, last = self._start_of(a) // DAY, (self._start_of(b) - 1) // DAY
 
-        def upto(x: int) -> int:
-            assert self.cycle is not None
-            return (x // self.cycle) * self._prefix[-1] + self._prefix[x % self.cycle]
+        def on(day: int) -> int:
+            lo, hi = self._period_from(day * DAY), self._period_from((day + 1) * DAY)
+            return week._sum(max(a, lo), min(b, hi)) if max(a, lo) < min(b, hi) else 0
 
-        return upto(b) - upto(a)
+        if self._day_table is None:
+            self._day_table = [week._sum(self._period_from(d * DAY),
+                                         self._period_from((d + 1) * DAY))
+                               for d in range(span)]
+        table = self._day_table
+        days = self.days.between(first, last + 1)
+        budget[0] -= len(days) // 64
+        self._spend(budget)
+        inner = sum(table[d % span] for d in days if first < d < last)
+        return inner + sum(on(d) for d in {first, last} if d in days[:1] + days[-1:])
 
     @staticmethod
     def _spend(budget: list[int]) -> None:
