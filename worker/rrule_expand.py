@@ -143,31 +143,37 @@ class Expander:
     def _days_in(self, first: int, length: int, in_month: bool) -> list[int]:
         """Days (offsets from `first`) of a month or year matching the day parts."""
         r = self.rule
-        out = []
-        for offset in range(length):
-            day = date.fromordinal(first + offset)
-            if self.bymonth and day.month not in self.bymonth:
+        start = date.fromordinal(first)
+        months = [start.month] if in_month else list(range(1, 13))
+        weekday1 = (first - 1) % 7  # ordinal 1 is a Monday
+        weeknos = set(r.byweekno)
+        out, before = [], 0
+        for month in months:
+            mlen = calendar.monthrange(start.year, month)[1]
+            if self.bymonth and month not in self.bymonth:
+                before += mlen
                 continue
-            if self.bymonthday:
-                mlen = calendar.monthrange(day.year, day.month)[1]
-                if day.day not in self.bymonthday and day.day - mlen - 1 not in self.bymonthday:
+            for day in range(1, mlen + 1):
+                offset = before + day - 1
+                if self.bymonthday and (day not in self.bymonthday
+                                        and day - mlen - 1 not in self.bymonthday):
                     continue
-            if r.byyearday and offset + 1 not in r.byyearday and (
-                    offset - length not in r.byyearday):
-                continue
-            if r.byweekno and not set(weekno(first + offset, r.wkst)) & set(r.byweekno):
-                continue
-            weekday = day.weekday()
-            if self.byweekday or r.bynweekday:
-                if in_month or r.bymonth:  # nth weekday of the month
-                    mlen = calendar.monthrange(day.year, day.month)[1]
-                    nth, last = (day.day - 1) // 7 + 1, -((mlen - day.day) // 7 + 1)
-                else:  # nth weekday of the year
-                    nth, last = offset // 7 + 1, -((length - 1 - offset) // 7 + 1)
-                if weekday not in self.byweekday and (weekday, nth) not in r.bynweekday and (
-                        weekday, last) not in r.bynweekday:
+                if r.byyearday and (offset + 1 not in r.byyearday
+                                    and offset - length not in r.byyearday):
                     continue
-            out.append(offset)
+                if weeknos and not weeknos.intersection(weekno(first + offset, r.wkst)):
+                    continue
+                if self.byweekday or r.bynweekday:
+                    weekday = (weekday1 + offset) % 7
+                    if in_month or r.bymonth:  # nth weekday of the month
+                        nth, last = (day - 1) // 7 + 1, -((mlen - day) // 7 + 1)
+                    else:  # nth weekday of the year
+                        nth, last = offset // 7 + 1, -((length - 1 - offset) // 7 + 1)
+                    if weekday not in self.byweekday and (weekday, nth) not in r.bynweekday \
+                            and (weekday, last) not in r.bynweekday:
+                        continue
+                out.append(offset)
+            before += mlen
         return out
 
     def _days(self, k: int) -> list[int]:

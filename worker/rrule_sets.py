@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from datetime import date, datetime, timedelta
+from functools import lru_cache
 
 DAY = 86_400
 
@@ -81,12 +82,14 @@ def weekno(ordinal: int, wkst: int) -> tuple[int, int]:
     """(week number, negative week number) of a day, weeks from WKST (RFC 5545 BYWEEKNO)."""
     week_start = ordinal - (ordinal - 1 - wkst) % 7  # ordinal 1 is a Monday
     year = date.fromordinal(week_start + 3).year  # the year holding 4+ days of the week
-
-    def first(y: int) -> int:
-        jan1 = date(y, 1, 1).toordinal()
-        start = jan1 - (jan1 - 1 - wkst) % 7
-        return start + 7 if jan1 - start > 3 else start
-
-    number = (week_start - first(year)) // 7 + 1
-    weeks = (first(year + 1) - first(year)) // 7
+    number = (week_start - _week_one(year, wkst)) // 7 + 1
+    weeks = (_week_one(year + 1, wkst) - _week_one(year, wkst)) // 7
     return number, number - weeks - 1
+
+
+@lru_cache(maxsize=4096)
+def _week_one(year: int, wkst: int) -> int:
+    """Ordinal of the first day of week 1: the first week with 4+ days in the year."""
+    jan1 = date(year, 1, 1).toordinal()
+    start = jan1 - (jan1 - 1 - wkst) % 7
+    return start + 7 if jan1 - start > 3 else start
