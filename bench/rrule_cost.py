@@ -92,6 +92,21 @@ CASES: list[tuple[str, str, str | None, str, str]] = [
      "2026-11-26T09:00:00", "Europe/Berlin"),
     ("hourly/10000 hours BYHOUR=5 Sundays", "FREQ=HOURLY;INTERVAL=10000;BYHOUR=5;BYDAY=SU",
      None, "2026-11-26T09:00:00", "Europe/Berlin"),
+    ("minutely/7919 at 03:07 on Feb 29 (none by 9000)",  "FREQ=MINUTELY;INTERVAL=7919;BYMONTH=2;"
+     "BYMONTHDAY=29;BYHOUR=3;BYMINUTE=7", None, "2026-11-26T09:00:00", "Europe/Berlin"),
+    ("minutely/7919 all months COUNT, late", "FREQ=MINUTELY;INTERVAL=7919;"
+     "BYMONTH=1,2,3,4,5,6,7,8,9,10,11,12;COUNT=100000", "1970-01-01T09:00:00",
+     "2026-11-26T09:00:00", "Europe/Berlin"),
+    ("minutely/1031 all months COUNT, late", "FREQ=MINUTELY;INTERVAL=1031;"
+     "BYMONTH=1,2,3,4,5,6,7,8,9,10,11,12;COUNT=100000", "1970-01-01T09:00:00",
+     "2026-11-26T09:00:00", "Europe/Berlin"),
+    ("minutely/1031 odd days COUNT, late (step bound)", "FREQ=MINUTELY;INTERVAL=1031;"
+     "BYMONTHDAY=" + ",".join(map(str, range(1, 32, 2))) + ";COUNT=100000",
+     "1970-01-01T09:00:00", "2026-11-26T09:00:00", "Europe/Berlin"),
+    ("hourly in January at 9 COUNT, late", "FREQ=HOURLY;BYMONTH=1;BYHOUR=9;COUNT=100000",
+     "1970-01-01T09:00:00", "2026-11-26T09:00:00", "Europe/Berlin"),
+    ("weekly/3 in February COUNT, late", "FREQ=WEEKLY;INTERVAL=3;BYMONTH=2;BYDAY=MO,TU;"
+     "COUNT=100000", "1970-01-05T09:00:00", "2026-11-26T09:00:00", "Europe/Berlin"),
     ("UNTIL year 9000, rare", "FREQ=YEARLY;BYMONTH=2;BYMONTHDAY=29;BYDAY=MO;"
      "UNTIL=90001231T000000Z", None, "8990-01-01T09:00:00", "Europe/Berlin"),
 ]

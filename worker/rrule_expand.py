@@ -33,7 +33,7 @@ from worker.rrule_days import DayFilter
 from worker.rrule_parse import Rule
 from worker.rrule_sets import DAY, Set, Times, from_secs, picked_size, to_secs, weekno
 
-MAX_STEPS = 20_000  # periods one search may examine one by one (bounds CPU per event)
+MAX_STEPS = 5_000  # skips or periods one search may take one by one (~3 us each: CPU bound)
 MAX_YEAR = 9000  # occurrences after this year are not produced (schedule.MAX_YEAR)
 WEEK = 7 * DAY
 _UNIT = {"WEEKLY": WEEK, "DAILY": DAY, "HOURLY": 3600, "MINUTELY": 60}
@@ -309,32 +309,46 @@ class Expander:
             return self._sum(a, b)
         assert self.week is not None and self.days is not None
         week = self.week
-        span = week.cycle * week.step // DAY if week.cycle else 0  # days, DAILY and finer
-        if self.rule.freq == "WEEKLY" or not 0 < span <= _DAY_TABLE:
-            total, k = 0, a  # sparse periods: visit the non-empty ones
+        if self.rule.freq == "WEEKLY":
+            total, k = 0, a  # visit the non-empty weeks
             while True:
+                self._spend(budget)
                 found = self.next_nonempty(k, budget)
                 if found is None or found >= b:
                     return total
                 total, k = total + self.size(found), found + 1
-        # DAILY and finer: periods starting on one day sum to a value that repeats
-        # every `span` days; add it up over the days that pass.
+        # DAILY and finer: only days that pass hold periods; the rest of the rule counts
+        # the periods starting on them arithmetically (week._sum).
         first, last = self._start_of(a) // DAY, (self._start_of(b) - 1) // DAY
-
-        def on(day: int) -> int:
-            lo, hi = self._period_from(day * DAY), self._period_from((day + 1) * DAY)
-            return week._sum(max(a, lo), min(b, hi)) if max(a, lo) < min(b, hi) else 0
-
-        if self._day_table is None:
-            self._day_table = [week._sum(self._period_from(d * DAY),
-                                         self._period_from((d + 1) * DAY))
-                               for d in range(span)]
-        table = self._day_table
         days = self.days.between(first, last + 1)
-        budget[0] -= len(days) // 64
-        self._spend(budget)
-        inner = sum(table[d % span] for d in days if first < d < last)
-        return inner + sum(on(d) for d in {first, last} if d in days[:1] + days[-1:])
+        span = week.cycle * week.step // DAY if week.cycle else 0
+        if 0 < span <= _DAY_TABLE:  # per-day sums repeat every `span` days: tabulate
+            if self._day_table is None:
+                self._day_table = [self._periods_on(d, d + 1, a, b, bounded=False)
+                                   for d in range(span)]
+            budget[0] -= len(days) // 64
+            self._spend(budget)
+            table = self._day_table
+            inner = sum(table[d % span] for d in days if first < d < last)
+            edges = {d for d in (first, last) if d in days[:1] + days[-1:]}
+            return inner + sum(self._periods_on(d, d + 1, a, b) for d in edges)
+        total, i = 0, 0  # a long repeat: sum over runs of consecutive days instead
+        while i < len(days):
+            self._spend(budget)
+            j = i
+            while j + 1 < len(days) and days[j + 1] == days[j] + 1:
+                j += 1
+            total += self._periods_on(days[i], days[j] + 1, a, b)
+            i = j + 1
+        return total
+
+    def _periods_on(self, day: int, end: int, a: int, b: int, bounded: bool = True) -> int:
+        """Total size of the periods starting on days day..end-1 (within a..b-1 if bounded)."""
+        assert self.week is not None
+        lo, hi = self._period_from(day * DAY), self._period_from(end * DAY)
+        if bounded:
+            lo, hi = max(a, lo), min(b, hi)
+        return self.week._sum(lo, hi) if lo < hi else 0
 
     @staticmethod
     def _spend(budget: list[int]) -> None:
