@@ -55,6 +55,11 @@ class DayFilter:
             before += mlen
         return out
 
+    def passes(self, ordinal: int) -> bool:
+        jan1, offsets = self.year(date.fromordinal(ordinal).year)
+        i = bisect_left(offsets, ordinal - jan1)
+        return i < len(offsets) and offsets[i] == ordinal - jan1
+
     def next_day(self, ordinal: int) -> int | None:
         """The first day at or after `ordinal` that passes; None before the year bound."""
         year = date.fromordinal(ordinal).year

@@ -31,7 +31,7 @@ from math import gcd
 
 from worker.rrule_days import DayFilter
 from worker.rrule_parse import Rule
-from worker.rrule_sets import DAY, Set, Times, from_secs, picked_size, to_secs, weekno
+from worker.rrule_sets import DAY, Set, Times, days_in, from_secs, picked_size, to_secs
 
 MAX_STEPS = 5_000  # skips or periods one search may take one by one (~3 us each: CPU bound)
 MAX_YEAR = 9000  # occurrences after this year are not produced (schedule.MAX_YEAR)
@@ -90,11 +90,10 @@ class Expander:
         self._sizes: list[int] | None = None
         self._prefix: list[int] = []
         self._nonempty: list[int] = []
-        self.days: DayFilter | None = None
+        self.days = DayFilter(r, self.byweekday)  # limiting day parts below MONTHLY
         self.week: Expander | None = None
         self._day_table: list[int] | None = None
         if self.cycle is None:  # skip and count with the days that pass and the rest
-            self.days = DayFilter(r, self.byweekday)
             self.week = Expander(replace(r, bymonth=(), bymonthday=(), byyearday=()), start)
 
     # -- one period --------------------------------------------------------------------
@@ -119,63 +118,6 @@ class Expander:
             return (number - self.origin) // r.interval
         return (secs - self.origin) // self.step
 
-    def _day_ok(self, ordinal: int) -> bool:
-        """The limiting day parts of DAILY, HOURLY, MINUTELY and WEEKLY (BYMONTH)."""
-        r = self.rule
-        if not (r.bymonth or r.bymonthday or r.byyearday or self.byweekday):
-            return True
-        day = date.fromordinal(ordinal)
-        if r.bymonth and day.month not in r.bymonth:
-            return False
-        if self.byweekday and day.weekday() not in self.byweekday:
-            return False
-        if r.bymonthday:
-            length = calendar.monthrange(day.year, day.month)[1]
-            if day.day not in r.bymonthday and day.day - length - 1 not in r.bymonthday:
-                return False
-        if r.byyearday:
-            number = ordinal - date(day.year, 1, 1).toordinal() + 1
-            length = 366 if calendar.isleap(day.year) else 365
-            if number not in r.byyearday and number - length - 1 not in r.byyearday:
-                return False
-        return True
-
-    def _days_in(self, first: int, length: int, in_month: bool) -> list[int]:
-        """Days (offsets from `first`) of a month or year matching the day parts."""
-        r = self.rule
-        start = date.fromordinal(first)
-        months = [start.month] if in_month else list(range(1, 13))
-        weekday1 = (first - 1) % 7  # ordinal 1 is a Monday
-        weeknos = set(r.byweekno)
-        out, before = [], 0
-        for month in months:
-            mlen = calendar.monthrange(start.year, month)[1]
-            if self.bymonth and month not in self.bymonth:
-                before += mlen
-                continue
-            for day in range(1, mlen + 1):
-                offset = before + day - 1
-                if self.bymonthday and (day not in self.bymonthday
-                                        and day - mlen - 1 not in self.bymonthday):
-                    continue
-                if r.byyearday and (offset + 1 not in r.byyearday
-                                    and offset - length not in r.byyearday):
-                    continue
-                if weeknos and not weeknos.intersection(weekno(first + offset, r.wkst)):
-                    continue
-                if self.byweekday or r.bynweekday:
-                    weekday = (weekday1 + offset) % 7
-                    if in_month or r.bymonth:  # nth weekday of the month
-                        nth, last = (day - 1) // 7 + 1, -((mlen - day) // 7 + 1)
-                    else:  # nth weekday of the year
-                        nth, last = offset // 7 + 1, -((length - 1 - offset) // 7 + 1)
-                    if weekday not in self.byweekday and (weekday, nth) not in r.bynweekday \
-                            and (weekday, last) not in r.bynweekday:
-                        continue
-                out.append(offset)
-            before += mlen
-        return out
-
     def _days(self, k: int) -> list[int]:
         r = self.rule
         first = self._start_of(k) // DAY
@@ -193,12 +135,14 @@ class Expander:
                     key += (calendar.isleap(day.year - 1), calendar.isleap(day.year + 1))
             offsets = self._types.get(key)
             if offsets is None:
-                offsets = self._types[key] = self._days_in(first, length, r.freq == "MONTHLY")
+                offsets = self._types[key] = days_in(
+                    r, (self.bymonth, self.bymonthday, self.byweekday), first, length,
+                    in_month=r.freq == "MONTHLY")
             return [first + o for o in offsets]
         if r.freq == "WEEKLY":
             return [d for d in range(first, first + 7)
-                    if (d - 1) % 7 in self.byweekday and self._day_ok(d)]
-        return [first] if self._day_ok(first) else []
+                    if self.days.passes(d)]
+        return [first] if self.days.passes(first) else []
 
     def _times_of(self, k: int) -> Times | None:
         """Times of day of period k; None when BYHOUR/BYMINUTE rule out an hour or minute."""
@@ -271,7 +215,7 @@ class Expander:
             if i == len(self._nonempty):
                 base, i = base + 1, 0
             return base * self.cycle + self._nonempty[i]
-        assert self.week is not None and self.days is not None
+        assert self.week is not None
         while True:  # the rest of the rule and the days that pass, each skipping ahead
             self._spend(budget)
             found = self.week.next_nonempty(k, budget)
@@ -307,7 +251,7 @@ class Expander:
             if b - a <= 64 and self._sizes is None:
                 return sum(self.size(k) for k in range(a, b))
             return self._sum(a, b)
-        assert self.week is not None and self.days is not None
+        assert self.week is not None
         week = self.week
         if self.rule.freq == "WEEKLY":
             total, k = 0, a  # visit the non-empty weeks

@@ -3,14 +3,18 @@
 A moment is an int: seconds since 0001-01-01T00:00 (naive, proleptic Gregorian), so
 sets are compared and indexed without building datetimes. A period's set is the sorted
 product days x times of day (never materialized: 366 days x 86 400 times is a valid
-rule), then BYSETPOS positions in it.
+rule), then BYSETPOS positions in it. `days_in` lists the days of a month or year that
+match the day parts of MONTHLY and YEARLY rules.
 """
 
 from __future__ import annotations
 
+import calendar
 from bisect import bisect_left
 from datetime import date, datetime, timedelta
 from functools import lru_cache
+
+from worker.rrule_parse import Rule
 
 DAY = 86_400
 
@@ -93,3 +97,42 @@ def _week_one(year: int, wkst: int) -> int:
     jan1 = date(year, 1, 1).toordinal()
     start = jan1 - (jan1 - 1 - wkst) % 7
     return start + 7 if jan1 - start > 3 else start
+
+
+def days_in(r: Rule, parts: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]],
+            first: int, length: int, in_month: bool) -> list[int]:
+    """Days (offsets from `first`) of a month or year (MONTHLY, YEARLY) matching the day
+    parts; `parts` are BYMONTH, BYMONTHDAY, plain BYDAY with DTSTART's defaults applied."""
+    bymonth, bymonthday, byweekday = parts
+    start = date.fromordinal(first)
+    months = [start.month] if in_month else list(range(1, 13))
+    weekday1 = (first - 1) % 7  # ordinal 1 is a Monday
+    weeknos = set(r.byweekno)
+    out, before = [], 0
+    for month in months:
+        mlen = calendar.monthrange(start.year, month)[1]
+        if bymonth and month not in bymonth:
+            before += mlen
+            continue
+        for day in range(1, mlen + 1):
+            offset = before + day - 1
+            if bymonthday and (day not in bymonthday
+                                    and day - mlen - 1 not in bymonthday):
+                continue
+            if r.byyearday and (offset + 1 not in r.byyearday
+                                and offset - length not in r.byyearday):
+                continue
+            if weeknos and not weeknos.intersection(weekno(first + offset, r.wkst)):
+                continue
+            if byweekday or r.bynweekday:
+                weekday = (weekday1 + offset) % 7
+                if in_month or r.bymonth:  # nth weekday of the month
+                    nth, last = (day - 1) // 7 + 1, -((mlen - day) // 7 + 1)
+                else:  # nth weekday of the year
+                    nth, last = offset // 7 + 1, -((length - 1 - offset) // 7 + 1)
+                if weekday not in byweekday and (weekday, nth) not in r.bynweekday \
+                        and (weekday, last) not in r.bynweekday:
+                    continue
+            out.append(offset)
+        before += mlen
+    return out
