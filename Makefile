@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench soak clean
+.PHONY: run test lint bench bench-rrule soak clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -35,3 +35,7 @@ bench: $(STAMP)
 	$(BIN)/pip install -q -e '.[bench]'
 	command -v wrk >/dev/null || (apt-get update -q && apt-get install -y -q wrk)
 	$(BIN)/python -m bench.run
+
+# CPU per next-occurrence search over the costliest rules (issue 8; no network, ~10 s)
+bench-rrule: $(STAMP)
+	$(BIN)/python -m bench.rrule_cost

@@ -275,39 +275,13 @@ def due_of(task: dict[str, Any], zone: ZoneInfo) -> tuple[datetime | None, datet
 
 
 def _store_recurrence(rec: Recurrence) -> dict[str, Any]:
-    """A parsed recurrence as kept in the record (with wall clocks: rec.to_record())."""
-    return {
-        "rrule": rec.rrule,
-        "dtstart": format_utc(rec.dtstart) if rec.dtstart else None,
-        "exdates": [format_utc(d) for d in rec.exdates],
-    }
+    """A parsed recurrence as kept in the record (naive wall-clock times as written)."""
+    return rec.to_record()
 
 
 def _load_recurrence(stored: dict[str, Any], zone: ZoneInfo) -> Recurrence:
-    """The recurrence kept in a record (any record version)."""
-    del zone  # UTC today; with wall clocks: Recurrence.from_record(stored, zone)
-    return Recurrence(
-        rrule=stored["rrule"],
-        dtstart=datetime.fromisoformat(stored["dtstart"]) if stored.get("dtstart") else None,
-        exdates=tuple(datetime.fromisoformat(d) for d in stored.get("exdates", ())),
-    )
-
-
-def _next_instant(rec: Recurrence, zone: ZoneInfo, current_wall: datetime, current: datetime,
-                  now: datetime) -> datetime | None:
-    """The occurrence after the current one (wall clock `current_wall`, instant `current`)."""
-    # With the wall-clock interface of worker.recurrence this becomes
-    # next_occurrence(rec, zone, current_wall, max(current, now)); today's
-    # next_occurrence rebuilds the wall clock from the instant.
-    del current_wall
-    return next_occurrence(rec, zone, current, now)
-
-
-def _recurrence_body(rec: Recurrence, zone: ZoneInfo, current_wall: datetime,
-                     current: datetime) -> dict[str, object]:
-    """The object form sent with a next occurrence (dtstart = the series start)."""
-    del current_wall
-    return rec.to_json(zone, series_start(rec, current))
+    """The recurrence kept in a record (older records hold UTC times)."""
+    return Recurrence.from_record(stored, zone)
 
 
 def _wanted_jobs(
@@ -369,7 +343,7 @@ def _next(event: TaskEvent, task: dict[str, Any]) -> NextOccurrence | None:
     # "Now" for this purpose is when the task was completed, never when the event
     # happens to be handled: a redelivery hours later asks for the same occurrence
     # with the same idempotency key (contract §4).
-    nxt = _next_instant(rec, zone, current_wall, current, event.timestamp)
+    nxt = next_occurrence(rec, zone, current_wall, max(current, event.timestamp))
     if nxt is None:
         return None
     key = occurrence_key(event.user_id, event.task_id, nxt)
@@ -379,7 +353,7 @@ def _next(event: TaskEvent, task: dict[str, Any]) -> NextOccurrence | None:
         "next_due_at": format_utc(nxt),
         "next_due_local": format_local(nxt, zone),
         "timezone": task["timezone"],
-        "recurrence": _recurrence_body(rec, zone, current_wall, current),
+        "recurrence": rec.to_json(zone, series_start(rec, current_wall)),
         "idempotency_key": key,
     }
     if task.get("title") is not None:
