@@ -118,7 +118,8 @@ class Plan:
             "event_type": event.event_type,
             "task_id": event.task_id,
             "user_id": event.user_id,
-            "outcome": self.outcome,
+            "outcome": "partial" if self.problems and self.outcome == "processed"
+                       else self.outcome,
             "schedule": [{"name": j.name, "due_time": format_utc(j.due_time)}
                          for j in self.schedule],
             "delete": self.delete,

@@ -106,9 +106,13 @@ def plan_only(lines: Iterable[tuple[int, bytes]], settings: Settings, out: IO[st
         except InvalidEvent as exc:
             report.fail(number, exc.reason)
             continue
+        except Exception as exc:  # the live worker drops such an event; say why here
+            report.fail(number, f"unusable event ({type(exc).__name__}: {exc})")
+            continue
         if plan.outcome == "processed":
             records[key] = plan.record
-        report.counts[plan.outcome] += 1
+        report.counts["partial" if plan.problems and plan.outcome == "processed"
+                      else plan.outcome] += 1
         write(json.dumps({"line": number, **plan.to_json(parsed)}, separators=(",", ":")))
         write("\n")
         report.progress(number)
