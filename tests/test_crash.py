@@ -9,17 +9,28 @@ import itertools
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import anyio
 import pytest
+from prometheus_client import CollectorRegistry
 
 from tests.cluster import Cluster, cluster, event
 from tests.harness import START
 from tests.test_devsidecar import FakeApp
 from worker.devsidecar import serve_asgi
-from worker.schedule import task_key
+from worker.errors import (
+    Conflict,
+    InvalidEvent,
+    PermanentSidecarError,
+    SidecarUnavailable,
+    Status,
+)
+from worker.metrics import Metrics
+from worker.schedule import job_name, task_key
+from worker.service import Service
+from worker.settings import load_settings
 
 pytestmark = pytest.mark.anyio
 
@@ -229,3 +240,42 @@ async def test_hostile_job_triggers_are_answered_200(body: bytes) -> None:
     async with cluster(1) as c:
         resp = await c.client.post(f"{c.replicas[0].app_url}/job/rw-{'0' * 40}", content=body)
         assert resp.status_code == 200
+
+
+class Raising:
+    """A sidecar whose every call raises `exc`: what the service answers for each kind."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def __getattr__(self, name: str) -> Any:
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            raise self.exc
+        return call
+
+
+RETRYABLE = [SidecarUnavailable("state", "down"), Conflict("etag"),
+             PermanentSidecarError("state", 403, "no"), ConnectionResetError(),
+             TimeoutError()]
+HOPELESS = [InvalidEvent("bad"), ValueError("x"), OverflowError("date value out of range"),
+            RecursionError(), TypeError("x"), KeyError("x"), IndexError("x"),
+            ZeroDivisionError(), AssertionError("x"), UnicodeError("x"), RuntimeError("x")]
+
+
+@pytest.mark.parametrize("exc", RETRYABLE + HOPELESS, ids=lambda e: type(e).__name__)
+async def test_only_sidecar_and_network_failures_are_retried(exc: Exception) -> None:
+    """Every exception type the handling can raise: RETRY (task event) / 500 (job
+    trigger) only when the sidecar or the network failed; anything the same input
+    would raise again is DROP / 200, counted, never retried."""
+    settings = load_settings({})
+    metrics = Metrics.create(CollectorRegistry(), process=False)
+    service = Service(settings, Raising(exc), metrics)  # type: ignore[arg-type]
+    doc = event("task.created", 0, title="x", due_at=DUE, reminders=["PT1H"])
+    status = await service.handle_delivery(json.dumps(doc).encode())
+    assert status == (Status.RETRY if exc in RETRYABLE else Status.DROP)
+    order = ["2026-11-26T11:00:00Z", "f" * 16]
+    data = {"user_id": "u1", "task_id": "1", "task_id_type": "number",
+            "remind_at": PT1H, "order": order}
+    name = job_name("u1", 1, datetime.fromisoformat(PT1H), order)
+    code = await service.handle_job(name, json.dumps(data).encode())
+    assert code == (500 if exc in RETRYABLE else 200)

@@ -58,7 +58,14 @@ json_leaf = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_n
 json_any = st.recursive(json_leaf, lambda inner: st.one_of(
     st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=10), inner, max_size=4)),
     max_leaves=12)
+# Instants at the edges of the calendar: a UTC offset takes them past datetime's range.
+EDGES = ["0001-01-01T00:00:00+01:00", "9999-12-31T23:30:00-01:00", "0001-01-01T00:00:00",
+         "9999-12-31T23:59:59", "0001-01-01", "9999-12-31", "0001-01-01T00:59:59+14:00",
+         "9999-12-31T23:59:59.999999-12:00", "1970-01-01T00:00:00Z", "9000-12-31T23:00:00Z"]
+EDGE_ZONES = ["America/New_York", "Pacific/Kiritimati", "Etc/GMT+12", "Pacific/Apia",
+              "Antarctica/Troll", "+14:00", "-12:00", "UTC"]
 dates = st.one_of(
+    st.sampled_from(EDGES),
     st.sampled_from(["9999-12-31T23:59:59Z", "0001-01-01T00:00:00Z", "2026-02-30",
                      "2026-11-26T25:00:00Z", "2026-11-26T10:00:00+99:00", "2026-11-26",
                      "2026-11-26T10:00:00", "2026-11-26T10:00:00.1234567891Z", "", "now",
@@ -76,7 +83,12 @@ rules = st.one_of(
         "FREQ=DAILY;UNTIL=99991231T000000Z", "FREQ=HOURLY;BYHOUR=25", "RRULE:FREQ=WEEKLY",
         "FREQ=MONTHLY;BYSETPOS=-1;BYDAY=MO,TU,WE,TH,FR", "DTSTART:20260101T000000Z",
         "FREQ=DAILY\nRRULE:FREQ=HOURLY", "FREQ=YEARLY;BYYEARDAY=366;BYMONTH=2", "weekly",
-        "FREQ=DAILY;COUNT=5;UNTIL=20270101T000000Z", "FREQ=WEEKLY;BYDAY=XX"]),
+        "FREQ=DAILY;COUNT=5;UNTIL=20270101T000000Z", "FREQ=WEEKLY;BYDAY=XX",
+        "FREQ=DAILY;UNTIL=00010101T000000Z", "FREQ=DAILY;UNTIL=00010101",
+        "FREQ=YEARLY;UNTIL=99991231T235959Z", "FREQ=MINUTELY;COUNT=100000",
+        "FREQ=HOURLY;BYMINUTE=0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,"
+        "24,25,26,27,28,29,30,31,32,33,34,35,36,37,38,39,40,41,42,43,44,45,46,47,48,49,50,"
+        "51,52,53,54,55,56,57,58,59"]),
     st.text(max_size=60),
     st.fixed_dictionaries({"rrule": st.text(max_size=30)},
                           optional={"dtstart": dates, "exdates": st.lists(dates, max_size=3)}),
@@ -87,7 +99,8 @@ def task_doc() -> st.SearchStrategy[dict[str, Any]]:
     payload = st.fixed_dictionaries({}, optional={
         "title": json_any, "due_at": dates, "due_date": dates,
         "timezone": st.one_of(st.sampled_from(["UTC", "Europe/Berlin", "Mars/Base", "../UTC",
-                                               "localtime", "", "a" * 100]), json_leaf),
+                                               "localtime", "", "a" * 100, *EDGE_ZONES]),
+                              json_leaf),
         "reminders": st.one_of(offsets, st.lists(offsets, max_size=5),
                                st.lists(st.just(1), min_size=101, max_size=101)),
         "remind_before_minutes": st.one_of(offsets, st.lists(offsets, max_size=3)),
@@ -252,6 +265,42 @@ def test_planner_never_raises_anything_but_invalid_event(doc: Any, prior: str | 
     for job in plan.schedule:
         assert SAFE_JOB.fullmatch(job.name) and job.due_time > NOW
     json.dumps(plan.record)  # what is saved is JSON
+
+
+@FAST
+@given(st.sampled_from([*EDGES, "2026-11-26T10:00:00Z"]),
+       st.one_of(st.none(), st.sampled_from(EDGES)), st.sampled_from(EDGE_ZONES),
+       st.sampled_from(["daily", "FREQ=HOURLY;INTERVAL=49",
+                        "FREQ=YEARLY;BYMONTH=2;BYMONTHDAY=29",
+                        "FREQ=DAILY;UNTIL=00010101T000000Z", "FREQ=MINUTELY;INTERVAL=30",
+                        "FREQ=MONTHLY;BYDAY=-1FR;BYSETPOS=1"]),
+       st.sampled_from(["PT1H", "P1D", "+PT15M", "P366D"]))
+def test_completions_at_the_edges_of_the_calendar(completed_at: str, due: str | None,
+                                                  zone: str, rule: str, offset: str) -> None:
+    """A recurring task created and completed with instants at the calendar's edges:
+    the planner answers or raises InvalidEvent; nothing else (an OverflowError here
+    would be a poison message answered RETRY for ever)."""
+    created = {"event_type": "task.created", "task_id": 1, "user_id": "u",
+               "timestamp": "2026-11-26T09:00:00Z",
+               "payload": {"timezone": zone, "recurrence": rule, "reminders": [offset],
+                           **({"due_at": due} if due else {})}}
+    try:
+        record = make_plan(None, parse_document(created), NOW, PlanConfig()).record
+        done = parse_document({"event_type": "task.completed", "task_id": 1, "user_id": "u",
+                               "timestamp": completed_at})
+    except InvalidEvent:
+        return
+    assert isinstance(done, TaskEvent)
+    started = time.process_time()
+    try:
+        plan = make_plan(record, done, NOW, PlanConfig())
+    except InvalidEvent as exc:
+        assert exc.reason
+        return
+    assert time.process_time() - started < 0.5
+    json.dumps(plan.record)
+    if plan.next is not None:
+        json.dumps(plan.next.body)
 
 
 # -- the ASGI app, over a recording transport to the development sidecar -----------------

@@ -22,7 +22,7 @@ from functools import cached_property
 from typing import Any, Final
 
 from worker.errors import InvalidEvent
-from worker.schedule import UTC
+from worker.schedule import MAX_YEAR, MIN_YEAR, UTC
 
 TASK_EVENT_TYPES: Final = frozenset(
     {"task.created", "task.updated", "task.completed", "task.deleted"}
@@ -167,6 +167,10 @@ def _timestamp(value: object) -> datetime:
         raise InvalidEvent("timestamp is not RFC 3339") from None
     if ts.tzinfo is None:
         raise InvalidEvent("timestamp has no offset (RFC 3339 needs Z or +hh:mm)")
+    # The window of every instant the worker handles (schedule.check_window): far
+    # enough from datetime's ends that offset and DST arithmetic cannot overflow.
+    if not MIN_YEAR <= ts.year <= MAX_YEAR:
+        raise InvalidEvent(f"timestamp out of range (years {MIN_YEAR}..{MAX_YEAR})")
     return ts.astimezone(UTC)
 
 
