@@ -142,7 +142,9 @@ def test_an_empty_app_token_is_a_bad_setting_exit_2(token: str) -> None:
 
 async def test_empty_app_token_exits_2_with_one_line_and_no_token_warns() -> None:
     env = {**os.environ, "APP_API_TOKEN": ""}
-    result = await anyio.run_process([sys.executable, "-m", "worker"], env=env, check=False)
+    with anyio.fail_after(20):  # a worker that accepts the setting waits for its sidecar
+        result = await anyio.run_process([sys.executable, "-m", "worker"], env=env,
+                                         check=False)
     assert result.returncode == 2
     lines = result.stderr.decode().strip().splitlines()
     assert len(lines) == 1 and "APP_API_TOKEN" in lines[0]
