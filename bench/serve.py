@@ -46,7 +46,7 @@ def make_variant(name: str) -> Any:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    from worker.daemon import make_server
+    from worker.daemon import make_worker_server
     from worker.logs import configure
     from worker.serving import bind_socket
     from worker.settings import load_settings
@@ -75,7 +75,7 @@ async def serve(args: argparse.Namespace) -> None:
         from bench.apps import worker_app
 
         app = worker_app(settings, make_variant(args.client))
-    server = make_server(app)
+    server = make_worker_server(app, 100_000)  # wrk's connections are not an attack
     if args.kind == "fake" or args.http != "auto":  # the fake always takes the fastest parser
         server.config.http = "httptools" if args.kind == "fake" else args.http
     await server.serve([bind_socket("127.0.0.1", args.port)])

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final
 
 import anyio
+import structlog
 from prometheus_client import CollectorRegistry, make_asgi_app
 
 from worker.errors import Status
@@ -26,10 +27,36 @@ TASK_ROUTE: Final = "/task-events"
 JOB_PREFIX: Final = "/job/"
 MAX_BODY: Final = 1024 * 1024  # task events are a few hundred bytes; 1 MiB is generous
 READY_TIMEOUT: Final = 1.5  # /readyz must answer within 2 s
+log = structlog.get_logger("worker")
 
 
 class BodyTooLarge(Exception):
     pass
+
+
+class CallerGone(Exception):
+    """The caller closed the connection while its request was being handled."""
+
+
+async def until_disconnect(receive: Receive, work: Callable[[], Awaitable[Any]]) -> Any:
+    """Run `work` (the body already read); cancel it and raise CallerGone when the
+    caller disconnects meanwhile, so an abandoned handler makes no late sidecar calls."""
+    result: list[Any] = []
+    gone = False
+    async with anyio.create_task_group() as tg:
+        async def watch() -> None:
+            nonlocal gone
+            while (await receive())["type"] != "http.disconnect":
+                pass  # nothing else can arrive once the body is read
+            gone = True
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(watch)
+        result.append(await work())
+        tg.cancel_scope.cancel()
+    if gone and not result:
+        raise CallerGone
+    return result[0]
 
 
 async def read_body(receive: Receive, limit: int = MAX_BODY) -> bytes:
@@ -86,6 +113,7 @@ class WorkerApp:
         }])
         self.accepting = True  # false while draining: new work is refused and redelivered
         self._inflight: set[anyio.CancelScope] = set()
+        self.deadline = settings.handler_deadline
 
     def _authorized(self, scope: Scope) -> bool:
         if self.token is None:
@@ -114,25 +142,46 @@ class WorkerApp:
                 return await respond(send, 405)
             if not self.accepting:
                 return await respond(send, 503, _json({"error": "shutting down"}))
+            return await self._handle(path, scope, receive, send)
+        return await respond(send, 404)
+
+    async def _handle(self, path: str, scope: Scope, receive: Receive, send: Send) -> None:
+        """A delivery or a job trigger, answered within `deadline` seconds (RETRY / 500
+        when it passes) and cancelled when the caller goes away."""
+        answer: int | Status | None = None
+        trace = _header(scope, b"traceparent")
+        with anyio.move_on_after(self.deadline):
             try:
                 body = await read_body(receive)
             except BodyTooLarge:
                 return await respond(send, 413, _json({"error": "body over 1 MiB"}))
             except anyio.EndOfStream:
                 return None
-            trace = _header(scope, b"traceparent")
             with anyio.CancelScope() as work:
                 self._inflight.add(work)
                 try:
                     if path == TASK_ROUTE:
-                        status = await self.service.handle_delivery(body, trace)
-                        return await respond(send, 200, _STATUS_BODY[status])
-                    code = await self.service.handle_job(path[len(JOB_PREFIX):], body, trace)
-                    return await respond(send, code)
+                        answer = await until_disconnect(
+                            receive, lambda: self.service.handle_delivery(body, trace))
+                    else:
+                        answer = await until_disconnect(
+                            receive, lambda: self.service.handle_job(path[len(JOB_PREFIX):],
+                                                                     body, trace))
+                except CallerGone:
+                    log.warning("caller went away; handler cancelled", route=path[:100],
+                                trace_id=trace)
+                    return None
                 finally:
                     self._inflight.discard(work)
-            return None  # cancelled: no answer, so the sidecar delivers it again
-        return await respond(send, 404)
+            if work.cancelled_caught:
+                return None  # stopped where it stood: no answer, the sidecar delivers again
+        if answer is None:
+            log.warning("handler deadline passed; answered for a retry", route=path[:100],
+                        deadline=self.deadline, trace_id=trace)
+            answer = Status.RETRY if path == TASK_ROUTE else 500
+        if isinstance(answer, Status):
+            return await respond(send, 200, _STATUS_BODY[answer])
+        return await respond(send, answer)
 
     def cancel_inflight(self) -> None:
         """Stop every handler where it stands (no further sidecar call is made)."""

@@ -15,6 +15,7 @@ from worker import __version__
 from worker.daemon import Running, run_daemon
 from worker.errors import SettingsError, startup_error
 from worker.logs import configure
+from worker.serving import raise_nofile_limit
 from worker.settings import Settings, load_settings
 
 EXIT_USAGE = 2
@@ -61,6 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from worker.replay import replay_main
 
         return replay_main(settings, args.replay, dry_run=args.dry_run)
+    # Each connection is a file handle: the default soft limit (often 1,024) would let
+    # idle connections to the ops port starve deliveries of handles.
+    nofile = raise_nofile_limit()
+    structlog.get_logger("worker").debug("open file limit", nofile=nofile)
     try:
         return anyio.run(_serve, settings, args.dev, args.demo)
     except BaseException as exc:  # task groups wrap a start-up error in an exception group

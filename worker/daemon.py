@@ -9,19 +9,25 @@ a half-configured worker.
 
 from __future__ import annotations
 
+import resource
 from dataclasses import dataclass, field
 from typing import Final
 
 import anyio
 import structlog
-import uvicorn
 from prometheus_client import CollectorRegistry
 
 from worker.app import ASGIApp, OpsApp, WorkerApp
 from worker.errors import PermanentSidecarError, SettingsError, StartupError, TransientError
 from worker.metrics import Metrics
 from worker.service import Clock, Service, system_clock
-from worker.serving import Server, bind_socket
+from worker.serving import (
+    Server,
+    bind_socket,
+    connection_caps,
+    install_accept_error_filter,
+    make_server,
+)
 from worker.settings import Settings, env_name, with_secrets
 from worker.sidecar import Sidecar, make_client
 
@@ -33,11 +39,9 @@ SECRETS_PATIENCE: Final = 30.0
 log = structlog.get_logger("worker")
 
 
-def make_server(app: ASGIApp) -> Server:
-    config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=DRAIN_SECONDS, server_header=False,
-                            date_header=False)
-    return Server(config)
+def make_worker_server(app: ASGIApp, max_connections: int) -> Server:
+    return make_server(app, max_connections, timeout_graceful_shutdown=DRAIN_SECONDS,
+                       server_header=False, date_header=False)
 
 
 @dataclass
@@ -110,6 +114,8 @@ async def run_daemon(
     `sidecar_timeout` (seconds) overrides the sidecar client's timeout (tests).
     """
     running = running or Running()
+    install_accept_error_filter()
+    app_cap, ops_cap = connection_caps(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
     metrics = Metrics.create(running.registry)
     token = settings.dapr_api_token.get_secret_value() if settings.dapr_api_token else None
     async with make_client(timeout=sidecar_timeout) as client, anyio.create_task_group() as tg:
@@ -117,7 +123,7 @@ async def run_daemon(
         ops = OpsApp(running.registry, sidecar)
         ops_sock = bind_socket(settings.ops_host, settings.ops_port)
         running.ops_port = ops_sock.getsockname()[1]
-        ops_server = make_server(ops)
+        ops_server = make_worker_server(ops, ops_cap)
         running.servers.append(ops_server)
         tg.start_soon(ops_server.serve, [ops_sock])
 
@@ -138,11 +144,14 @@ async def run_daemon(
             ops_sock.close()  # the cancelled ops server leaves its socket open
             raise
         running.settings = settings
+        if settings.app_api_token is None:
+            log.warning("APP_API_TOKEN is not set: the app port accepts calls from anyone "
+                        "who can reach it")
         service = Service(settings, sidecar, metrics, clock)
         app = running.app = WorkerApp(settings, service)
         app_sock = bind_socket(settings.host, settings.port)
         running.app_port = app_sock.getsockname()[1]
-        app_server = make_server(app)
+        app_server = make_worker_server(app, app_cap)
         running.servers.append(app_server)
         app_done = anyio.Event()
 
@@ -157,7 +166,8 @@ async def run_daemon(
             await anyio.sleep(0.01)
         ops.started = True
         log.info("worker ready", app_port=running.app_port, ops_port=running.ops_port,
-                 jobs_api=jobs_api, sidecar=settings.sidecar_url)
+                 jobs_api=jobs_api, sidecar=settings.sidecar_url,
+                 app_max_connections=app_cap, ops_max_connections=ops_cap)
         task_status.started(running)
         await running.stop.wait()
         log.info("draining", seconds=DRAIN_SECONDS)

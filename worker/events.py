@@ -21,6 +21,8 @@ from datetime import datetime
 from functools import cached_property
 from typing import Any, Final
 
+import structlog
+
 from worker.errors import InvalidEvent
 from worker.schedule import MAX_YEAR, MIN_YEAR, UTC
 
@@ -29,6 +31,10 @@ TASK_EVENT_TYPES: Final = frozenset(
 )
 MAX_ID_LENGTH: Final = 1024  # ids are hashed, never used raw; this only bounds memory
 MAX_LIST: Final = 100  # reminders per task: enough for people, bounded for the sidecar
+# A longer title is cut to this many characters (and logged), not refused: the task
+# and its reminders matter more than the end of its title.
+MAX_TITLE: Final = 2000
+log = structlog.get_logger("worker")
 
 _FINGERPRINT_ENCODER: Final = json.JSONEncoder(sort_keys=True, default=str)
 
@@ -207,8 +213,11 @@ def _checked(name: str, value: object) -> object:
     """
     if is_blank(value):
         return None
+    if name == "title" and isinstance(value, str) and len(value) > MAX_TITLE:
+        log.warning("title truncated", length=len(value), bound=MAX_TITLE)
+        return value[:MAX_TITLE]
     if name in ("title", "due_at", "timezone"):
-        if isinstance(value, str) and len(value) <= (2000 if name == "title" else 64):
+        if isinstance(value, str) and len(value) <= (MAX_TITLE if name == "title" else 64):
             return value
         raise ValueError("must be a string" + ("" if name == "title" else " of at most 64"))
     if name in ("reminders", "remind_at"):

@@ -1,4 +1,8 @@
-"""structlog set-up: JSON lines by default, a console renderer on request."""
+"""structlog set-up: JSON lines by default, a console renderer on request.
+
+Records of the standard library's logging (uvicorn's warnings and tracebacks,
+asyncio's) are rendered by the same processors, so stderr stays one format.
+"""
 
 from __future__ import annotations
 
@@ -17,11 +21,12 @@ def configure(fmt: str = "json", level: str = "info") -> None:
         structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()) if fmt == "console"
         else structlog.processors.JSONRenderer()
     )
+    timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            timestamper,
             structlog.processors.format_exc_info,
             renderer,
         ],
@@ -29,3 +34,17 @@ def configure(fmt: str = "json", level: str = "info") -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.add_log_level, structlog.stdlib.add_logger_name,
+                           timestamper],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.format_exc_info, renderer],
+    ))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(max(_LEVELS[level], logging.WARNING))  # libraries' info lines are noise
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "asyncio"):
+        library = logging.getLogger(name)
+        library.handlers.clear()
+        library.propagate = True

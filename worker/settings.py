@@ -18,6 +18,10 @@ SECRET_PREFIX = "secret:"
 NOT_FROM_SECRETS = frozenset(
     {"dapr_http_endpoint", "dapr_http_port", "dapr_api_token", "secret_store"}
 )
+# Each delivery and job trigger is answered within this many seconds: below daprd's
+# appDelivery timeout (components/resiliency.yaml, 30 s), so the worker answers RETRY
+# and stops the handler before daprd gives up on the call and redelivers meanwhile.
+DEFAULT_HANDLER_DEADLINE = 20.0
 _COMPONENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 _METHOD = re.compile(r"^[A-Za-z0-9._~/-]{1,500}$")
 
@@ -56,6 +60,8 @@ class Settings(BaseSettings):
     default_reminders: Annotated[tuple[Offset, ...], NoDecode] = Field(
         (), validation_alias=_env("REMINDER_DEFAULT_REMINDERS")
     )
+    handler_deadline: float = Field(DEFAULT_HANDLER_DEADLINE, gt=0, le=600,
+                                    validation_alias=_env("REMINDER_HANDLER_DEADLINE"))
     log_format: Literal["json", "console"] = Field(
         "json", validation_alias=_env("REMINDER_LOG_FORMAT")
     )
@@ -71,6 +77,14 @@ class Settings(BaseSettings):
         if value.startswith(SECRET_PREFIX) or not re.match(r"^https?://[^/\s]+", value):
             raise ValueError("must be an http:// or https:// URL")
         return value.rstrip("/")
+
+    @field_validator("app_api_token")
+    @classmethod
+    def _app_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("is empty, which would turn the token check off; "
+                             "unset it instead (not recommended)")
+        return value
 
     @field_validator("pubsub", "task_topic", "reminder_topic", "dead_letter_topic",
                      "state_store", "task_app_id", "app_id")
@@ -183,4 +197,5 @@ def with_secrets(settings: Settings, resolved: Mapping[str, str]) -> Settings:
         err = exc.errors()[0]
         field = str(err["loc"][0])
         name = env_name(field) if field in Settings.model_fields else field
-        raise SettingsError(f"{name}: value from the secret store is invalid") from None
+        msg = str(err["msg"]).removeprefix("Value error, ")  # never carries the value
+        raise SettingsError(f"{name}: value from the secret store is invalid: {msg}") from None

@@ -7,6 +7,7 @@ Errors map onto worker.errors: no answer / 5xx -> SidecarUnavailable
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import re
@@ -32,9 +33,10 @@ from worker.schedule import format_utc
 
 # About 24-32 calls in flight saturate one sidecar (style.md); more only queue there.
 DEFAULT_CONCURRENCY: Final = 32
-# daprd itself waits up to 30 s for the scheduler; a stuck call should fail well before
-# Dapr's own delivery timeout so the event is retried instead of timing out twice.
-DEFAULT_TIMEOUT: Final = httpx2.Timeout(10.0, connect=2.0)
+# daprd itself waits up to 30 s for the scheduler; a stuck call must fail before the
+# worker's handler deadline (settings.DEFAULT_HANDLER_DEADLINE, 20 s, itself below
+# daprd's 30 s appDelivery): 3 attempts x 6 s + backoff = 18.2 s at worst.
+DEFAULT_TIMEOUT: Final = httpx2.Timeout(6.0, connect=2.0)
 SAFE_RETRIES: Final = 2  # extra attempts for idempotent calls, with jittered backoff
 BACKOFF_BASE: Final = 0.05
 # Reminder triggers retry for minutes, not Dapr's default 3 x 1 s.
@@ -118,10 +120,12 @@ class Sidecar:
             hdrs.update(headers)
         url = self.base_url + path
         attempts = 1 + (SAFE_RETRIES if safe else 0)
+        # Health checks never queue behind work: /readyz must answer within 2 s.
+        gate = self.gate if api != "health" else contextlib.nullcontext()
         for attempt in range(attempts):
             start = time.perf_counter()
             try:
-                async with self.gate:
+                async with gate:
                     resp = await self.client.request(method, url, content=body, headers=hdrs)
             except (httpx2.HTTPError, RuntimeError) as exc:
                 # RuntimeError: the client is closed (shutting down) - a sidecar failure

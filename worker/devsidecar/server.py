@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import anyio
-import uvicorn
 from anyio.abc import TaskStatus
 
-from worker.serving import Server, bind_socket
+from worker.serving import DEV_SIDECAR_MAX_CONNECTIONS, bind_socket, make_server
 
 from .app import DevSidecar
 from .asgi import ASGIApp
@@ -25,15 +24,9 @@ async def serve_asgi(
     """
     sock = bind_socket(host, port)
     bound_port: int = sock.getsockname()[1]
-    config = uvicorn.Config(
-        app,
-        lifespan="off",
-        interface="asgi3",
-        log_level="warning",
-        access_log=False,
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
-    )
-    server = Server(config)
+    # The same limits as the worker's ports (head size, timeouts, a connection cap).
+    server = make_server(app, DEV_SIDECAR_MAX_CONNECTIONS, interface="asgi3",
+                         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS)
     finished = anyio.Event()
 
     async def serve() -> None:
