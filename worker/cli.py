@@ -14,6 +14,7 @@ import structlog
 from worker import __version__
 from worker.daemon import Running, run_daemon
 from worker.errors import SettingsError, startup_error
+from worker.listen import check_hosts
 from worker.logs import configure
 from worker.serving import raise_nofile_limit
 from worker.settings import Settings, load_settings
@@ -67,12 +68,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     nofile = raise_nofile_limit()
     structlog.get_logger("worker").debug("open file limit", nofile=nofile)
     try:
+        check_hosts(settings)
         return anyio.run(_serve, settings, args.dev, args.demo)
     except BaseException as exc:  # task groups wrap a start-up error in an exception group
         error = startup_error(exc)
         if error is None:
             raise
-        print(f"reminder-worker: {error.label}: {error}", file=sys.stderr)
+        print(error.line(), file=sys.stderr)
         return EXIT_USAGE
 
 

@@ -19,11 +19,11 @@ from prometheus_client import CollectorRegistry
 
 from worker.app import ASGIApp, OpsApp, WorkerApp
 from worker.errors import PermanentSidecarError, SettingsError, StartupError, TransientError
+from worker.listen import listen
 from worker.metrics import Metrics
 from worker.service import Clock, Service, system_clock
 from worker.serving import (
     Server,
-    bind_socket,
     connection_caps,
     install_accept_error_filter,
     make_server,
@@ -121,7 +121,8 @@ async def run_daemon(
     async with make_client(timeout=sidecar_timeout) as client, anyio.create_task_group() as tg:
         sidecar = Sidecar(settings.sidecar_url, client, metrics, api_token=token)
         ops = OpsApp(running.registry, sidecar)
-        ops_sock = bind_socket(settings.ops_host, settings.ops_port)
+        ops_sock = listen(settings.ops_host, settings.ops_port, "REMINDER_OPS_HOST",
+                          "REMINDER_OPS_PORT")
         running.ops_port = ops_sock.getsockname()[1]
         ops_server = make_worker_server(ops, ops_cap)
         running.servers.append(ops_server)
@@ -149,7 +150,11 @@ async def run_daemon(
                         "who can reach it")
         service = Service(settings, sidecar, metrics, clock)
         app = running.app = WorkerApp(settings, service)
-        app_sock = bind_socket(settings.host, settings.port)
+        try:
+            app_sock = listen(settings.host, settings.port, "REMINDER_HOST", "REMINDER_PORT")
+        except BaseException:
+            ops_sock.close()
+            raise
         running.app_port = app_sock.getsockname()[1]
         app_server = make_worker_server(app, app_cap)
         running.servers.append(app_server)

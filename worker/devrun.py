@@ -20,6 +20,8 @@ import structlog
 
 from worker.daemon import Running, run_daemon
 from worker.devsidecar import DevSidecar, SidecarConfig, serve_sidecar
+from worker.errors import SettingsError
+from worker.listen import listen
 from worker.schedule import format_utc
 from worker.service import system_clock
 from worker.settings import Settings
@@ -61,7 +63,11 @@ def sidecar_port(settings: Settings) -> int:
 async def run_dev(settings: Settings, running: Running, *, demo: bool = False) -> None:
     """Serve the development sidecar and the daemon until `running.stop` is set."""
     if settings.port == 0:
-        raise SystemExit("reminder-worker: --dev needs a fixed REMINDER_PORT")
+        raise SettingsError("REMINDER_PORT: --dev needs a fixed port (0 picks one at random, "
+                            "which the development sidecar could not call); set it, e.g. 8080")
+    port_env = "DAPR_HTTP_ENDPOINT" if settings.dapr_http_endpoint else "DAPR_HTTP_PORT"
+    # Tried before anything starts: a second `make run` says which port is taken.
+    listen("127.0.0.1", sidecar_port(settings), "127.0.0.1", port_env).close()
     sidecar = DevSidecar(sidecar_config(settings))
     async with anyio.create_task_group() as tg:
         port = await tg.start(serve_sidecar, sidecar, "127.0.0.1", sidecar_port(settings))

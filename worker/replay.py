@@ -167,5 +167,5 @@ def replay_main(settings: Settings, path: str, *, dry_run: bool) -> int:
         print(f"reminder-worker: --replay: is a directory: {path}", file=sys.stderr)
         return 2
     except StartupError as exc:
-        print(f"reminder-worker: {exc.label}: {exc}", file=sys.stderr)
+        print(exc.line(), file=sys.stderr)
         return 2
