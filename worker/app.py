@@ -11,6 +11,7 @@ import anyio
 import structlog
 from prometheus_client import CollectorRegistry, make_asgi_app
 
+from worker import tracing
 from worker.errors import Status
 from worker.service import Service
 from worker.serving import lifespan
@@ -150,6 +151,7 @@ class WorkerApp:
         when it passes) and cancelled when the caller goes away."""
         answer: int | Status | None = None
         trace = _header(scope, b"traceparent")
+        tracing.current.set(tracing.valid(trace))  # this request's task only
         with anyio.move_on_after(self.deadline):
             try:
                 body = await read_body(receive)

@@ -21,6 +21,7 @@ import anyio
 import httpx2
 from httpx_aiohttp.httpx2 import AiohttpTransport
 
+from worker import tracing
 from worker.errors import (
     Conflict,
     PermanentSidecarError,
@@ -118,6 +119,8 @@ class Sidecar:
             hdrs["content-type"] = content_type
         if headers:
             hdrs.update(headers)
+        if (trace := tracing.current.get()) is not None:  # daprd's spans join the caller's
+            hdrs["traceparent"] = trace
         url = self.base_url + path
         attempts = 1 + (SAFE_RETRIES if safe else 0)
         # Health checks never queue behind work: /readyz must answer within 2 s.

@@ -108,6 +108,9 @@ class DevSidecar:
         self._deliveries: list[Delivery] = []
         self._triggers: list[Trigger] = []
         self._invocations: list[Invocation] = []
+        # (api, traceparent) of every API call that carried one: what daprd would join
+        # to the caller's trace.
+        self.traced: list[tuple[str, str]] = []
         self._client = httpx2.AsyncClient(
             timeout=APP_CALL_TIMEOUT,
             limits=httpx2.Limits(
@@ -232,6 +235,8 @@ class DevSidecar:
             api, handler = self._route(request)
             if api is not None:
                 self.counts[api] += 1
+                if (trace := request.headers.get("traceparent")) is not None:
+                    self.traced.append((api, trace))
             if self._token is not None and not request.path.startswith("/v1.0/healthz"):
                 given = request.headers.get("dapr-api-token", "").encode()
                 if not hmac.compare_digest(given, self._token):
