@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -45,6 +46,13 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def log_format(settings: Settings) -> str:
+    """REMINDER_LOG_FORMAT when set; else readable lines on a terminal, JSON otherwise."""
+    if "REMINDER_LOG_FORMAT" in os.environ:
+        return settings.log_format
+    return "console" if sys.stderr.isatty() else "json"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.dry_run and not args.replay:
@@ -58,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"reminder-worker: bad setting: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    configure(settings.log_format, settings.log_level)
+    configure(log_format(settings), settings.log_level)
     if args.replay:
         from worker.replay import replay_main
 

@@ -33,6 +33,9 @@ from worker.sidecar import Sidecar, make_client
 
 DRAIN_SECONDS: Final = 20  # in-flight requests get this long after SIGTERM
 SIDECAR_POLL: Final = 0.5
+# While no sidecar answers, the warning is repeated at growing intervals (seconds).
+WAIT_WARN_FIRST: Final = 1.0
+WAIT_WARN_MAX: Final = 60.0
 # A secret store blip at start-up is waited out (not ready meanwhile); a missing
 # secret (daprd answers 500 too) still ends in a one-line error after this long.
 SECRETS_PATIENCE: Final = 30.0
@@ -128,11 +131,14 @@ async def run_daemon(
         running.servers.append(ops_server)
         tg.start_soon(ops_server.serve, [ops_sock])
 
-        waited = False
+        started, warn_at, warn_every = anyio.current_time(), 0.0, WAIT_WARN_FIRST
         while not await sidecar.outbound_healthy():
-            if not waited:
-                log.info("waiting for the Dapr sidecar", url=settings.sidecar_url)
-                waited = True
+            if (now := anyio.current_time()) >= warn_at:  # 1, 2, 4 ... 60 s apart
+                log.warning("waiting for the Dapr sidecar", url=settings.sidecar_url,
+                            waits_for="GET /v1.0/healthz/outbound",
+                            waited_seconds=round(now - started),
+                            hint="start daprd beside it, or try --dev")
+                warn_at, warn_every = now + warn_every, min(warn_every * 2, WAIT_WARN_MAX)
             with anyio.move_on_after(SIDECAR_POLL):
                 await running.stop.wait()
             if running.stop.is_set():
