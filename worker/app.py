@@ -198,6 +198,9 @@ class OpsApp:
         self.metrics_app = make_asgi_app(registry)
         self.sidecar = sidecar
         self.started = False  # set once start-up (secrets, metadata) is done
+        # What the worker needs from the sidecar (components, subscription...): None
+        # when all is there, else the reason (worker.check.Readiness, cached).
+        self.not_ready: Callable[[], Awaitable[str | None]] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -214,6 +217,8 @@ class OpsApp:
             if self.started:
                 with anyio.move_on_after(READY_TIMEOUT):
                     ready = await self.sidecar.outbound_healthy()
+                    if ready and self.not_ready is not None:
+                        ready = await self.not_ready() is None
             body = b"ready\n" if ready else b"not ready\n"
             return await respond(send, 200 if ready else 503, body, b"text/plain")
         return await respond(send, 404)

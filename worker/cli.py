@@ -17,6 +17,7 @@ from worker.daemon import Running, run_daemon
 from worker.errors import SettingsError, startup_error
 from worker.listen import check_hosts
 from worker.logs import configure
+from worker.service import system_clock
 from worker.serving import raise_nofile_limit
 from worker.settings import Settings, load_settings
 
@@ -43,6 +44,13 @@ def parser() -> argparse.ArgumentParser:
                    help="run beside an embedded development sidecar (never in production)")
     p.add_argument("--demo", action="store_true",
                    help="with --dev: publish a demo task whose reminder fires within a minute")
+    p.add_argument("--check", action="store_true",
+                   help="ask the sidecar whether this worker can run there; one line per "
+                        "check, exit 0 when all pass, 1 otherwise (with --dev: the embedded one)")
+    p.add_argument("--explain", nargs=2, metavar=("USER_ID", "TASK_ID"),
+                   help="show what the worker knows of one task and whether the scheduler "
+                        "has its jobs; exit 0 when it has a record, 1 when not")
+    p.add_argument("--json", action="store_true", help="with --explain: one JSON object")
     return p
 
 
@@ -61,12 +69,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser().error("--demo needs --dev")
     if args.replay and args.dev:
         parser().error("--replay and --dev cannot be combined")
+    if args.json and not args.explain:
+        parser().error("--json needs --explain")
+    if args.explain and args.dev:
+        parser().error("--explain reads a running sidecar (the development sidecar keeps "
+                       "its state in the process that runs it): point DAPR_HTTP_PORT at it")
+    if sum(map(bool, (args.check, args.explain, args.replay))) > 1:
+        parser().error("--check, --explain and --replay are separate commands")
     try:
         settings = load_settings(None)
     except SettingsError as exc:
         print(f"reminder-worker: bad setting: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    configure(log_format(settings), settings.log_level)
+    quiet = (args.check or args.explain) and "REMINDER_LOG_LEVEL" not in os.environ
+    configure(log_format(settings), "error" if quiet else settings.log_level)
+    if args.check or args.explain:
+        try:
+            if args.check and args.dev:
+                check_hosts(settings)
+            if args.check:
+                from worker.check import check_main
+
+                return check_main(settings, args.dev, system_clock())
+            from worker.explain import explain_main
+
+            return explain_main(settings, *args.explain, as_json=args.json, now=system_clock())
+        except BaseException as exc:
+            error = startup_error(exc)
+            if error is None:
+                raise
+            print(error.line(), file=sys.stderr)
+            return EXIT_USAGE
     if args.replay:
         from worker.replay import replay_main
 

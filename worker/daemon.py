@@ -18,6 +18,7 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from worker.app import ASGIApp, OpsApp, WorkerApp
+from worker.check import Readiness
 from worker.errors import PermanentSidecarError, SettingsError, StartupError, TransientError
 from worker.listen import listen
 from worker.metrics import Metrics
@@ -175,6 +176,7 @@ async def run_daemon(
         tg.start_soon(serve_app)
         while not app_server.started:  # noqa: ASYNC110 (uvicorn offers no event for this)
             await anyio.sleep(0.01)
+        ops.not_ready = Readiness(settings, sidecar).not_ready
         ops.started = True
         log.info("worker ready", app_port=running.app_port, ops_port=running.ops_port,
                  jobs_api=jobs_api, sidecar=settings.sidecar_url,
