@@ -72,7 +72,8 @@ async def test_traceparent_reaches_every_sidecar_call_and_the_reminder() -> None
         apis = {api for api, trace in during_delivery if trace == delivered}
         assert {"state", "jobs"} <= apis  # read, schedule, save: all in the delivery's trace
         s.clock.advance(timedelta(minutes=21))
-        await s.sidecar.wait_for(lambda: len(s.reminders()) == 1)
+        await s.sidecar.wait_for(lambda: len(s.reminders()) == 1 and
+                                 len(s.sidecar.job_triggers) == 1)
         trigger = s.sidecar.job_triggers[0].traceparent
         assert trigger and trigger != delivered
         reminder = s.reminders()[0]

@@ -29,6 +29,12 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"reminder-worker: error: {message} (see --help)\n")
 
 
+def _line_number(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"not a line number: {text!r}")
+    return int(text)
+
+
 def parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="reminder-worker",
@@ -38,6 +44,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"reminder-worker {__version__}")
     p.add_argument("--replay", metavar="PATH",
                    help="feed a JSON Lines file of task events ('-' = stdin), then exit")
+    p.add_argument("--from", dest="from_line", metavar="N", type=_line_number, default=1,
+                   help="with --replay: start at line N (after an interruption)")
     p.add_argument("--dry-run", action="store_true",
                    help="with --replay: call no sidecar, print the plan as JSON Lines")
     p.add_argument("--dev", action="store_true",
@@ -81,7 +89,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"reminder-worker: bad setting: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    quiet = (args.check or args.explain) and "REMINDER_LOG_LEVEL" not in os.environ
+    if args.from_line != 1 and not args.replay:
+        parser().error("--from needs --replay")
+    # The commands print for people; their log lines would only repeat it (a set
+    # REMINDER_LOG_LEVEL still wins).
+    quiet = (args.check or args.explain or args.replay) and "REMINDER_LOG_LEVEL" not in os.environ
     configure(log_format(settings), "error" if quiet else settings.log_level)
     if args.check or args.explain:
         try:
@@ -103,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.replay:
         from worker.replay import replay_main
 
-        return replay_main(settings, args.replay, dry_run=args.dry_run)
+        return replay_main(settings, args.replay, dry_run=args.dry_run, start=args.from_line)
     # Each connection is a file handle: the default soft limit (often 1,024) would let
     # idle connections to the ops port starve deliveries of handles.
     nofile = raise_nofile_limit()
