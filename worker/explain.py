@@ -138,7 +138,7 @@ async def explain(sidecar: Sidecar, store: str, user_id: str, task_id: str, now:
         "recurrence": task.recurrence, "reminders": reminders, "skipped": skipped,
         "next_occurrence": None if nxt is None else {
             "due_at": nxt["next_due_at"], "local": nxt["next_due_local"],
-            "assumes": f"the task is completed now ({format_utc(now)})"},
+            "assumes": f"the task is completed now ({format_utc(now.replace(microsecond=0))})"},
         "record": record,
     }
 
