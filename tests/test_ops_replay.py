@@ -130,3 +130,15 @@ async def test_unreadable_file_and_missing_sidecar_have_their_own_statuses(
     ok.write_text(event(1, 0) + "\n")
     status, out, err = await replay(free_port(), str(ok))  # nothing listens there
     assert status == 3 and "sidecar not reachable" in err and out == ""
+
+
+def test_progress_line_shows_total_percent_rate_and_time_left() -> None:
+    import io
+
+    from worker.replay import Report
+
+    report = Report(io.StringIO(), total=200, start=1)
+    assert report.progress_line(50, report.began + 10) == (
+        "replaying: line 50 of 200 (25%), 5 lines/s, about 30 s left, 0 failed")
+    piped = Report(io.StringIO(), total=None, start=11)  # stdin: no total
+    assert piped.progress_line(30, piped.began + 4) == "replaying: line 30, 5 lines/s, 0 failed"
