@@ -18,12 +18,13 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from worker.app import ASGIApp, OpsApp, WorkerApp
+from worker.check import Readiness
 from worker.errors import PermanentSidecarError, SettingsError, StartupError, TransientError
+from worker.listen import listen
 from worker.metrics import Metrics
 from worker.service import Clock, Service, system_clock
 from worker.serving import (
     Server,
-    bind_socket,
     connection_caps,
     install_accept_error_filter,
     make_server,
@@ -33,6 +34,9 @@ from worker.sidecar import Sidecar, make_client
 
 DRAIN_SECONDS: Final = 20  # in-flight requests get this long after SIGTERM
 SIDECAR_POLL: Final = 0.5
+# While no sidecar answers, the warning is repeated at growing intervals (seconds).
+WAIT_WARN_FIRST: Final = 1.0
+WAIT_WARN_MAX: Final = 60.0
 # A secret store blip at start-up is waited out (not ready meanwhile); a missing
 # secret (daprd answers 500 too) still ends in a one-line error after this long.
 SECRETS_PATIENCE: Final = 30.0
@@ -121,17 +125,21 @@ async def run_daemon(
     async with make_client(timeout=sidecar_timeout) as client, anyio.create_task_group() as tg:
         sidecar = Sidecar(settings.sidecar_url, client, metrics, api_token=token)
         ops = OpsApp(running.registry, sidecar)
-        ops_sock = bind_socket(settings.ops_host, settings.ops_port)
+        ops_sock = listen(settings.ops_host, settings.ops_port, "REMINDER_OPS_HOST",
+                          "REMINDER_OPS_PORT")
         running.ops_port = ops_sock.getsockname()[1]
         ops_server = make_worker_server(ops, ops_cap)
         running.servers.append(ops_server)
         tg.start_soon(ops_server.serve, [ops_sock])
 
-        waited = False
+        started, warn_at, warn_every = anyio.current_time(), 0.0, WAIT_WARN_FIRST
         while not await sidecar.outbound_healthy():
-            if not waited:
-                log.info("waiting for the Dapr sidecar", url=settings.sidecar_url)
-                waited = True
+            if (now := anyio.current_time()) >= warn_at:  # 1, 2, 4 ... 60 s apart
+                log.warning("waiting for the Dapr sidecar", url=settings.sidecar_url,
+                            waits_for="GET /v1.0/healthz/outbound",
+                            waited_seconds=round(now - started),
+                            hint="start daprd beside it, or try --dev")
+                warn_at, warn_every = now + warn_every, min(warn_every * 2, WAIT_WARN_MAX)
             with anyio.move_on_after(SIDECAR_POLL):
                 await running.stop.wait()
             if running.stop.is_set():
@@ -149,7 +157,11 @@ async def run_daemon(
                         "who can reach it")
         service = Service(settings, sidecar, metrics, clock)
         app = running.app = WorkerApp(settings, service)
-        app_sock = bind_socket(settings.host, settings.port)
+        try:
+            app_sock = listen(settings.host, settings.port, "REMINDER_HOST", "REMINDER_PORT")
+        except BaseException:
+            ops_sock.close()
+            raise
         running.app_port = app_sock.getsockname()[1]
         app_server = make_worker_server(app, app_cap)
         running.servers.append(app_server)
@@ -164,6 +176,7 @@ async def run_daemon(
         tg.start_soon(serve_app)
         while not app_server.started:  # noqa: ASYNC110 (uvicorn offers no event for this)
             await anyio.sleep(0.01)
+        ops.not_ready = Readiness(settings, sidecar).not_ready
         ops.started = True
         log.info("worker ready", app_port=running.app_port, ops_port=running.ops_port,
                  jobs_api=jobs_api, sidecar=settings.sidecar_url,

@@ -10,7 +10,8 @@
      +-- StartupError        the worker cannot run beside this sidecar (a daprd older
           |                   than 1.16): one line, exit 2
           +-- SettingsError   bad configuration (a setting, or a token the sidecar
-                              rejects): one line naming the setting, exit 2
+               |              rejects): one line naming the setting, exit 2
+               +-- ListenError  a port taken, a host that is no address here
 
 A permanent sidecar error on an event is still answered RETRY, not DROP: the
 event itself was fine, the deployment is wrong (unknown component, token),
@@ -70,11 +71,22 @@ class StartupError(WorkerError):
 
     label = "cannot start"  # the CLI prints "reminder-worker: {label}: {message}"
 
+    def line(self) -> str:
+        """The one line the command line prints for this error."""
+        return f"reminder-worker: {self.label + ': ' if self.label else ''}{self}"
+
 
 class SettingsError(StartupError):
     """A setting cannot be used; the message names it."""
 
     label = "bad setting"
+
+
+class ListenError(SettingsError):
+    """A port cannot be listened on (taken, no such address); the message names the
+    port and its setting, and reads as a sentence without a label."""
+
+    label = ""
 
 
 def startup_error(exc: BaseException) -> StartupError | None:

@@ -111,6 +111,7 @@ class Plan:
     next: NextOccurrence | None = None
     series_ended: bool = False
     skipped: int = 0  # reminder instants already past with the task overdue
+    skipped_at: list[str] = field(default_factory=list)  # those instants (RFC 3339 UTC)
     problems: list[str] = field(default_factory=list)  # parts left out: "payload.x: reason"
 
     def to_json(self, event: TaskEvent) -> dict[str, Any]:
@@ -178,7 +179,8 @@ def make_plan(
     new_jobs: dict[str, str] = {}
     plan = Plan("processed", {}, problems=problems)
     if status == "active":
-        new_jobs, plan.skipped = _wanted_jobs(event, task, old_jobs, now, config)
+        new_jobs, plan.skipped_at = _wanted_jobs(event, task, old_jobs, now, config)
+        plan.skipped = len(plan.skipped_at)
     order = order_of(event)
     plan.schedule = [job_spec(event.user_id, event.task_id, name, at, order, now)
                      for name, at in new_jobs.items() if name not in old_jobs]
@@ -288,7 +290,7 @@ def _load_recurrence(stored: dict[str, Any], zone: ZoneInfo) -> Recurrence:
 def _wanted_jobs(
     event: TaskEvent, task: dict[str, Any], old_jobs: dict[str, str], now: datetime,
     config: PlanConfig,
-) -> tuple[dict[str, str], int]:
+) -> tuple[dict[str, str], list[str]]:
     zone = load_zone(task["timezone"])
     due, due_wall = due_of(task, zone)
     offsets_raw = task.get("offsets")
@@ -302,7 +304,7 @@ def _wanted_jobs(
     live = {at: name for name, at in old_jobs.items()}  # instant -> the job that has it
     order = order_of(event)
     wanted: dict[str, str] = {}
-    skipped = 0
+    skipped: list[str] = []
     for instant in instants:
         at = format_utc(instant)
         name = live.get(at)
@@ -317,7 +319,7 @@ def _wanted_jobs(
             # late but still useful: fires at once
             wanted[job_name(event.user_id, event.task_id, instant, order)] = at
         else:
-            skipped += 1
+            skipped.append(at)
     return wanted, skipped
 
 

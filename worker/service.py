@@ -18,6 +18,7 @@ from typing import Any, Final
 import anyio
 import structlog
 
+from worker import applied, tracing
 from worker.errors import (
     Conflict,
     InvalidEvent,
@@ -93,7 +94,8 @@ class Service:
             return Status.SUCCESS
         # Every line logged while handling the event (here and below) carries its ids.
         tokens = structlog.contextvars.bind_contextvars(
-            event_id=parsed.event_id, task_id=parsed.task_id, event_type=parsed.event_type,
+            event_id=parsed.event_id or parsed.ce_id, task_id=parsed.task_id,
+            event_type=parsed.event_type,
             trace_id=parsed.trace_id or trace_id,
         )
         try:
@@ -119,7 +121,7 @@ class Service:
             self.metrics.events.labels(parsed.event_type, "invalid").inc()
             return Status.DROP
         self.metrics.events.labels(parsed.event_type, outcome).inc()
-        log.info("event handled", outcome=outcome)
+        log.info("event handled", outcome=outcome, **applied.fields())
         return Status.SUCCESS
 
     async def handle_event(self, event: TaskEvent) -> str:
@@ -134,6 +136,7 @@ class Service:
 
         partial: applied without the parts listed in `plan.problems` (logged once).
         """
+        applied.last.set(None)
         store = self.settings.state_store
         key = task_key(event.user_id, event.task_id)
         scheduled: set[str] = set()  # by earlier attempts of this call: same names again
@@ -143,6 +146,10 @@ class Service:
             record, etag = got if got else (None, None)
             now = self.clock()
             plan = make_plan(record, event, now, self.config)
+            log.debug("event planned", now=format_utc(now), changes=event.changes,
+                      record_before=record, record_after=plan.record,
+                      schedule=[[j.name, format_utc(j.due_time)] for j in plan.schedule],
+                      delete=plan.delete)
             if plan.outcome != "processed":
                 # plan.delete: a duplicate's retired jobs (its deletes failed after its
                 # save). And jobs an earlier attempt scheduled that the record, now at
@@ -151,6 +158,7 @@ class Service:
                 await self._job_ops([], set(plan.delete) | dead)
                 if plan.next is not None:
                     await self._retry_rejected(plan.next, now)
+                applied.last.set(applied.summary(event, plan, plan.outcome))
                 return plan.outcome
             todo = [job for job in plan.schedule if job.name not in scheduled]
             await self._job_ops(todo, set())
@@ -182,10 +190,11 @@ class Service:
                     f"task service rejected the next occurrence (HTTP {rejected.status}); "
                     f"the completion is applied, the event goes to the dead-letter topic "
                     f"to be replayed once the task service accepts it: {rejected}")
+            outcome = "partial" if plan.problems else "processed"
+            applied.last.set(applied.summary(event, plan, outcome))
             if plan.problems:
                 log.warning("event applied without some parts", problems=plan.problems)
-                return "partial"
-            return "processed"
+            return outcome
         raise Conflict(f"task record kept changing under {MAX_CAS_ATTEMPTS} attempts")
 
     async def _job_ops(self, schedule: list[JobSpec], delete: set[str]) -> None:
@@ -331,6 +340,8 @@ class Service:
             "id": reminder_id(user_id, task_id, instant), "time": data["fired_at"],
             "datacontenttype": "application/json", "data": data,
         }
+        if (trace := tracing.current.get()) is not None:  # CloudEvents distributed tracing
+            envelope["traceparent"] = trace
         await self.sidecar.publish(self.settings.pubsub, self.settings.reminder_topic, envelope)
         self.metrics.reminders.labels("published").inc()
         self.metrics.lateness.observe(max(0.0, (fired_at - instant).total_seconds()))

@@ -21,6 +21,7 @@ import anyio
 import httpx2
 from httpx_aiohttp.httpx2 import AiohttpTransport
 
+from worker import tracing
 from worker.errors import (
     Conflict,
     PermanentSidecarError,
@@ -118,10 +119,12 @@ class Sidecar:
             hdrs["content-type"] = content_type
         if headers:
             hdrs.update(headers)
+        if (trace := tracing.current.get()) is not None:  # daprd's spans join the caller's
+            hdrs["traceparent"] = trace
         url = self.base_url + path
         attempts = 1 + (SAFE_RETRIES if safe else 0)
-        # Health checks never queue behind work: /readyz must answer within 2 s.
-        gate = self.gate if api != "health" else contextlib.nullcontext()
+        # Health and metadata never queue behind work: /readyz must answer within 2 s.
+        gate = self.gate if api not in ("health", "metadata") else contextlib.nullcontext()
         for attempt in range(attempts):
             start = time.perf_counter()
             try:
@@ -196,6 +199,23 @@ class Sidecar:
                 "failurePolicy": JOB_FAILURE_POLICY}
         await self._call("jobs", "POST", f"{self.jobs_prefix}/{_q(name)}", body=_dumps(body),
                          safe=True)
+
+    async def job_get(self, name: str) -> dict[str, Any] | None:
+        """The scheduler's view of a job, or None when it has none: daprd answers a
+        missing job with 500 DAPR_SCHEDULER_GET_JOB (dapr-http.md), newer ones may 404."""
+        resp = await self._call("jobs", "GET", f"{self.jobs_prefix}/{_q(name)}",
+                                ok=(200, 404, 500))
+        if resp.status_code == 404:
+            return None
+        if resp.status_code == 500:
+            if "DAPR_SCHEDULER_GET_JOB" in resp.text and "not found" in resp.text:
+                return None
+            raise SidecarUnavailable("jobs", f"HTTP 500: {resp.text[:200]}", 500)
+        try:
+            value = resp.json()
+        except ValueError:
+            raise PermanentSidecarError("jobs", resp.status_code, "job is not JSON") from None
+        return value if isinstance(value, dict) else {}
 
     async def job_delete(self, name: str) -> None:
         """Delete a job; a missing job is fine (daprd answers 204)."""

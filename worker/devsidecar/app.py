@@ -84,6 +84,9 @@ class SidecarConfig:
     # first-write on an existing key: 409 like the in-memory store, 500 like Redis and
     # PostgreSQL v2 (both are "maybe present" to a client; it confirms with a GET).
     first_write_conflict_status: int = 409
+    # What /v1.0/metadata lists under each state store's `capabilities` (the features
+    # components-contrib's state stores declare; the in-memory store has these three).
+    state_capabilities: tuple[str, ...] = ("ETAG", "TRANSACTIONAL", "TTL")
     # More base URLs of the same app id (replicas): each delivery and job trigger
     # goes to a random one of app_base_url and these, as daprd does across replicas.
     replica_urls: tuple[str, ...] = ()
@@ -108,6 +111,9 @@ class DevSidecar:
         self._deliveries: list[Delivery] = []
         self._triggers: list[Trigger] = []
         self._invocations: list[Invocation] = []
+        # (api, traceparent) of every API call that carried one: what daprd would join
+        # to the caller's trace.
+        self.traced: list[tuple[str, str]] = []
         self._client = httpx2.AsyncClient(
             timeout=APP_CALL_TIMEOUT,
             limits=httpx2.Limits(
@@ -117,6 +123,7 @@ class DevSidecar:
         self._state = StateStores(
             config.state_stores, config.app_id, self.clock,
             first_write_conflict_status=config.first_write_conflict_status,
+            capabilities=config.state_capabilities,
         )
         self._secrets = SecretStores(config.secret_stores)
         self._jobs = Jobs(
@@ -232,6 +239,8 @@ class DevSidecar:
             api, handler = self._route(request)
             if api is not None:
                 self.counts[api] += 1
+                if (trace := request.headers.get("traceparent")) is not None:
+                    self.traced.append((api, trace))
             if self._token is not None and not request.path.startswith("/v1.0/healthz"):
                 given = request.headers.get("dapr-api-token", "").encode()
                 if not hmac.compare_digest(given, self._token):

@@ -330,7 +330,8 @@ class Jobs:
                 policy.max_retries is not None and retries_used >= policy.max_retries
             )
             outcome = "lost" if exhausted else "retry"
-        self._triggers.append(Trigger(entry.name, status, outcome, attempt, self._clock.now()))
+        self._triggers.append(Trigger(entry.name, status, outcome, attempt, self._clock.now(),
+                                      headers["traceparent"]))
         entry.in_flight = False
         if self._jobs.get(entry.name) is not entry:
             return  # deleted or overwritten meanwhile

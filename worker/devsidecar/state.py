@@ -32,8 +32,10 @@ class _Write:
 
 class StateStores:
     def __init__(self, names: tuple[str, ...], app_id: str, clock: Clock, *,
-                 first_write_conflict_status: int = 409) -> None:
+                 first_write_conflict_status: int = 409,
+                 capabilities: tuple[str, ...] = ("ETAG", "TRANSACTIONAL", "TTL")) -> None:
         self._first_write_status = first_write_conflict_status
+        self._capabilities = capabilities
         self._stores: dict[str, dict[str, StateItem]] = {name: {} for name in names}
         self._app_id = app_id
         self._prefix = f"{app_id}||"
@@ -215,7 +217,7 @@ class StateStores:
                 "name": n,
                 "type": _STORE_TYPE,
                 "version": "v1",
-                "capabilities": ["ETAG", "TRANSACTIONAL", "TTL"],
+                "capabilities": list(self._capabilities),
             }
             for n in self._stores
         ]
