@@ -289,23 +289,3 @@ async def cluster(replicas: int = 2, env: dict[str, str] | None = None,
             for i in list(c.replicas):
                 await c.stop_replica(i)
             tg.cancel_scope.cancel()
-
-
-DUE = "2026-11-26T14:00:00Z"  # two hours after START
-
-
-def event(etype: str, minute: int = 0, task_id: int | str = 1, user: str = "u1",
-          **payload: Any) -> dict[str, Any]:
-    """A bare task event; `minute` orders events of one task (timestamp 11:mm)."""
-    doc: dict[str, Any] = {"event_type": etype, "event_version": "1.0", "task_id": task_id,
-                           "user_id": user, "timestamp": f"2026-11-26T11:{minute:02d}:00Z"}
-    if payload:
-        doc["payload"] = payload
-    return doc
-
-
-def created(minute: int = 0, task_id: int | str = 1, user: str = "u1",
-            **extra: Any) -> dict[str, Any]:
-    payload = {"title": "Pay rent", "due_at": DUE, "timezone": "Europe/Berlin",
-               "reminders": ["PT1H", 30], **extra}
-    return event("task.created", minute, task_id, user, **payload)

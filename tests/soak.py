@@ -328,7 +328,7 @@ def _check(c: Cluster, tasks: list[Task], model: Model, ids: list[str],
         v.append(f"events not SUCCESS: {dict(answers)}; dead letters "
                  f"{len(c.sidecar.dead_letters)}")
     records = c.records()
-    from worker.schedule import task_key  # the key function: where to look, not the oracle
+    from worker.keys import task_key  # the key function: where to look, not the oracle
 
     for i, task in enumerate(tasks):
         ts, _, _ = task.newest()

@@ -14,11 +14,12 @@ import anyio
 import httpx
 import pytest
 
-from tests.cluster import Cluster, cluster, created, event, reminder_counts
+from tests.cluster import Cluster, cluster, reminder_counts
+from tests.factory import created, event
 from tests.harness import START, free_port
 from worker.daemon import Running, run_daemon
 from worker.devsidecar import DevSidecar, ManualClock, SidecarConfig, serve_sidecar
-from worker.schedule import task_key
+from worker.keys import task_key
 from worker.settings import load_settings
 
 pytestmark = pytest.mark.anyio

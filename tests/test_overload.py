@@ -20,11 +20,12 @@ import pytest
 import structlog
 import yaml
 
-from tests.cluster import DUE, cluster, created
+from tests.cluster import cluster
+from tests.factory import DUE, created
 from worker.app import READY_TIMEOUT
 from worker.errors import SettingsError
 from worker.events import MAX_TITLE, TaskEvent, parse_document
-from worker.schedule import task_key
+from worker.keys import task_key
 from worker.serving import (
     APP_MAX_CONNECTIONS,
     OPS_MAX_CONNECTIONS,

@@ -16,7 +16,8 @@ import pytest
 
 from tests.cluster import Cluster, cluster, reminder_counts
 from tests.harness import START
-from worker.schedule import format_utc, task_key
+from worker.keys import task_key
+from worker.schedule import format_utc
 
 pytestmark = pytest.mark.anyio
 

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import structlog
 
-from tests.cluster import cluster, created, event
+from tests.cluster import cluster
+from tests.factory import created, event
 from worker.errors import SettingsError, startup_error
-from worker.schedule import task_key
+from worker.keys import task_key
 from worker.settings import load_settings
 
 pytestmark = pytest.mark.anyio

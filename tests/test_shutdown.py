@@ -22,7 +22,8 @@ from anyio.abc import Process
 
 from tests.harness import free_port
 from worker.devsidecar import DevSidecar, SidecarConfig, serve_sidecar
-from worker.schedule import format_utc, task_key
+from worker.keys import task_key
+from worker.schedule import format_utc
 from worker.service import system_clock
 
 pytestmark = pytest.mark.anyio

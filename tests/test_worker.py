@@ -8,28 +8,11 @@ from typing import Any
 
 import pytest
 
+from tests.factory import DUE, created, event
 from tests.harness import START, Stack, stack
-from worker.schedule import occurrence_key, reminder_id, task_key
+from worker.keys import occurrence_key, reminder_id, task_key
 
 pytestmark = pytest.mark.anyio
-
-
-def event(etype: str, minute: int = 0, task_id: int | str = 1, user: str = "u1",
-          **payload: Any) -> dict[str, Any]:
-    doc: dict[str, Any] = {"event_type": etype, "event_version": "1.0", "task_id": task_id,
-                           "user_id": user, "timestamp": f"2026-11-26T11:{minute:02d}:00Z"}
-    if payload:
-        doc["payload"] = payload
-    return doc
-
-
-DUE = "2026-11-26T14:00:00Z"  # two hours after START
-
-
-def created(minute: int = 0, task_id: int | str = 1, **extra: Any) -> dict[str, Any]:
-    payload = {"title": "Pay rent", "due_at": DUE, "timezone": "Europe/Berlin",
-               "reminders": ["PT1H", 30], **extra}
-    return event("task.created", minute, task_id, **payload)
 
 
 def job_times(s: Stack) -> list[str]:

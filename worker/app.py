@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import anyio
@@ -16,12 +16,7 @@ from worker.service import Service
 from worker.serving import lifespan
 from worker.settings import Settings
 from worker.sidecar import Sidecar
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+from worker.types import Receive, Scope, Send
 
 TASK_ROUTE: Final = "/task-events"
 JOB_PREFIX: Final = "/job/"

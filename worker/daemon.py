@@ -17,10 +17,10 @@ import anyio
 import structlog
 from prometheus_client import CollectorRegistry
 
-from worker.app import ASGIApp, OpsApp, WorkerApp
+from worker.app import OpsApp, WorkerApp
 from worker.errors import PermanentSidecarError, SettingsError, StartupError, TransientError
 from worker.metrics import Metrics
-from worker.service import Clock, Service, system_clock
+from worker.service import Service, system_clock
 from worker.serving import (
     Server,
     bind_socket,
@@ -30,6 +30,7 @@ from worker.serving import (
 )
 from worker.settings import Settings, env_name, with_secrets
 from worker.sidecar import Sidecar, make_client
+from worker.types import ASGIApp, Clock
 
 DRAIN_SECONDS: Final = 20  # in-flight requests get this long after SIGTERM
 SIDECAR_POLL: Final = 0.5

@@ -3,7 +3,7 @@
 No I/O. The service executes a plan; `--dry-run` prints it. The record is a
 `records.TaskRecord` (its JSON form and its meaning: see `records`). A job is
 named by its reminder instant and the order of the event that first wanted it
-(`schedule.job_name`). Day offsets and the recurrence work from the wall clock
+(`keys.job_name`). Day offsets and the recurrence work from the wall clock
 as written (`Task.due_local`); when only the zone changes, the instant stays
 where it was and the wall clock is derived again in the new zone.
 
@@ -17,26 +17,22 @@ entries, or is left out when it has none.
 from __future__ import annotations
 
 import dataclasses
-import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
 from typing import Any, Final, Literal, TypeVar
-from zoneinfo import ZoneInfo
 
 from worker.errors import InvalidEvent
 from worker.events import TaskEvent, is_blank
+from worker.keys import job_name, occurrence_key
+from worker.messages import next_occurrence_body
 from worker.records import Order, Status, Task, TaskRecord
-from worker.recurrence import Recurrence, next_occurrence, parse_recurrence, series_start
+from worker.recurrence import Recurrence, next_occurrence, parse_recurrence
 from worker.schedule import (
     UTC,
     Offset,
-    format_local,
     format_utc,
-    job_name,
     load_zone,
-    occurrence_key,
     parse_offset,
     parse_when,
     parse_when_wall,
@@ -308,87 +304,6 @@ def _next(event: TaskEvent, task: Task, rec: Recurrence) -> NextOccurrence | Non
     key = occurrence_key(event.user_id, event.task_id, nxt)
     return NextOccurrence(key, nxt.astimezone(UTC), next_occurrence_body(
         event.user_id, event.task_id, task, rec, zone, nxt, current_wall, key))
-
-
-def next_occurrence_body(user_id: str, task_id: int | str, task: Task, rec: Recurrence,
-                         zone: ZoneInfo, nxt: datetime, current_wall: datetime,
-                         key: str) -> dict[str, Any]:
-    """The task service's create-next request (contract §4)."""
-    body: dict[str, Any] = {
-        "parent_task_id": task_id,
-        "user_id": user_id,
-        "next_due_at": format_utc(nxt),
-        "next_due_local": format_local(nxt, zone),
-        "timezone": task.timezone,
-        "recurrence": rec.to_json(zone, series_start(rec, current_wall)),
-        "idempotency_key": key,
-    }
-    if task.title is not None:
-        body["title"] = task.title
-    return body
-
-
-_DECIMAL_INT = re.compile(r"-?(0|[1-9][0-9]*)")
-# Jobs scheduled before job data held strings carry the task id as a JSON number;
-# daprd rounds one above 2**53 to a float64. Ids up to 2**64 are recovered from the
-# job name (at most 2 x 4096 digests); beyond that no Snowflake-style id goes.
-_EXACT_FLOAT_INT: Final = 2**53
-_RECOVERABLE_INT: Final = 2**64
-
-
-def parse_job_data(data: object, name: str) -> tuple[str, int | str, datetime, Order]:
-    """(user_id, task_id, instant, order) of the job `name` from its data.
-
-    Reads the string form `job_spec` writes and the number form of older jobs.
-    InvalidEvent if the data is foreign or does not match the name.
-    """
-    foreign = InvalidEvent("job data is not a reminder of this worker")
-    if not isinstance(data, dict):
-        raise InvalidEvent("job data is not an object")
-    try:
-        user_id, raw_id = data["user_id"], data["task_id"]
-        instant = datetime.fromisoformat(data["remind_at"])
-        order = Order.from_json(data["order"])
-    except (KeyError, TypeError, ValueError, IndexError):
-        raise foreign from None
-    id_type = data.get("task_id_type")
-    task_id: int | str
-    if id_type == "string" and isinstance(raw_id, str):
-        task_id = raw_id
-    elif id_type == "number" and isinstance(raw_id, str) and _DECIMAL_INT.fullmatch(raw_id):
-        task_id = int(raw_id)
-    elif id_type is None and isinstance(raw_id, int | str) and not isinstance(raw_id, bool):
-        task_id = raw_id  # a job scheduled before job data held strings
-    else:
-        raise foreign
-    if not isinstance(user_id, str) or instant.tzinfo is None:
-        raise foreign
-    if name not in (job_name(user_id, task_id, instant, order.to_json()),
-                    job_name(user_id, task_id, instant)):  # named before generations
-        recovered = (_unrounded(user_id, task_id, instant, name)
-                     if id_type is None and isinstance(task_id, int) else None)
-        if recovered is None:
-            raise InvalidEvent("job name does not match its data")
-        task_id = recovered
-    return user_id, task_id, instant, order
-
-
-def _unrounded(user_id: str, rounded: int, instant: datetime, name: str) -> int | None:
-    """The integer id that daprd's float64 rounding turned into `rounded`, found by
-    the job name it was scheduled under; None when there is none."""
-    if not _EXACT_FLOAT_INT < abs(rounded) < _RECOVERABLE_INT:
-        return None
-    image = float(rounded)
-    centre, spacing = int(image), int(math.ulp(image))
-    for candidate in range(centre - spacing, centre + spacing + 1):
-        if float(candidate) == image and job_name(user_id, candidate, instant) == name:
-            return candidate
-    return None
-
-
-def record_is_behind(record: TaskRecord | None, order: Order) -> bool:
-    """A job scheduled by an event the record does not show yet (its save is in flight)."""
-    return record is None or record.order < order
 
 
 def record_ttl(old: TaskRecord | None, new: TaskRecord) -> int | None:

@@ -20,13 +20,14 @@ from prometheus_client import CollectorRegistry
 from worker.daemon import check_sidecar, resolve_secrets
 from worker.errors import InvalidEvent, PermanentSidecarError, StartupError, TransientError
 from worker.events import Ignored, TaskEvent, parse_document
+from worker.keys import task_key
 from worker.metrics import Metrics
 from worker.plan import PlanConfig, make_plan
 from worker.records import TaskRecord
-from worker.schedule import task_key
-from worker.service import Clock, Service, system_clock
+from worker.service import Service, system_clock
 from worker.settings import Settings
 from worker.sidecar import Sidecar, make_client
+from worker.types import Clock
 
 PROGRESS_EVERY: Final = 0.2  # seconds between progress-bar redraws
 
