@@ -22,9 +22,9 @@ from typing import Any
 import anyio
 import httpx
 
+from devsidecar import DevSidecar, ManualClock, SidecarConfig, serve_sidecar
 from tests.harness import START, free_port
 from worker.daemon import Running, run_daemon
-from worker.devsidecar import DevSidecar, ManualClock, SidecarConfig, serve_sidecar
 from worker.settings import Settings, load_settings
 
 _ids = itertools.count(1)

@@ -18,8 +18,8 @@ from typing import Any
 import anyio
 import httpx
 
+from devsidecar import DevSidecar, ManualClock, SidecarConfig, serve_sidecar
 from worker.daemon import Running, run_daemon
-from worker.devsidecar import DevSidecar, ManualClock, SidecarConfig, serve_sidecar
 from worker.settings import Settings, load_settings
 
 START = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)

@@ -16,11 +16,11 @@ import anyio
 import pytest
 from prometheus_client import CollectorRegistry
 
+from devsidecar import serve_asgi
 from tests.cluster import Cluster, cluster
 from tests.factory import event
 from tests.harness import START
 from tests.test_devsidecar import FakeApp
-from worker.devsidecar import serve_asgi
 from worker.errors import (
     Conflict,
     InvalidEvent,

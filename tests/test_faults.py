@@ -14,11 +14,11 @@ import anyio
 import httpx
 import pytest
 
+from devsidecar import DevSidecar, ManualClock, SidecarConfig, serve_sidecar
 from tests.cluster import Cluster, cluster, reminder_counts
 from tests.factory import created, event
 from tests.harness import START, free_port
 from worker.daemon import Running, run_daemon
-from worker.devsidecar import DevSidecar, ManualClock, SidecarConfig, serve_sidecar
 from worker.keys import task_key
 from worker.settings import load_settings
 
@@ -261,7 +261,7 @@ async def test_invoke_timeout_repeats_the_request_with_the_same_idempotency_key(
 # -- the fault primitives themselves --------------------------------------------------
 
 def test_fault_primitives_after_timed_outage_and_counts() -> None:
-    from worker.devsidecar import Faults
+    from devsidecar import Faults
 
     now = [0.0]
     faults = Faults(monotonic=lambda: now[0])

@@ -20,8 +20,8 @@ import httpx
 import pytest
 from anyio.abc import Process
 
+from devsidecar import DevSidecar, SidecarConfig, serve_sidecar
 from tests.harness import free_port
-from worker.devsidecar import DevSidecar, SidecarConfig, serve_sidecar
 from worker.keys import task_key
 from worker.schedule import format_utc
 from worker.service import system_clock

@@ -18,8 +18,8 @@ import anyio
 import httpx2
 import structlog
 
+from devsidecar import DevSidecar, SidecarConfig, serve_sidecar
 from worker.daemon import Running, run_daemon
-from worker.devsidecar import DevSidecar, SidecarConfig, serve_sidecar
 from worker.schedule import format_utc
 from worker.service import system_clock
 from worker.settings import Settings
