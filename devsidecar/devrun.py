@@ -19,9 +19,9 @@ import httpx2
 import structlog
 
 from devsidecar import DevSidecar, SidecarConfig, serve_sidecar
+from worker.clock import system_clock
 from worker.daemon import Running, run_daemon
 from worker.schedule import format_utc
-from worker.service import system_clock
 from worker.settings import Settings
 
 DEV_SECRETS_FILE: Final = "dev-secrets.json"  # read by the dev secret store, if present

@@ -24,8 +24,9 @@ import anyio
 import httpx2
 from anyio.abc import TaskGroup, TaskStatus
 
+from worker.clock import Clock
+
 from .asgi import ApiError, Request, Response, empty
-from .clock import Clock
 from .jobs import new_traceparent
 from .records import Delivery, Published
 from .timeparse import format_rfc3339
@@ -254,7 +255,7 @@ class PubSub:
             topic=topic,
             content_type=content_type,
             envelope_json=json.dumps(envelope).encode(),
-            time=self._clock.now(),
+            time=self._clock(),
             raw_payload=body if raw else None,
             metadata=tuple(metadata.items()),
         )
@@ -318,7 +319,7 @@ class PubSub:
         envelope.setdefault("type", DEFAULT_EVENT_TYPE)
         envelope.setdefault("specversion", "1.0")
         envelope.setdefault("datacontenttype", "application/json")
-        envelope.setdefault("time", format_rfc3339(self._clock.now()))
+        envelope.setdefault("time", format_rfc3339(self._clock()))
         envelope["topic"] = topic
         envelope["pubsubname"] = pubsub
         envelope["traceid"] = traceparent
@@ -434,7 +435,7 @@ class PubSub:
                 verdict,
                 outcome,
                 work.attempt,
-                self._clock.now(),
+                self._clock(),
             )
         )
 
@@ -449,7 +450,7 @@ class PubSub:
             topic=sub.dead_letter_topic,
             content_type=CLOUDEVENTS_JSON,
             envelope_json=message.record.envelope_json,
-            time=self._clock.now(),
+            time=self._clock(),
             raw_payload=message.record.raw_payload,
             metadata=message.record.metadata,
         )

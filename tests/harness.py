@@ -113,7 +113,7 @@ async def stack(env: dict[str, str] | None = None,
 
         async def daemon(*, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
             try:
-                await run_daemon(settings, clock=clock.now, task_status=task_status)
+                await run_daemon(settings, clock=clock, task_status=task_status)
             finally:
                 done.set()
 

@@ -212,10 +212,10 @@ async def _deliver(c: Cluster, rng: random.Random, docs: list[dict[str, Any]],
 
 
 async def _advance(c: Cluster, rng: random.Random, until: datetime, step: timedelta) -> None:
-    while c.clock.now() < until:
+    while c.clock() < until:
         if rng.random() < 0.3:
             await _inject(c, rng, ("publish", "state"))
-        await c.fire_until(min(c.clock.now() + step, until), step, wait=120)
+        await c.fire_until(min(c.clock() + step, until), step, wait=120)
     c.sidecar.faults.clear()
     await c.drain_retries()
 

@@ -360,7 +360,7 @@ async def with_app(test: Any) -> None:
     async with httpx2.AsyncClient(transport=recorder) as client:
         side = Sidecar("http://sidecar", client, Metrics.create(CollectorRegistry(),
                                                                 process=False))
-        app = WorkerApp(settings_, Service(settings_, side, side.metrics, clock.now))
+        app = WorkerApp(settings_, Service(settings_, side, side.metrics, clock))
         await test(app, sidecar)
     await sidecar.close()
     for path in recorder.paths:

@@ -22,9 +22,9 @@ from anyio.abc import Process
 
 from devsidecar import DevSidecar, SidecarConfig, serve_sidecar
 from tests.harness import free_port
+from worker.clock import system_clock
 from worker.keys import task_key
 from worker.schedule import format_utc
-from worker.service import system_clock
 
 pytestmark = pytest.mark.anyio
 

@@ -292,12 +292,12 @@ async def test_replay_through_the_sidecar_is_idempotent(tmp_path: Any) -> None:
     path.write_text("\n".join(rows) + "\n")
     async with stack() as s:
         err = io.StringIO()
-        assert await live(read_lines(str(path)), s.settings, err, clock=s.clock.now) == 1
+        assert await live(read_lines(str(path)), s.settings, err, clock=s.clock) == 1
         assert "line 2: not JSON" in err.getvalue()
         jobs = s.sidecar.jobs()
         assert len(jobs) == 2
         err = io.StringIO()
-        await live(read_lines(str(path)), s.settings, err, clock=s.clock.now)  # again
+        await live(read_lines(str(path)), s.settings, err, clock=s.clock)  # again
         # the update is a duplicate now, and the created event is older than the record
         assert "duplicate 1, stale 1" in err.getvalue() and s.sidecar.jobs() == jobs
 

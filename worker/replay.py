@@ -15,19 +15,15 @@ from collections.abc import Iterable, Iterator
 from typing import IO, Final
 
 import anyio
-from prometheus_client import CollectorRegistry
 
-from worker.daemon import check_sidecar, resolve_secrets
+from worker.clock import Clock, system_clock
+from worker.connect import connect
 from worker.errors import InvalidEvent, PermanentSidecarError, StartupError, TransientError
 from worker.events import Ignored, TaskEvent, parse_document
 from worker.keys import task_key
-from worker.metrics import Metrics
 from worker.plan import PlanConfig, make_plan
 from worker.records import TaskRecord
-from worker.service import Service, system_clock
 from worker.settings import Settings
-from worker.sidecar import Sidecar, make_client
-from worker.types import Clock
 
 PROGRESS_EVERY: Final = 0.2  # seconds between progress-bar redraws
 
@@ -125,19 +121,14 @@ def plan_only(lines: Iterable[tuple[int, bytes]], settings: Settings, out: IO[st
 async def live(lines: Iterable[tuple[int, bytes]], settings: Settings, err: IO[str],
                clock: Clock = system_clock) -> int:
     """Send every event through the service against the configured sidecar."""
-    metrics = Metrics.create(CollectorRegistry(), process=False)
-    token = settings.dapr_api_token.get_secret_value() if settings.dapr_api_token else None
     report = Report(err)
     count = 0
     start = time.perf_counter()
-    async with make_client() as client:
-        sidecar = Sidecar(settings.sidecar_url, client, metrics, api_token=token)
-        if not await sidecar.outbound_healthy():
+    async with connect(settings, clock=clock) as conn:
+        if not await conn.sidecar.outbound_healthy():
             print(f"reminder-worker: sidecar not reachable at {settings.sidecar_url}", file=err)
             return 1
-        await check_sidecar(sidecar)
-        settings = await resolve_secrets(settings, sidecar)
-        service = Service(settings, sidecar, metrics, clock)
+        _, service = await conn.ready()
         for number, line in lines:
             count = number
             try:

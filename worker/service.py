@@ -18,6 +18,7 @@ from typing import Any, Final
 import anyio
 import structlog
 
+from worker.clock import Clock, system_clock
 from worker.errors import (
     JOB_ANSWER,
     Conflict,
@@ -40,9 +41,9 @@ from worker.plan import (
     record_ttl,
 )
 from worker.records import Order, dump_record, load_record
-from worker.schedule import UTC, format_utc
+from worker.schedule import format_utc
 from worker.settings import Settings
-from worker.types import Clock, SidecarAPI
+from worker.types import SidecarAPI
 
 MAX_CAS_ATTEMPTS: Final = 4
 # A next-occurrence claim left "pending" this long is taken to be abandoned (a
@@ -55,10 +56,6 @@ CLAIM_TTL_SECONDS: Final = 90 * 24 * 3600
 HOPELESS_STATUSES: Final = frozenset({400, 413, 422})
 
 log = structlog.get_logger("worker")
-
-
-def system_clock() -> datetime:
-    return datetime.now(UTC)
 
 
 class Service:

@@ -30,13 +30,14 @@ from worker.errors import (
 )
 from worker.metrics import Metrics
 from worker.schedule import format_utc
+from worker.settings import MAX_SIDECAR_TIMEOUT
 
 # About 24-32 calls in flight saturate one sidecar (style.md); more only queue there.
 DEFAULT_CONCURRENCY: Final = 32
 # daprd itself waits up to 30 s for the scheduler; a stuck call must fail before the
 # worker's handler deadline (settings.DEFAULT_HANDLER_DEADLINE, 20 s, itself below
 # daprd's 30 s appDelivery): 3 attempts x 6 s + backoff = 18.2 s at worst.
-DEFAULT_TIMEOUT: Final = httpx2.Timeout(6.0, connect=2.0)
+DEFAULT_TIMEOUT: Final = httpx2.Timeout(MAX_SIDECAR_TIMEOUT, connect=2.0)
 SAFE_RETRIES: Final = 2  # extra attempts for idempotent calls, with jittered backoff
 BACKOFF_BASE: Final = 0.05
 # Reminder triggers retry for minutes, not Dapr's default 3 x 1 s.
@@ -65,8 +66,11 @@ def make_client(
                            max_keepalive_connections=DEFAULT_CONCURRENCY * 2)
     if transport is None:
         transport = AiohttpTransport(limits=limits)
-    return httpx2.AsyncClient(timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
-                              limits=limits, transport=transport)
+    if timeout is not None and timeout < DEFAULT_TIMEOUT.read:  # type: ignore[operator]
+        client_timeout = httpx2.Timeout(timeout, connect=min(timeout, 2.0))
+    else:
+        client_timeout = DEFAULT_TIMEOUT
+    return httpx2.AsyncClient(timeout=client_timeout, limits=limits, transport=transport)
 
 
 _URL_SAFE = re.compile(r"[A-Za-z0-9._-]+")

@@ -1,4 +1,5 @@
-"""The seam types, named once: ASGI callables, the clock, the sidecar the service uses."""
+"""The seam types, named once: ASGI callables and the sidecar the service uses
+(the clock's type is `worker.clock.Clock`)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,6 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-# The current instant, aware. Passed in everywhere time matters; tests pass a manual one.
-Clock = Callable[[], datetime]
 
 
 class SidecarAPI(Protocol):
