@@ -36,6 +36,7 @@ from worker.plan import (
     EventOutcome,
     JobSpec,
     NextOccurrence,
+    Plan,
     PlanConfig,
     make_plan,
     record_ttl,
@@ -164,24 +165,29 @@ class Service:
                                               ttl_seconds=record_ttl(record, plan.record))
             except Conflict:
                 continue
-            # Obsolete jobs go only now. A failure here is retried: the redelivery is a
-            # duplicate, and deletes the jobs the record lists as retired.
-            dead = scheduled - set(plan.record.jobs)
-            await self._job_ops([], set(plan.delete) | dead)
-            # Counted once the event is applied, not once per attempt.
-            if plan.series_ended:
-                self.metrics.next_occurrences.labels("ended").inc()
-            if plan.skipped:
-                self.metrics.reminders.labels("skipped").inc(plan.skipped)
-            if rejected is not None:
-                raise InvalidEvent(
-                    f"task service rejected the next occurrence (HTTP {rejected.status}); "
-                    f"the completion is applied, the event goes to the dead-letter topic "
-                    f"to be replayed once the task service accepts it: {rejected}")
-            if plan.problems:
-                log.warning("event applied without some parts", problems=plan.problems)
-            return plan.event_outcome
+            return await self._after_save(plan, scheduled, rejected)
         raise Conflict(f"task record kept changing under {MAX_CAS_ATTEMPTS} attempts")
+
+    async def _after_save(self, plan: Plan, scheduled: set[str],
+                          rejected: PermanentSidecarError | None) -> EventOutcome:
+        """The saved plan's last effects: obsolete jobs deleted, counts, the answer."""
+        # Obsolete jobs go only now. A failure here is retried: the redelivery is a
+        # duplicate, and deletes the jobs the record lists as retired.
+        dead = scheduled - set(plan.record.jobs)
+        await self._job_ops([], set(plan.delete) | dead)
+        # Counted once the event is applied, not once per attempt.
+        if plan.series_ended:
+            self.metrics.next_occurrences.labels("ended").inc()
+        if plan.skipped:
+            self.metrics.reminders.labels("skipped").inc(plan.skipped)
+        if rejected is not None:
+            raise InvalidEvent(
+                f"task service rejected the next occurrence (HTTP {rejected.status}); "
+                f"the completion is applied, the event goes to the dead-letter topic "
+                f"to be replayed once the task service accepts it: {rejected}")
+        if plan.problems:
+            log.warning("event applied without some parts", problems=plan.problems)
+        return plan.event_outcome
 
     async def _job_ops(self, schedule: list[JobSpec], delete: set[str]) -> None:
         if not schedule and not delete:
