@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from tests.factory import event, parsed
 from worker.errors import InvalidEvent
 from worker.events import TaskEvent, parse_document
 from worker.firing import parse_job_data
@@ -23,13 +24,7 @@ CFG = PlanConfig()
 
 
 def ev(etype: str, minute: int = 0, task_id: int | str = 1, **payload: Any) -> TaskEvent:
-    doc: dict[str, Any] = {"event_type": etype, "task_id": task_id, "user_id": "u",
-                           "timestamp": f"2026-11-26T11:{minute:02d}:00Z"}
-    if payload:
-        doc["payload"] = payload
-    parsed = parse_document(doc)
-    assert isinstance(parsed, TaskEvent)
-    return parsed
+    return parsed(event(etype, minute, task_id, "u", **payload))
 
 
 def apply(*events: TaskEvent, now: datetime = NOW, cfg: PlanConfig = CFG) -> Plan:
