@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hmac
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
@@ -11,6 +10,7 @@ import anyio
 import structlog
 from prometheus_client import CollectorRegistry, make_asgi_app
 
+from worker import jsoncodec
 from worker.errors import Status
 from worker.service import Service
 from worker.serving import lifespan
@@ -80,7 +80,7 @@ async def respond(send: Send, status: int, body: bytes = b"",
 
 
 def _json(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode()
+    return jsoncodec.dumps(value)
 
 
 _STATUS_BODY: Final = {s: _json({"status": s.value}) for s in Status}

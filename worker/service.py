@@ -10,7 +10,6 @@ jobs this attempt touched, so the jobs end as the newest record says.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -18,6 +17,7 @@ from typing import Any, Final
 import anyio
 import structlog
 
+from worker import jsoncodec
 from worker.clock import Clock, system_clock
 from worker.errors import (
     JOB_ANSWER,
@@ -333,7 +333,7 @@ def _job_of(name: str, body: bytes) -> tuple[str, int | str, datetime, Order]:
     """The reminder a trigger body names. InvalidEvent for a foreign or hostile body:
     no retry can change it."""
     try:
-        return parse_job_data(json.loads(body or b"null"), name)
+        return parse_job_data(jsoncodec.loads(body or b"null"), name)
     except InvalidEvent:
         raise
     except Exception as exc:

@@ -8,7 +8,6 @@ Errors map onto worker.errors: no answer / 5xx -> SidecarUnavailable
 from __future__ import annotations
 
 import contextlib
-import json
 import random
 import re
 import time
@@ -21,6 +20,7 @@ import anyio
 import httpx2
 from httpx_aiohttp.httpx2 import AiohttpTransport
 
+from worker import jsoncodec
 from worker.errors import (
     Conflict,
     PermanentSidecarError,
@@ -74,7 +74,6 @@ def make_client(
 
 
 _URL_SAFE = re.compile(r"[A-Za-z0-9._-]+")
-_ENCODER = json.JSONEncoder(separators=(",", ":"))  # built once, not per call
 
 
 def _q(segment: str) -> str:
@@ -83,7 +82,7 @@ def _q(segment: str) -> str:
 
 
 def _dumps(value: Any) -> bytes:
-    return _ENCODER.encode(value).encode()
+    return jsoncodec.dumps(value)
 
 
 class Sidecar:
@@ -159,7 +158,7 @@ class Sidecar:
         if resp.status_code == 204 or not resp.content:
             return None
         try:
-            return resp.json(), resp.headers.get("etag")
+            return jsoncodec.loads(resp.content), resp.headers.get("etag")
         except ValueError:
             raise PermanentSidecarError("state", resp.status_code, "value is not JSON") from None
 
@@ -219,14 +218,14 @@ class Sidecar:
         resp = await self._call("invoke", "POST", path, body=_dumps(body), headers=headers,
                                 ok=(200, 201, 202, 204, 409))
         try:
-            return resp.status_code, resp.json() if resp.content else None
+            return resp.status_code, jsoncodec.loads(resp.content) if resp.content else None
         except ValueError:
             return resp.status_code, None
 
     async def secret(self, store: str, name: str) -> dict[str, str]:
         resp = await self._call("secrets", "GET", f"/v1.0/secrets/{_q(store)}/{_q(name)}",
                                 safe=True)
-        value = resp.json()
+        value = jsoncodec.loads(resp.content)
         if not isinstance(value, dict):
             raise PermanentSidecarError("secrets", resp.status_code, "not an object")
         return {str(k): str(v) for k, v in value.items()}
@@ -241,7 +240,7 @@ class Sidecar:
 
     async def metadata(self) -> dict[str, Any]:
         resp = await self._call("metadata", "GET", "/v1.0/metadata", safe=True)
-        value = resp.json()
+        value = jsoncodec.loads(resp.content)
         return value if isinstance(value, dict) else {}
 
     async def choose_jobs_api(self) -> str:
