@@ -235,26 +235,10 @@ class Jobs:
             first = next_after(schedule, now)
             if first is None:
                 raise _schedule_error(f"schedule {schedule_text!r} never fires")
-        ttl: datetime | None = None
-        ttl_text = body.get("ttl") or None
-        if ttl_text is not None:
-            if schedule is None:
-                raise _bad_request("DAPR_SCHEDULER_TTL", "ttl needs a schedule")
-            if not isinstance(ttl_text, str):
-                raise _bad_request("ERR_MALFORMED_REQUEST", "failed deserializing HTTP body: ttl")
-            ttl = parse_instant(ttl_text, now)
-            if ttl is None:
-                raise _schedule_error(f"invalid ttl {ttl_text!r}")
-            if ttl <= first:
-                raise _bad_request("DAPR_SCHEDULER_TTL", "ttl must be later than the due time")
+        # checked in daprd's order: ttl, failure policy, data
+        ttl = _parse_ttl(body.get("ttl") or None, schedule, first, now)
         policy = parse_failure_policy(_field(body, "failurePolicy", "failure_policy"))
-        data = body.get("data")
-        try:
-            data_json = None if data is None else as_value_json(data)  # float64s, as daprd
-        except NotAValue as exc:
-            raise _bad_request(
-                "ERR_MALFORMED_REQUEST", f"failed deserializing HTTP body: {exc}"
-            ) from None
+        data_json = _parse_data(body.get("data"))
         return _Entry(
             name=name,
             next_fire=first,
@@ -357,3 +341,30 @@ class Jobs:
             return
         entry.next_fire = entry.occurrence = following
         self._push(entry)
+
+
+def _parse_ttl(ttl_text: object, schedule: Schedule | None, first: datetime,
+               now: datetime) -> datetime | None:
+    """A job's `ttl` (an instant or a duration from now), later than its first fire."""
+    if ttl_text is None:
+        return None
+    if schedule is None:
+        raise _bad_request("DAPR_SCHEDULER_TTL", "ttl needs a schedule")
+    if not isinstance(ttl_text, str):
+        raise _bad_request("ERR_MALFORMED_REQUEST", "failed deserializing HTTP body: ttl")
+    ttl = parse_instant(ttl_text, now)
+    if ttl is None:
+        raise _schedule_error(f"invalid ttl {ttl_text!r}")
+    if ttl <= first:
+        raise _bad_request("DAPR_SCHEDULER_TTL", "ttl must be later than the due time")
+    return ttl
+
+
+def _parse_data(data: Any) -> bytes | None:
+    """A job's data as daprd keeps it (a protobuf Value: numbers become float64s)."""
+    try:
+        return None if data is None else as_value_json(data)
+    except NotAValue as exc:
+        raise _bad_request(
+            "ERR_MALFORMED_REQUEST", f"failed deserializing HTTP body: {exc}"
+        ) from None

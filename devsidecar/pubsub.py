@@ -274,42 +274,7 @@ class PubSub:
         traceparent: str,
         raw: bool,
     ) -> dict[str, Any]:
-        media = content_type.split(";", 1)[0].strip().lower() or "text/plain"
-        envelope: dict[str, Any]
-        if raw:
-            # What a subscriber without rawPayload receives for a raw message: a new
-            # envelope with a random id around the bytes.
-            envelope = {
-                "datacontenttype": "application/octet-stream",
-                "data_base64": base64.b64encode(body).decode(),
-            }
-        elif media == CLOUDEVENTS_JSON:
-            try:
-                given = json.loads(body)
-            except ValueError:
-                given = None
-            if not isinstance(given, dict):
-                raise ApiError(
-                    400,
-                    "ERR_PUBSUB_CLOUD_EVENTS_SER",
-                    f"error when marshalling cloud event envelope for topic {topic} "
-                    f"pubsub {pubsub}: not a JSON object",
-                )
-            envelope = given
-        elif _is_json(media):
-            try:
-                data: Any = json.loads(body)
-            except ValueError:
-                data = body.decode("utf-8", "replace")
-            envelope = {"datacontenttype": media, "data": data}
-        else:
-            try:
-                envelope = {"datacontenttype": media, "data": body.decode("utf-8")}
-            except UnicodeDecodeError:
-                envelope = {
-                    "datacontenttype": media,
-                    "data_base64": base64.b64encode(body).decode(),
-                }
+        envelope = _wrap(pubsub, topic, body, content_type, raw)
         for attr in ("id", "source", "type", "subject"):
             override = metadata.get(f"cloudevent.{attr}")
             if override:
@@ -482,3 +447,44 @@ def classify(status: int | None, reply: bytes) -> tuple[str, str]:
 def _is_json(media: str) -> bool:
     media = media.split(";", 1)[0].strip().lower()
     return media == "application/json" or media.endswith("+json")
+
+def _wrap(pubsub: str, topic: str, body: bytes, content_type: str,
+          raw: bool) -> dict[str, Any]:
+    """The envelope as published, before daprd fills in its attributes."""
+    media = content_type.split(";", 1)[0].strip().lower() or "text/plain"
+    envelope: dict[str, Any]
+    if raw:
+        # What a subscriber without rawPayload receives for a raw message: a new
+        # envelope with a random id around the bytes.
+        envelope = {
+            "datacontenttype": "application/octet-stream",
+            "data_base64": base64.b64encode(body).decode(),
+        }
+    elif media == CLOUDEVENTS_JSON:
+        try:
+            given = json.loads(body)
+        except ValueError:
+            given = None
+        if not isinstance(given, dict):
+            raise ApiError(
+                400,
+                "ERR_PUBSUB_CLOUD_EVENTS_SER",
+                f"error when marshalling cloud event envelope for topic {topic} "
+                f"pubsub {pubsub}: not a JSON object",
+            )
+        envelope = given
+    elif _is_json(media):
+        try:
+            data: Any = json.loads(body)
+        except ValueError:
+            data = body.decode("utf-8", "replace")
+        envelope = {"datacontenttype": media, "data": data}
+    else:
+        try:
+            envelope = {"datacontenttype": media, "data": body.decode("utf-8")}
+        except UnicodeDecodeError:
+            envelope = {
+                "datacontenttype": media,
+                "data_base64": base64.b64encode(body).decode(),
+            }
+    return envelope
