@@ -285,10 +285,12 @@ class Service:
     # -- jobs ---------------------------------------------------------------
     async def handle_job(self, name: str, body: bytes, trace_id: str | None = None) -> int:
         """Answer a job trigger with an HTTP status: 200 done, 500 retry later."""
-        bound = log.bind(job=name[:100], trace_id=trace_id)
         try:
             user_id, task_id, instant, order = _job_of(name, body)
-            bound = bound.bind(task_id=task_id, job=name)
+        except InvalidEvent as exc:
+            return self._trigger_failed(exc, log.bind(job=name[:100], trace_id=trace_id))
+        bound = log.bind(task_id=task_id, job=name, trace_id=trace_id)
+        try:
             await self._fire(bound, name, user_id, task_id, instant, order)
         except Exception as exc:
             return self._trigger_failed(exc, bound)
