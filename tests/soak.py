@@ -212,10 +212,10 @@ async def _deliver(c: Cluster, rng: random.Random, docs: list[dict[str, Any]],
 
 
 async def _advance(c: Cluster, rng: random.Random, until: datetime, step: timedelta) -> None:
-    while c.clock.now() < until:
+    while c.clock() < until:
         if rng.random() < 0.3:
             await _inject(c, rng, ("publish", "state"))
-        await c.fire_until(min(c.clock.now() + step, until), step, wait=120)
+        await c.fire_until(min(c.clock() + step, until), step, wait=120)
     c.sidecar.faults.clear()
     await c.drain_retries()
 
@@ -328,7 +328,7 @@ def _check(c: Cluster, tasks: list[Task], model: Model, ids: list[str],
         v.append(f"events not SUCCESS: {dict(answers)}; dead letters "
                  f"{len(c.sidecar.dead_letters)}")
     records = c.records()
-    from worker.schedule import task_key  # the key function: where to look, not the oracle
+    from worker.keys import task_key  # the key function: where to look, not the oracle
 
     for i, task in enumerate(tasks):
         ts, _, _ = task.newest()

@@ -18,8 +18,8 @@ import anyio
 import pytest
 import structlog
 
+from devsidecar import DevSidecar, SidecarConfig, serve_sidecar
 from tests.harness import free_port, stack
-from worker.devsidecar import DevSidecar, SidecarConfig, serve_sidecar
 
 pytestmark = pytest.mark.anyio
 

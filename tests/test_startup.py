@@ -16,8 +16,8 @@ from contextlib import asynccontextmanager
 import anyio
 import pytest
 
+from devsidecar import DevSidecar, SidecarConfig, serve_sidecar
 from tests.harness import free_port
-from worker.devsidecar import DevSidecar, SidecarConfig, serve_sidecar
 
 pytestmark = pytest.mark.anyio
 

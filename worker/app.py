@@ -3,26 +3,20 @@
 from __future__ import annotations
 
 import hmac
-import json
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import anyio
 import structlog
 from prometheus_client import CollectorRegistry, make_asgi_app
 
-from worker import tracing
+from worker import jsoncodec, tracing
 from worker.errors import Status
 from worker.service import Service
 from worker.serving import lifespan
 from worker.settings import Settings
 from worker.sidecar import Sidecar
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+from worker.types import Receive, Scope, Send
 
 TASK_ROUTE: Final = "/task-events"
 JOB_PREFIX: Final = "/job/"
@@ -86,7 +80,7 @@ async def respond(send: Send, status: int, body: bytes = b"",
 
 
 def _json(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode()
+    return jsoncodec.dumps(value)
 
 
 _STATUS_BODY: Final = {s: _json({"status": s.value}) for s in Status}

@@ -13,6 +13,7 @@ from typing import Any, Final
 
 from worker.events import TaskEvent
 from worker.plan import Plan
+from worker.records import TaskRecord
 from worker.schedule import format_utc
 
 MAX_LISTED: Final = 20  # a task has at most 100 reminders; a log line lists this many
@@ -20,12 +21,12 @@ MAX_LISTED: Final = 20  # a task has at most 100 reminders; a log line lists thi
 last: ContextVar[dict[str, Any] | None] = ContextVar("applied", default=None)
 
 
-def skip_reason(record: dict[str, Any]) -> str:
+def skip_reason(record: TaskRecord) -> str:
     """Why a reminder instant already past was not scheduled (plan._wanted_jobs)."""
-    due = record.get("task", {}).get("due_at")
+    due = record.task.due_at
     if due is None:
         return "in the past when applied, and the task has no due date"
-    return f"in the past when applied, and the task was already due ({due})"
+    return f"in the past when applied, and the task was already due ({format_utc(due)})"
 
 
 def summary(event: TaskEvent, plan: Plan, outcome: str) -> dict[str, Any]:
@@ -49,7 +50,7 @@ def summary(event: TaskEvent, plan: Plan, outcome: str) -> dict[str, Any]:
         out["series_ended"] = True
     if outcome in ("duplicate", "stale"):
         out["why"] = ("this event was applied already" if outcome == "duplicate"
-                      else f"a newer event ({plan.record['order'][0]}) was applied already")
+                      else f"a newer event ({plan.record.order.to_json()[0]}) was applied already")
     return out
 
 

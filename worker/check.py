@@ -25,12 +25,11 @@ from typing import IO, Any, Final
 
 import anyio
 import structlog
-from prometheus_client import CollectorRegistry
 
+from worker.connect import connect
 from worker.errors import PermanentSidecarError, StartupError, TransientError
-from worker.metrics import Metrics
 from worker.settings import Settings
-from worker.sidecar import Sidecar, make_client, runtime_release
+from worker.sidecar import Sidecar, runtime_release
 
 # State features the worker relies on: compare-and-set saves and expiring tombstones.
 NEEDED_STATE_FEATURES: Final = ("ETAG", "TTL")
@@ -215,12 +214,9 @@ class Readiness:
 
 @asynccontextmanager
 async def open_sidecar(settings: Settings) -> AsyncIterator[Sidecar]:
-    """A sidecar client for a one-off command (no metrics kept)."""
-    token = settings.dapr_api_token.get_secret_value() if settings.dapr_api_token else None
-    async with make_client() as client:
-        yield Sidecar(settings.sidecar_url, client, Metrics.create(CollectorRegistry(),
-                                                                   process=False),
-                      api_token=token)
+    """A sidecar client for a one-off command (no metrics kept), wired by `connect`."""
+    async with connect(settings) as conn:
+        yield conn.sidecar
 
 
 async def _subscribed(settings: Settings, sidecar: Sidecar, patience: float) -> None:
@@ -239,8 +235,8 @@ async def check(settings: Settings, dev: bool, now: datetime) -> list[Result]:
     if not dev:
         async with open_sidecar(settings) as sidecar:
             return await run_checks(settings, sidecar, now)
+    from devsidecar.devrun import run_dev
     from worker.daemon import Running
-    from worker.devrun import run_dev
 
     running = Running()
     async with anyio.create_task_group() as tg:

@@ -13,11 +13,11 @@ import anyio
 import structlog
 
 from worker import __version__
+from worker.clock import system_clock
 from worker.daemon import Running, run_daemon
 from worker.errors import SettingsError, startup_error
 from worker.listen import check_hosts
 from worker.logs import configure
-from worker.service import system_clock
 from worker.serving import raise_nofile_limit
 from worker.settings import Settings, load_settings
 
@@ -120,6 +120,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # idle connections to the ops port starve deliveries of handles.
     nofile = raise_nofile_limit()
     structlog.get_logger("worker").debug("open file limit", nofile=nofile)
+    if args.dev and not dev_sidecar_installed():
+        print("reminder-worker: --dev: the development sidecar is not installed here "
+              "(production images leave it out); run from a source checkout or a pip install",
+              file=sys.stderr)
+        return EXIT_USAGE
     try:
         check_hosts(settings)
         return anyio.run(_serve, settings, args.dev, args.demo)
@@ -131,12 +136,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
 
 
+def dev_sidecar_installed() -> bool:
+    """The development sidecar is a separate package, absent from the image."""
+    try:
+        import devsidecar  # noqa: F401
+    except ModuleNotFoundError as exc:
+        if exc.name != "devsidecar":
+            raise
+        return False
+    return True
+
+
 async def _serve(settings: Settings, dev: bool, demo: bool) -> int:
     running = Running()
     async with anyio.create_task_group() as tg:
         tg.start_soon(_on_signal, running)
         if dev:
-            from worker.devrun import run_dev
+            from devsidecar.devrun import run_dev
 
             await run_dev(settings, running, demo=demo)
         else:

@@ -20,12 +20,15 @@ and a fixed deployment should still see it.
 Anything else (an InvalidEvent, or an exception no branch names: OverflowError,
 RecursionError, a bug) would be raised again by the same input: never RETRY,
 which with unlimited redelivery would block the partition behind it. `retryable`
-draws that line in one place.
+draws that line, `status_for` turns it into the pub/sub answer and `JOB_ANSWER`
+into a job trigger's HTTP status: the one place errors become answers.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
+from typing import Final
 
 
 class WorkerError(Exception):
@@ -112,3 +115,14 @@ class Status(enum.StrEnum):
 def retryable(exc: BaseException) -> bool:
     """Can the same input succeed later? Only when the sidecar or the network failed."""
     return isinstance(exc, TransientError | PermanentSidecarError | OSError | TimeoutError)
+
+
+def status_for(exc: BaseException) -> Status:
+    """The answer to an input whose handling raised `exc`: RETRY or DROP."""
+    return Status.RETRY if retryable(exc) else Status.DROP
+
+
+# A job trigger is answered in HTTP: 500 makes daprd fire it again (its failure
+# policy), 200 acknowledges it; a DROP is acknowledged (a retry cannot help).
+JOB_ANSWER: Final[Mapping[Status, int]] = {Status.SUCCESS: 200, Status.RETRY: 500,
+                                           Status.DROP: 200}

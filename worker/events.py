@@ -23,6 +23,7 @@ from typing import Any, Final
 
 import structlog
 
+from worker import jsoncodec
 from worker.errors import InvalidEvent
 from worker.schedule import MAX_YEAR, MIN_YEAR, UTC
 
@@ -90,7 +91,7 @@ class Ignored:
 def parse_delivery(body: bytes) -> TaskEvent | Ignored:
     """Parse a pub/sub delivery (structured CloudEvent or a bare task event)."""
     try:
-        doc = json.loads(body)
+        doc = jsoncodec.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise InvalidEvent("body is not JSON") from None
     return parse_document(doc)

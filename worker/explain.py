@@ -21,16 +21,16 @@ from typing import IO, Any, Final
 import anyio
 
 from worker.check import open_sidecar
-from worker.daemon import check_sidecar
+from worker.connect import check_sidecar
 from worker.events import TaskEvent
+from worker.keys import task_key
 from worker.plan import PlanConfig, make_plan
+from worker.records import load_record
 from worker.schedule import (
     format_local,
     format_utc,
     load_zone,
-    parse_offset,
     reminder_instants,
-    task_key,
 )
 from worker.settings import Settings
 from worker.sidecar import Sidecar
@@ -57,35 +57,35 @@ class TaskView:
     raw: dict[str, Any] = field(repr=False)
 
 
-def view(record: dict[str, Any], config: PlanConfig) -> TaskView:
-    """Read a task record (the one place that knows its layout)."""
-    task = record.get("task", {})
-    zone = load_zone(task.get("timezone") or "UTC")
-    due = datetime.fromisoformat(task["due_at"]) if task.get("due_at") else None
-    local = datetime.fromisoformat(task["due_local"]) if task.get("due_local") else None
-    raw_offsets = task.get("offsets")
-    offsets = (config.default_offsets if raw_offsets is None and due is not None
-               else tuple(parse_offset(o) for o in raw_offsets or ()))
-    remind_at = [datetime.fromisoformat(a) for a in task.get("remind_at") or ()]
+def view(doc: dict[str, Any], config: PlanConfig) -> TaskView:
+    """Read a stored task record (through `records.load_record`, which knows its layout)."""
+    record = load_record(doc)
+    task = record.task
+    zone = load_zone(task.timezone)
+    due = task.due_at
+    offsets = (config.default_offsets if task.offsets is None and due is not None
+               else task.offsets or ())
     return TaskView(
-        user_id=record["user_id"], task_id=record["task_id"], status=record["status"],
-        last_event=record["order"][0], title=task.get("title"), timezone=zone.key,
+        user_id=record.user_id, task_id=record.task_id, status=record.status,
+        last_event=record.order.to_json()[0], title=task.title, timezone=zone.key,
         due_at=due, due_local=format_local(due, zone) if due else None,
-        recurrence=task.get("recurrence"),
-        wanted=reminder_instants(due, zone, offsets, remind_at, local),
-        jobs={name: datetime.fromisoformat(at) for name, at in record.get("jobs", {}).items()},
-        raw=record,
+        recurrence=doc.get("task", {}).get("recurrence"),
+        wanted=reminder_instants(due, zone, offsets, list(task.remind_at or ()),
+                                 task.due_local),
+        jobs=dict(record.jobs),
+        raw=doc,
     )
 
 
-def next_if_completed_now(record: dict[str, Any], now: datetime,
+def next_if_completed_now(doc: dict[str, Any], now: datetime,
                           config: PlanConfig) -> dict[str, Any] | None:
     """The next-occurrence request completing the task at `now` would make (or None)."""
-    if record.get("status") != "active" or not record.get("task", {}).get("recurrence"):
+    record = load_record(doc)
+    if record.status != "active" or record.task.recurrence is None:
         return None
-    last = datetime.fromisoformat(record["order"][0])
-    event = TaskEvent(event_type="task.completed", task_id=record["task_id"],
-                      user_id=record["user_id"],
+    last = record.order.timestamp
+    event = TaskEvent(event_type="task.completed", task_id=record.task_id,
+                      user_id=record.user_id,
                       timestamp=max(now, last + timedelta(milliseconds=1)),
                       event_id="explain")
     plan = make_plan(record, event, now, config)

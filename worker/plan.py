@@ -1,28 +1,11 @@
 """Pure planning: (task record, task event, now) -> what to do.
 
-No I/O. The service executes a plan; `--dry-run` prints it. A task record is
-the JSON kept in the state store per (user, task):
-
-    {"v": 2, "user_id", "task_id", "order": [timestamp, fingerprint],
-     "status": "active" | "completed" | "deleted",
-     "task": {"title", "timezone", "due_at", "due_local", "offsets", "remind_at",
-              "recurrence"},
-     "jobs": {job name: reminder instant}}
-
-`order` is the last applied event: a later event applies, an equal one is a
-duplicate, an earlier one is stale. `jobs` are the live reminder jobs; a fired
-job publishes only if its name is still here and the task is active. A job is
+No I/O. The service executes a plan; `--dry-run` prints it. The record is a
+`records.TaskRecord` (its JSON form and its meaning: see `records`). A job is
 named by its reminder instant and the order of the event that first wanted it
-(`schedule.job_name`). `retired` (optional) lists the jobs the last applied
-event made obsolete: deleted after the save, and again by a redelivery.
-
-`due_at` is the due instant (RFC 3339 UTC, "Z"); `due_local` the wall-clock time
-in `timezone` as the user wrote it, naive ISO 8601 ("2031-03-30T02:30:00", also
-inside a DST gap, where `due_at` follows the DST policy). Day offsets and the
-recurrence work from `due_local`. Version 1 records (no `due_local`) load as they
-are: the wall clock is derived from `due_at`. When only the zone changes, the
-instant stays where it was and `due_local` is derived again in the new zone.
-`offsets` are ISO 8601 durations, "+PT15M" meaning after the due time.
+(`keys.job_name`). Day offsets and the recurrence work from the wall clock
+as written (`Task.due_local`); when only the zone changes, the instant stays
+where it was and the wall clock is derived again in the new zone.
 
 Partial application: an unusable optional part of an event (a bad field, one bad
 entry of a list) is left out, the rest applies, and the part is listed with its
@@ -33,30 +16,23 @@ entries, or is left out when it has none.
 
 from __future__ import annotations
 
-import math
-import re
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
 from typing import Any, Final, Literal, TypeVar
-from zoneinfo import ZoneInfo
 
 from worker.errors import InvalidEvent
 from worker.events import TaskEvent, is_blank
-from worker.recurrence import (
-    Recurrence,
-    next_occurrence,
-    parse_recurrence,
-    series_start,
-)
+from worker.keys import job_name, occurrence_key
+from worker.messages import next_occurrence_body
+from worker.records import Order, Status, Task, TaskRecord
+from worker.recurrence import Recurrence, next_occurrence, parse_recurrence
 from worker.schedule import (
     UTC,
     Offset,
-    format_local,
     format_utc,
-    job_name,
     load_zone,
-    occurrence_key,
     parse_offset,
     parse_when,
     parse_when_wall,
@@ -66,7 +42,6 @@ from worker.schedule import (
 
 T = TypeVar("T")
 
-RECORD_VERSION: Final = 2  # 2: `due_local`, signed offsets; version 1 records still load
 # A fired job may still be retrying (publish failed): keep its name live this
 # long after its instant so an unrelated update does not orphan the retry.
 FIRED_RETENTION: Final = timedelta(hours=6)
@@ -80,6 +55,10 @@ TOMBSTONE_TTL_SECONDS: Final = 90 * 24 * 3600  # completed/deleted records: stal
 PERSIST: Final = -1
 
 Outcome = Literal["processed", "duplicate", "stale"]
+# What handling an event did: a plan's outcome, or "partial" (applied without some parts).
+EventOutcome = Literal["processed", "partial", "duplicate", "stale"]
+_STATUS_AFTER: Final[dict[str, Status]] = {
+    "task.created": "active", "task.completed": "completed", "task.deleted": "deleted"}
 
 
 @dataclass(frozen=True)
@@ -105,7 +84,7 @@ class NextOccurrence:
 @dataclass
 class Plan:
     outcome: Outcome
-    record: dict[str, Any]
+    record: TaskRecord
     schedule: list[JobSpec] = field(default_factory=list)
     delete: list[str] = field(default_factory=list)
     next: NextOccurrence | None = None
@@ -114,13 +93,16 @@ class Plan:
     skipped_at: list[str] = field(default_factory=list)  # those instants (RFC 3339 UTC)
     problems: list[str] = field(default_factory=list)  # parts left out: "payload.x: reason"
 
+    @property
+    def event_outcome(self) -> EventOutcome:
+        return "partial" if self.problems and self.outcome == "processed" else self.outcome
+
     def to_json(self, event: TaskEvent) -> dict[str, Any]:
         return {
             "event_type": event.event_type,
             "task_id": event.task_id,
             "user_id": event.user_id,
-            "outcome": "partial" if self.problems and self.outcome == "processed"
-                       else self.outcome,
+            "outcome": self.event_outcome,
             "schedule": [{"name": j.name, "due_time": format_utc(j.due_time)}
                          for j in self.schedule],
             "delete": self.delete,
@@ -131,116 +113,112 @@ class Plan:
         }
 
 
-def order_of(event: TaskEvent) -> list[str]:
-    return [format_utc(event.timestamp), event.fingerprint]
+def order_of(event: TaskEvent) -> Order:
+    return Order(event.timestamp, event.fingerprint)
 
 
-def _order_key(order: list[str]) -> tuple[datetime, str]:
-    return datetime.fromisoformat(order[0]), order[1]
-
-
-def compare(record: dict[str, Any] | None, event: TaskEvent) -> Outcome:
+def compare(record: TaskRecord | None, event: TaskEvent) -> Outcome:
     """Is the event newer than what the record has applied?"""
     if record is None:
         return "processed"
-    mine, theirs = _order_key(order_of(event)), _order_key(record["order"])
-    if mine == theirs:
+    mine = order_of(event)
+    if mine == record.order:
         return "duplicate"
-    return "stale" if mine < theirs else "processed"
+    return "stale" if mine < record.order else "processed"
 
 
 def make_plan(
-    record: dict[str, Any] | None, event: TaskEvent, now: datetime, config: PlanConfig
+    record: TaskRecord | None, event: TaskEvent, now: datetime, config: PlanConfig
 ) -> Plan:
     """What applying `event` to `record` at `now` takes. Raises InvalidEvent."""
     if record is not None and (
-        record.get("user_id") != event.user_id or record.get("task_id") != event.task_id
+        record.user_id != event.user_id or record.task_id != event.task_id
     ):
         raise InvalidEvent("state record belongs to another task (digest collision)")
     outcome = compare(record, event)
-    if outcome != "processed":
-        assert record is not None
-        plan = Plan(outcome, record)
-        if outcome == "duplicate":
-            plan.delete = list(record.get("retired", ()))
-        if (outcome == "duplicate" and event.event_type == "task.completed"
-                and record["status"] == "completed" and record["task"].get("recurrence")):
-            # The same completion again (e.g. replayed from the dead-letter topic after
-            # the task service rejected it): the service re-asks only if that was so.
-            plan.next = _next(event, record["task"])
-        return plan
-    prior = record["task"] if record else {}
+    if record is not None and outcome != "processed":
+        return _replan(outcome, record, event)
+    prior = record.task if record else Task()
     problems = list(event.rejected.values())
     task = merge(prior, event.changes, config, problems)
-    old_status = record["status"] if record else "active"
-    status = {"task.created": "active", "task.completed": "completed",
-              "task.deleted": "deleted"}.get(event.event_type, old_status)
-    old_jobs: dict[str, str] = dict(record["jobs"]) if record else {}
-    new_jobs: dict[str, str] = {}
-    plan = Plan("processed", {}, problems=problems)
+    old_status: Status = record.status if record else "active"
+    status = _STATUS_AFTER.get(event.event_type, old_status)
+    old_jobs: dict[str, datetime] = dict(record.jobs) if record else {}
+    new_jobs: dict[str, datetime] = {}
+    skipped_at: list[str] = []
     if status == "active":
-        new_jobs, plan.skipped_at = _wanted_jobs(event, task, old_jobs, now, config)
-        plan.skipped = len(plan.skipped_at)
+        new_jobs, skipped_at = _wanted_jobs(event, task, old_jobs, now, config)
     order = order_of(event)
-    plan.schedule = [job_spec(event.user_id, event.task_id, name, at, order, now)
-                     for name, at in new_jobs.items() if name not in old_jobs]
-    plan.delete = [name for name in old_jobs if name not in new_jobs]
-    if event.event_type == "task.completed" and task.get("recurrence") and old_status == "active":
-        plan.next = _next(event, task)
+    delete = [name for name in old_jobs if name not in new_jobs]
+    plan = Plan(
+        "processed",
+        TaskRecord(event.user_id, event.task_id, order, status, task, new_jobs,
+                   tuple(sorted(delete))),
+        schedule=[job_spec(event.user_id, event.task_id, name, at, order, now)
+                  for name, at in new_jobs.items() if name not in old_jobs],
+        delete=delete, skipped=len(skipped_at), skipped_at=skipped_at, problems=problems,
+    )
+    if (event.event_type == "task.completed" and task.recurrence is not None
+            and old_status == "active"):
+        plan.next = _next(event, task, task.recurrence)
         plan.series_ended = plan.next is None
-    plan.record = {
-        "v": RECORD_VERSION, "user_id": event.user_id, "task_id": event.task_id,
-        "order": order, "status": status, "task": task, "jobs": new_jobs,
-    }
-    if plan.delete:
-        plan.record["retired"] = sorted(plan.delete)
     return plan
 
 
-def merge(prior: dict[str, Any], changes: dict[str, Any], config: PlanConfig,
-          problems: list[str] | None = None) -> dict[str, Any]:
+def _replan(outcome: Outcome, record: TaskRecord, event: TaskEvent) -> Plan:
+    """A duplicate or a stale event: nothing new to apply."""
+    plan = Plan(outcome, record)
+    if outcome == "duplicate":
+        plan.delete = list(record.retired)
+        rec = record.task.recurrence
+        if event.event_type == "task.completed" and record.status == "completed" and rec:
+            # The same completion again (e.g. replayed from the dead-letter topic after
+            # the task service rejected it): the service re-asks only if that was so.
+            plan.next = _next(event, record.task, rec)
+    return plan
+
+
+def merge(prior: Task, changes: dict[str, Any], config: PlanConfig,
+          problems: list[str] | None = None) -> Task:
     """The task's fields after `changes`, each time value parsed in the effective zone.
 
     Raises InvalidEvent only for an unknown zone. Any other unusable part is left
     out and described in `problems` (see the module docstring).
     """
     problems = [] if problems is None else problems
-    task = dict(prior)
-    old_zone = prior.get("timezone") or "UTC"
     try:
-        zone = load_zone((changes["timezone"] or "UTC") if "timezone" in changes else old_zone)
+        zone = load_zone((changes["timezone"] or "UTC") if "timezone" in changes
+                         else prior.timezone)
     except ValueError as exc:
         raise InvalidEvent(f"payload.timezone: {exc}") from None
-    task["timezone"] = zone.key
+    new: dict[str, Any] = {"timezone": zone.key}
     due_applied = False
     for name, value in changes.items():
         try:
             if name == "title":
-                task["title"] = value
+                new["title"] = value
             elif name == "due_at":
                 when = None if value is None else parse_when_wall(value, zone, config.all_day_time)
-                task["due_at"] = None if when is None else format_utc(when.instant)
-                task["due_local"] = None if when is None else when.wall.isoformat()
+                new["due_at"] = None if when is None else when.instant
+                new["due_local"] = None if when is None else when.wall
                 due_applied = True
             elif name == "reminders":
                 offsets = _entries(name, value, parse_offset, problems)
                 if offsets is not None:
-                    task["offsets"] = [o.iso() for o in offsets]
+                    new["offsets"] = tuple(offsets)
             elif name == "remind_at":
                 instants = _entries(
                     name, value, lambda v: parse_when(v, zone, config.all_day_time), problems)
                 if instants is not None:
-                    task["remind_at"] = [format_utc(i) for i in instants]
+                    new["remind_at"] = tuple(instants)
             elif name == "recurrence":
-                task["recurrence"] = None if value is None else _store_recurrence(
-                    parse_recurrence(value, zone, config.all_day_time))
+                new["recurrence"] = None if value is None else parse_recurrence(
+                    value, zone, config.all_day_time)
         except (ValueError, OverflowError, TypeError) as exc:
             problems.append(f"payload.{name}: {exc}")
-    if task.get("due_at") and not due_applied and (
-        not task.get("due_local") or zone.key != old_zone
-    ):  # a version 1 record, or a new zone: the instant stays, the wall clock follows
-        task["due_local"] = wall_clock(datetime.fromisoformat(task["due_at"]), zone).isoformat()
-    return task
+    if prior.due_at is not None and not due_applied and zone.key != prior.timezone:
+        new["due_local"] = wall_clock(prior.due_at, zone)  # a new zone: the instant stays
+    return dataclasses.replace(prior, **new)
 
 
 def _entries(name: str, value: list[Any] | None, parse: Callable[[Any], T],
@@ -265,65 +243,41 @@ def _entries(name: str, value: list[Any] | None, parse: Callable[[Any], T],
     return None if bad and not parsed else parsed
 
 
-def due_of(task: dict[str, Any], zone: ZoneInfo) -> tuple[datetime | None, datetime | None]:
-    """(due instant, naive wall clock as written) of a stored task; (None, None) if no due."""
-    if not task.get("due_at"):
-        return None, None
-    due = datetime.fromisoformat(task["due_at"])
-    local = task.get("due_local")
-    return due, datetime.fromisoformat(local) if local else wall_clock(due, zone)
-
-
-# -- the recurrence seam: the only places that know Recurrence's shape --------------
-
-
-def _store_recurrence(rec: Recurrence) -> dict[str, Any]:
-    """A parsed recurrence as kept in the record (naive wall-clock times as written)."""
-    return rec.to_record()
-
-
-def _load_recurrence(stored: dict[str, Any], zone: ZoneInfo) -> Recurrence:
-    """The recurrence kept in a record (older records hold UTC times)."""
-    return Recurrence.from_record(stored, zone)
-
-
 def _wanted_jobs(
-    event: TaskEvent, task: dict[str, Any], old_jobs: dict[str, str], now: datetime,
+    event: TaskEvent, task: Task, old_jobs: dict[str, datetime], now: datetime,
     config: PlanConfig,
-) -> tuple[dict[str, str], list[str]]:
-    zone = load_zone(task["timezone"])
-    due, due_wall = due_of(task, zone)
-    offsets_raw = task.get("offsets")
-    offsets = (config.default_offsets if offsets_raw is None and due is not None
-               else tuple(parse_offset(o) for o in offsets_raw or ()))
-    remind_at = [datetime.fromisoformat(a) for a in task.get("remind_at") or ()]
+) -> tuple[dict[str, datetime], list[str]]:
+    zone = load_zone(task.timezone)
+    due = task.due_at
+    offsets = (config.default_offsets if task.offsets is None and due is not None
+               else task.offsets or ())
     try:
-        instants = reminder_instants(due, zone, offsets, remind_at, due_wall)
+        instants = reminder_instants(due, zone, offsets, list(task.remind_at or ()),
+                                     task.due_local)
     except (ValueError, OverflowError) as exc:
         raise InvalidEvent(f"payload: reminder instants out of range: {exc}") from None
     live = {at: name for name, at in old_jobs.items()}  # instant -> the job that has it
-    order = order_of(event)
-    wanted: dict[str, str] = {}
+    order = order_of(event).to_json()
+    wanted: dict[str, datetime] = {}
     skipped: list[str] = []
     for instant in instants:
-        at = format_utc(instant)
-        name = live.get(at)
+        name = live.get(instant)
         if instant > now:
-            wanted[name or job_name(event.user_id, event.task_id, instant, order)] = at
+            wanted[name or job_name(event.user_id, event.task_id, instant, order)] = instant
         elif name is not None:
             # Scheduled earlier and due by now: it fired or is retrying; keep it
             # live for a while, never schedule it twice.
             if instant > now - FIRED_RETENTION:
-                wanted[name] = at
+                wanted[name] = instant
         elif due is not None and due > now:
             # late but still useful: fires at once
-            wanted[job_name(event.user_id, event.task_id, instant, order)] = at
+            wanted[job_name(event.user_id, event.task_id, instant, order)] = instant
         else:
-            skipped.append(at)
+            skipped.append(format_utc(instant))
     return wanted, skipped
 
 
-def job_spec(user_id: str, task_id: int | str, name: str, at: str, order: list[str],
+def job_spec(user_id: str, task_id: int | str, name: str, at: datetime, order: Order,
              now: datetime) -> JobSpec:
     """The job of one reminder instant `at`, scheduled by the event of `order`.
 
@@ -333,14 +287,13 @@ def job_spec(user_id: str, task_id: int | str, name: str, at: str, order: list[s
     """
     data = {"user_id": user_id, "task_id": str(task_id),
             "task_id_type": "string" if isinstance(task_id, str) else "number",
-            "remind_at": at, "order": order}
-    return JobSpec(name, max(datetime.fromisoformat(at), now + AT_ONCE_GRACE), data)
+            "remind_at": format_utc(at), "order": order.to_json()}
+    return JobSpec(name, max(at, now + AT_ONCE_GRACE), data)
 
 
-def _next(event: TaskEvent, task: dict[str, Any]) -> NextOccurrence | None:
-    zone = load_zone(task["timezone"])
-    rec = _load_recurrence(task["recurrence"], zone)
-    current, current_wall = due_of(task, zone)
+def _next(event: TaskEvent, task: Task, rec: Recurrence) -> NextOccurrence | None:
+    zone = load_zone(task.timezone)
+    current, current_wall = task.due_at, task.due_local
     if current is None or current_wall is None:  # no due date: the series runs from completion
         current, current_wall = event.timestamp, wall_clock(event.timestamp, zone)
     # "Now" for this purpose is when the task was completed, never when the event
@@ -350,88 +303,14 @@ def _next(event: TaskEvent, task: dict[str, Any]) -> NextOccurrence | None:
     if nxt is None:
         return None
     key = occurrence_key(event.user_id, event.task_id, nxt)
-    body: dict[str, Any] = {
-        "parent_task_id": event.task_id,
-        "user_id": event.user_id,
-        "next_due_at": format_utc(nxt),
-        "next_due_local": format_local(nxt, zone),
-        "timezone": task["timezone"],
-        "recurrence": rec.to_json(zone, series_start(rec, current_wall)),
-        "idempotency_key": key,
-    }
-    if task.get("title") is not None:
-        body["title"] = task["title"]
-    return NextOccurrence(key, nxt.astimezone(UTC), body)
+    return NextOccurrence(key, nxt.astimezone(UTC), next_occurrence_body(
+        event.user_id, event.task_id, task, rec, zone, nxt, current_wall, key))
 
 
-_DECIMAL_INT = re.compile(r"-?(0|[1-9][0-9]*)")
-# Jobs scheduled before job data held strings carry the task id as a JSON number;
-# daprd rounds one above 2**53 to a float64. Ids up to 2**64 are recovered from the
-# job name (at most 2 x 4096 digests); beyond that no Snowflake-style id goes.
-_EXACT_FLOAT_INT: Final = 2**53
-_RECOVERABLE_INT: Final = 2**64
-
-
-def parse_job_data(data: object, name: str) -> tuple[str, int | str, datetime, list[str]]:
-    """(user_id, task_id, instant, order) of the job `name` from its data.
-
-    Reads the string form `job_spec` writes and the number form of older jobs.
-    InvalidEvent if the data is foreign or does not match the name.
-    """
-    foreign = InvalidEvent("job data is not a reminder of this worker")
-    if not isinstance(data, dict):
-        raise InvalidEvent("job data is not an object")
-    try:
-        user_id, raw_id = data["user_id"], data["task_id"]
-        instant = datetime.fromisoformat(data["remind_at"])
-        order = data["order"]
-        _order_key(order)
-    except (KeyError, TypeError, ValueError, IndexError):
-        raise foreign from None
-    id_type = data.get("task_id_type")
-    task_id: int | str
-    if id_type == "string" and isinstance(raw_id, str):
-        task_id = raw_id
-    elif id_type == "number" and isinstance(raw_id, str) and _DECIMAL_INT.fullmatch(raw_id):
-        task_id = int(raw_id)
-    elif id_type is None and isinstance(raw_id, int | str) and not isinstance(raw_id, bool):
-        task_id = raw_id  # a job scheduled before job data held strings
-    else:
-        raise foreign
-    if not isinstance(user_id, str) or instant.tzinfo is None:
-        raise foreign
-    if name not in (job_name(user_id, task_id, instant, order),
-                    job_name(user_id, task_id, instant)):  # named before generations
-        recovered = (_unrounded(user_id, task_id, instant, name)
-                     if id_type is None and isinstance(task_id, int) else None)
-        if recovered is None:
-            raise InvalidEvent("job name does not match its data")
-        task_id = recovered
-    return user_id, task_id, instant, list(order)
-
-
-def _unrounded(user_id: str, rounded: int, instant: datetime, name: str) -> int | None:
-    """The integer id that daprd's float64 rounding turned into `rounded`, found by
-    the job name it was scheduled under; None when there is none."""
-    if not _EXACT_FLOAT_INT < abs(rounded) < _RECOVERABLE_INT:
-        return None
-    image = float(rounded)
-    centre, spacing = int(image), int(math.ulp(image))
-    for candidate in range(centre - spacing, centre + spacing + 1):
-        if float(candidate) == image and job_name(user_id, candidate, instant) == name:
-            return candidate
-    return None
-
-
-def record_is_behind(record: dict[str, Any] | None, order: list[str]) -> bool:
-    """A job scheduled by an event the record does not show yet (its save is in flight)."""
-    return record is None or _order_key(record["order"]) < _order_key(order)
-
-
-def record_ttl(old: dict[str, Any] | None, new: dict[str, Any]) -> int | None:
+def record_ttl(old: TaskRecord | None, new: TaskRecord) -> int | None:
     """The ttlInSeconds to save `new` with: tombstones expire, a re-created task persists."""
-    if new["status"] != "active":
+    if new.status != "active":
         return TOMBSTONE_TTL_SECONDS
-    if old is not None and old["status"] != "active":
+    if old is not None and old.status != "active":
         return PERSIST  # a re-created task: drop the tombstone's TTL explicitly
     return None

@@ -20,21 +20,19 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from functools import partial
-from typing import IO, Any, Final
+from typing import IO, Final
 
 import anyio
-from prometheus_client import CollectorRegistry
 
 from worker import applied
-from worker.daemon import check_sidecar, resolve_secrets
+from worker.clock import Clock, system_clock
+from worker.connect import connect
 from worker.errors import InvalidEvent, PermanentSidecarError, StartupError, TransientError
 from worker.events import Ignored, TaskEvent, parse_document
-from worker.metrics import Metrics
+from worker.keys import task_key
 from worker.plan import PlanConfig, make_plan
-from worker.schedule import task_key
-from worker.service import Clock, Service, system_clock
+from worker.records import TaskRecord
 from worker.settings import Settings
-from worker.sidecar import Sidecar, make_client
 
 PROGRESS_EVERY: Final = 0.2  # seconds between progress-bar redraws
 
@@ -140,7 +138,7 @@ def plan_only(lines: Iterable[tuple[int, bytes]], settings: Settings, out: IO[st
               clock: Clock = system_clock, report: Report | None = None) -> int:
     """Plan every event against in-memory records; print each plan as one JSON line."""
     config = PlanConfig(settings.all_day_time, settings.default_reminders)
-    records: dict[str, dict[str, Any]] = {}
+    records: dict[str, TaskRecord] = {}
     report = report or Report(err)
     now = clock()
     count = 0
@@ -163,8 +161,7 @@ def plan_only(lines: Iterable[tuple[int, bytes]], settings: Settings, out: IO[st
             continue
         if plan.outcome == "processed":
             records[key] = plan.record
-        report.counts["partial" if plan.problems and plan.outcome == "processed"
-                      else plan.outcome] += 1
+        report.counts[plan.event_outcome] += 1
         write(json.dumps({"line": number, **plan.to_json(parsed)}, separators=(",", ":")))
         write("\n")
         report.progress(number)
@@ -178,20 +175,15 @@ async def live(lines: Iterable[tuple[int, bytes]], settings: Settings, err: IO[s
                report: Report | None = None) -> int:
     """Send every event through the service against the configured sidecar; say what
     each line did on `out`."""
-    metrics = Metrics.create(CollectorRegistry(), process=False)
-    token = settings.dapr_api_token.get_secret_value() if settings.dapr_api_token else None
     report = report or Report(err)
     count = 0
     start = time.perf_counter()
-    async with make_client() as client:
-        sidecar = Sidecar(settings.sidecar_url, client, metrics, api_token=token)
-        if not await sidecar.outbound_healthy():
+    async with connect(settings, clock=clock) as conn:
+        if not await conn.sidecar.outbound_healthy():
             print(f"reminder-worker: sidecar not reachable at {settings.sidecar_url}; start "
                   "daprd beside it, or set DAPR_HTTP_PORT / DAPR_HTTP_ENDPOINT", file=err)
             return EXIT_NO_SIDECAR
-        await check_sidecar(sidecar)
-        settings = await resolve_secrets(settings, sidecar)
-        service = Service(settings, sidecar, metrics, clock)
+        _, service = await conn.ready()
         for number, line in lines:
             count = number
             try:

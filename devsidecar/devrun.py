@@ -18,12 +18,12 @@ import anyio
 import httpx2
 import structlog
 
+from devsidecar import DevSidecar, SidecarConfig, serve_sidecar
+from worker.clock import system_clock
 from worker.daemon import Running, run_daemon
-from worker.devsidecar import DevSidecar, SidecarConfig, serve_sidecar
 from worker.errors import SettingsError
 from worker.listen import listen
 from worker.schedule import format_utc
-from worker.service import system_clock
 from worker.settings import Settings
 
 DEV_SECRETS_FILE: Final = "dev-secrets.json"  # read by the dev secret store, if present

@@ -21,6 +21,7 @@ import anyio
 import httpx2
 from anyio.abc import TaskStatus
 
+from worker.clock import Clock, system_clock
 from worker.serving import lifespan
 
 from .asgi import (
@@ -37,7 +38,6 @@ from .asgi import (
     read_request,
     send_response,
 )
-from .clock import Clock, SystemClock
 from .faults import APIS, Decision, Faults
 from .jobs import Jobs
 from .pubsub import PubSub
@@ -100,7 +100,7 @@ class DevSidecar:
 
     def __init__(self, config: SidecarConfig, clock: Clock | None = None) -> None:
         self.config = config
-        self.clock: Clock = clock if clock is not None else SystemClock()
+        self.clock: Clock = clock if clock is not None else system_clock
         self.faults = Faults()
         # Called by a `kill` fault after the call's effect, before the connection is
         # dropped: a test harness kills the worker there (see tests/cluster.py).
@@ -392,7 +392,7 @@ class DevSidecar:
             header_items=tuple(request.headers.items()),
             body=request.body,
             query=request.raw_query.decode("latin-1"),
-            time=self.clock.now(),
+            time=self.clock(),
             forwarded=base is not None,
         )
         self._invocations.append(record)

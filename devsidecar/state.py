@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from worker.clock import Clock
+
 from .asgi import ApiError, Request, Response, empty, json_response
-from .clock import Clock
 from .records import StateItem
 from .timeparse import format_rfc3339
 
@@ -46,7 +47,7 @@ class StateStores:
 
     def snapshot(self, store: str) -> dict[str, StateItem]:
         items = self._store(store)
-        now = self._clock.now()
+        now = self._clock()
         plen = len(self._prefix)
         return {
             k[plen:] if k.startswith(self._prefix) else k: item
@@ -161,7 +162,7 @@ class StateStores:
 
     def _live(self, items: dict[str, StateItem], full_key: str) -> StateItem | None:
         item = items.get(full_key)
-        if item is not None and item.expiry is not None and item.expiry <= self._clock.now():
+        if item is not None and item.expiry is not None and item.expiry <= self._clock():
             del items[full_key]
             return None
         return item
@@ -190,7 +191,7 @@ class StateStores:
 
     def _apply(self, items: dict[str, StateItem], writes: list[_Write]) -> None:
         """Check every write against the current (staged) values, then apply all or none."""
-        now = self._clock.now()
+        now = self._clock()
         staged: dict[str, StateItem | None] = {}
         for write in writes:
             current = staged[write.key] if write.key in staged else self._live(items, write.key)
