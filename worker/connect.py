@@ -25,6 +25,7 @@ from worker.settings import Settings, env_name, with_secrets
 from worker.sidecar import Sidecar, make_client
 
 SIDECAR_POLL: Final = 0.5
+CLOSE_PATIENCE: Final = 2.0  # seconds a (cancelled) worker waits for its client to close
 log = structlog.get_logger("worker")
 
 
@@ -63,8 +64,9 @@ async def connect(
         yield Connection(settings, sidecar, metrics, clock)
     finally:
         # Shielded: a cancelled worker still closes its connection pool (an unclosed
-        # aiohttp session leaks sockets and warns when collected).
-        with anyio.CancelScope(shield=True):
+        # aiohttp session leaks sockets and warns when collected); bounded, so a close
+        # that waits on a peer can never hold a cancelled worker.
+        with anyio.move_on_after(CLOSE_PATIENCE, shield=True):
             await client.__aexit__(None, None, None)
 
 
