@@ -195,7 +195,8 @@ def test_completion_anchor_honours_exdates() -> None:
     tz = load_zone(BERLIN)
     rec = parse_recurrence({"rrule": "daily", "anchor": "completion",
                             "exdates": ["2026-12-01"]}, tz, time(9))
-    got = next_from_completion(rec, tz, datetime(2026, 11, 26, 9), z("2026-11-30T19:00Z"))
+    wall = datetime.fromisoformat("2026-11-26T09:00")
+    got = next_from_completion(rec, tz, wall, z("2026-11-30T19:00Z"))
     assert got is not None and got[0] == z("2026-12-02T08:00Z")
 
 
