@@ -46,7 +46,7 @@ class Slot:
         at, _, origins = rest.partition("<")
         deferred = tuple(to_utc(datetime.fromisoformat(o), "slot")
                          for o in origins.split(",") if o)
-        return cls(to_utc(datetime.fromisoformat(at), "slot"), kind,  # type: ignore[arg-type]
+        return cls(to_utc(datetime.fromisoformat(at), "slot"), kind,
                    deferred)
 
     @property
