@@ -24,6 +24,15 @@ are: the wall clock is derived from `due_at`. When only the zone changes, the
 instant stays where it was and `due_local` is derived again in the new zone.
 `offsets` are ISO 8601 durations, "+PT15M" meaning after the due time.
 
+Contract §8 adds to `task` (each written by `merge`, read by one function here):
+`misfire_grace` (duration text; null = no limit; absent = the setting, `grace_of`),
+`repeat` ({"every", "max"}, `wanted_slots`), `quiet_hours` ("HH:MM-HH:MM"; null =
+none; absent = the setting, `quiet_of`), `floating` (bool: a zone-only change keeps
+`due_local` and moves the instant, and every `remind_at` keeps its wall clock), and
+`snooze` (the instant of the last `task.snoozed`, cleared by `task.created`). The
+values of `jobs` are slot keys (`worker.kinds.Slot.key`): a plain reminder's is its
+instant, as before; overdue, snooze and deferred reminders say so in the key.
+
 Partial application: an unusable optional part of an event (a bad field, one bad
 entry of a list) is left out, the rest applies, and the part is listed with its
 reason in `Plan.problems` (the service counts the event `partial`). A field left
@@ -43,12 +52,17 @@ from zoneinfo import ZoneInfo
 
 from worker.errors import InvalidEvent
 from worker.events import TaskEvent, is_blank
+from worker.kinds import Slot, parse_duration
+from worker.misfire import DEFAULT_GRACE, judge
+from worker.quiet import QuietHours, defer, parse_quiet_hours
 from worker.recurrence import (
     Recurrence,
+    next_from_completion,
     next_occurrence,
     parse_recurrence,
     series_start,
 )
+from worker.repeat import Repeat, overdue_instants, parse_repeat
 from worker.schedule import (
     UTC,
     Offset,
@@ -61,8 +75,10 @@ from worker.schedule import (
     parse_when,
     parse_when_wall,
     reminder_instants,
+    resolve_local,
     wall_clock,
 )
+from worker.snooze import snooze_instant
 
 T = TypeVar("T")
 
@@ -86,6 +102,8 @@ Outcome = Literal["processed", "duplicate", "stale"]
 class PlanConfig:
     all_day_time: time = time(9, 0)
     default_offsets: tuple[Offset, ...] = ()
+    misfire_grace: timedelta | None = DEFAULT_GRACE  # REMINDER_MISFIRE_GRACE
+    quiet_hours: QuietHours | None = None  # REMINDER_QUIET_HOURS
 
 
 @dataclass(frozen=True)
@@ -110,7 +128,8 @@ class Plan:
     delete: list[str] = field(default_factory=list)
     next: NextOccurrence | None = None
     series_ended: bool = False
-    skipped: int = 0  # reminder instants already past with the task overdue
+    skipped: int = 0  # reminders already past and too late (misfire policy), all kinds
+    missed: dict[str, int] = field(default_factory=dict)  # the same, by kind
     problems: list[str] = field(default_factory=list)  # parts left out: "payload.x: reason"
 
     def to_json(self, event: TaskEvent) -> dict[str, Any]:
@@ -124,6 +143,7 @@ class Plan:
                          for j in self.schedule],
             "delete": self.delete,
             "skipped": self.skipped,
+            "missed": self.missed,
             "next_occurrence": self.next.body if self.next else None,
             "series_ended": self.series_ended,
             "problems": self.problems,
@@ -171,6 +191,15 @@ def make_plan(
     prior = record["task"] if record else {}
     problems = list(event.rejected.values())
     task = merge(prior, event.changes, config, problems)
+    if event.event_type == "task.created":
+        task.pop("snooze", None)  # a new (or re-created) task starts unsnoozed
+    elif event.event_type == "task.snoozed":
+        try:
+            task["snooze"] = format_utc(snooze_instant(
+                event.changes, event.timestamp, load_zone(task["timezone"]),
+                config.all_day_time))
+        except (ValueError, OverflowError) as exc:
+            problems.append(f"payload: {exc}")
     old_status = record["status"] if record else "active"
     status = {"task.created": "active", "task.completed": "completed",
               "task.deleted": "deleted"}.get(event.event_type, old_status)
@@ -178,7 +207,8 @@ def make_plan(
     new_jobs: dict[str, str] = {}
     plan = Plan("processed", {}, problems=problems)
     if status == "active":
-        new_jobs, plan.skipped = _wanted_jobs(event, task, old_jobs, now, config)
+        new_jobs, plan.missed = _wanted_jobs(event, task, old_jobs, now, config)
+        plan.skipped = sum(plan.missed.values())
     order = order_of(event)
     plan.schedule = [job_spec(event.user_id, event.task_id, name, at, order, now)
                      for name, at in new_jobs.items() if name not in old_jobs]
@@ -232,13 +262,88 @@ def merge(prior: dict[str, Any], changes: dict[str, Any], config: PlanConfig,
             elif name == "recurrence":
                 task["recurrence"] = None if value is None else _store_recurrence(
                     parse_recurrence(value, zone, config.all_day_time))
+            elif name == "misfire_grace":  # null: no limit (not "the default")
+                task["misfire_grace"] = (None if value is None
+                                         else _checked_duration(value, "misfire_grace"))
+            elif name == "repeat":
+                task["repeat"] = None if value is None else parse_repeat(value).to_record()
+            elif name == "quiet_hours":  # null: none (not "the default")
+                task["quiet_hours"] = None if value is None else parse_quiet_hours(value).text()
+            elif name == "floating":
+                task["floating"] = bool(value)
         except (ValueError, OverflowError, TypeError) as exc:
             problems.append(f"payload.{name}: {exc}")
-    if task.get("due_at") and not due_applied and (
+    if (task.get("floating") and task.get("due_at") and task.get("due_local")
+            and not due_applied and zone.key != old_zone):
+        _float(task, load_zone(old_zone), zone, moved_remind_at="remind_at" not in changes)
+    elif task.get("due_at") and not due_applied and (
         not task.get("due_local") or zone.key != old_zone
     ):  # a version 1 record, or a new zone: the instant stays, the wall clock follows
         task["due_local"] = wall_clock(datetime.fromisoformat(task["due_at"]), zone).isoformat()
     return task
+
+
+def _float(task: dict[str, Any], old: ZoneInfo, new: ZoneInfo, moved_remind_at: bool) -> None:
+    """Floating time: the wall clock stays, the instants follow the new zone (§8)."""
+    task["due_at"] = format_utc(resolve_local(datetime.fromisoformat(task["due_local"]), new))
+    if moved_remind_at and task.get("remind_at"):
+        task["remind_at"] = [format_utc(resolve_local(
+            wall_clock(datetime.fromisoformat(a), old), new)) for a in task["remind_at"]]
+
+
+def _checked_duration(value: object, what: str) -> str:
+    parse_duration(value, what)
+    assert isinstance(value, str)
+    return value.strip()
+
+
+def grace_of(task: dict[str, Any], config: PlanConfig) -> timedelta | None:
+    """The task's misfire grace: its own (None = no limit), else the setting."""
+    if "misfire_grace" not in task:
+        return config.misfire_grace
+    value = task["misfire_grace"]
+    return None if value is None else parse_duration(value, "misfire_grace")
+
+
+def quiet_of(task: dict[str, Any], config: PlanConfig) -> QuietHours | None:
+    """The task's quiet hours: its own (None = none), else the setting."""
+    if "quiet_hours" not in task:
+        return config.quiet_hours
+    value = task["quiet_hours"]
+    return None if value is None else parse_quiet_hours(value)
+
+
+def wanted_slots(task: dict[str, Any], config: PlanConfig) -> list[Slot]:
+    """Every reminder the task wants (contract §2, §8), sorted, one slot per (kind, instant).
+
+    Offsets, default offsets and overdue repetitions falling in quiet hours move to
+    the window's end, several of them to one slot that lists them; explicit
+    `remind_at` instants and the snooze stay as given.
+    """
+    zone = load_zone(task["timezone"])
+    due, due_wall = due_of(task, zone)
+    offsets_raw = task.get("offsets")
+    offsets = (config.default_offsets if offsets_raw is None and due is not None
+               else tuple(parse_offset(o) for o in offsets_raw or ()))
+    explicit = [datetime.fromisoformat(a) for a in task.get("remind_at") or ()]
+    stored_repeat = task.get("repeat")
+    repeat = (Repeat(parse_duration(stored_repeat["every"], "repeat.every"), stored_repeat["max"])
+              if stored_repeat else None)
+    quiet = quiet_of(task, config)
+    groups: dict[tuple[str, datetime], set[datetime]] = {}
+    sources = (("reminder", reminder_instants(due, zone, offsets, (), due_wall), True),
+               ("reminder", reminder_instants(None, zone, (), explicit), False),
+               ("overdue", overdue_instants(due, repeat), True))
+    for kind, instants, movable in sources:
+        for instant in instants:
+            moved = defer(instant, zone, quiet) if movable else None
+            origins = groups.setdefault((kind, moved or instant), set())
+            if moved is not None:
+                origins.add(instant)
+    if task.get("snooze"):
+        groups.setdefault(("snooze", datetime.fromisoformat(task["snooze"])), set())
+    return sorted(Slot(at, kind, tuple(sorted(origins)))  # type: ignore[arg-type]
+                  for (kind, at), origins in groups.items())
 
 
 def _entries(name: str, value: list[Any] | None, parse: Callable[[Any], T],
@@ -288,51 +393,67 @@ def _load_recurrence(stored: dict[str, Any], zone: ZoneInfo) -> Recurrence:
 def _wanted_jobs(
     event: TaskEvent, task: dict[str, Any], old_jobs: dict[str, str], now: datetime,
     config: PlanConfig,
-) -> tuple[dict[str, str], int]:
-    zone = load_zone(task["timezone"])
-    due, due_wall = due_of(task, zone)
-    offsets_raw = task.get("offsets")
-    offsets = (config.default_offsets if offsets_raw is None and due is not None
-               else tuple(parse_offset(o) for o in offsets_raw or ()))
-    remind_at = [datetime.fromisoformat(a) for a in task.get("remind_at") or ()]
+) -> tuple[dict[str, str], dict[str, int]]:
+    """(job name -> slot key) the task wants now, and the reminders missed, by kind."""
     try:
-        instants = reminder_instants(due, zone, offsets, remind_at, due_wall)
+        slots = wanted_slots(task, config)
     except (ValueError, OverflowError) as exc:
         raise InvalidEvent(f"payload: reminder instants out of range: {exc}") from None
-    live = {at: name for name, at in old_jobs.items()}  # instant -> the job that has it
+    due, _ = due_of(task, load_zone(task["timezone"]))
+    grace = grace_of(task, config)
+    live = {key: name for name, key in old_jobs.items()}  # slot -> the job that has it
     order = order_of(event)
     wanted: dict[str, str] = {}
-    skipped = 0
-    for instant in instants:
-        at = format_utc(instant)
-        name = live.get(at)
-        if instant > now:
-            wanted[name or job_name(event.user_id, event.task_id, instant, order)] = at
+    missed: dict[str, int] = {}
+    late_overdue: list[Slot] = []
+    for slot in slots:
+        key = slot.key()
+        name = live.get(key)
+        if slot.at > now:
+            wanted[name or slot_job_name(event.user_id, event.task_id, slot, order)] = key
         elif name is not None:
             # Scheduled earlier and due by now: it fired or is retrying; keep it
             # live for a while, never schedule it twice.
-            if instant > now - FIRED_RETENTION:
-                wanted[name] = at
-        elif due is not None and due > now:
-            # late but still useful: fires at once
-            wanted[job_name(event.user_id, event.task_id, instant, order)] = at
+            if slot.at > now - FIRED_RETENTION:
+                wanted[name] = key
+        elif judge(slot.at, due, now, grace).publish:
+            if slot.kind == "overdue":  # only the latest past repetition: no burst
+                late_overdue.append(slot)
+            else:  # late but still useful: fires at once
+                wanted[slot_job_name(event.user_id, event.task_id, slot, order)] = key
         else:
-            skipped += 1
-    return wanted, skipped
+            missed[slot.kind] = missed.get(slot.kind, 0) + slot.count
+    for slot in late_overdue[:-1]:
+        missed["overdue"] = missed.get("overdue", 0) + slot.count
+    if late_overdue:
+        last = late_overdue[-1]
+        wanted[slot_job_name(event.user_id, event.task_id, last, order)] = last.key()
+    return wanted, missed
+
+
+def slot_job_name(user_id: str, task_id: int | str, slot: Slot, order: list[str]) -> str:
+    """The job name of one slot; a plain reminder's is what it was before kinds."""
+    key = slot.key()
+    plain = key == format_utc(slot.at)
+    return job_name(user_id, task_id, slot.at, order, slot=None if plain else key)
 
 
 def job_spec(user_id: str, task_id: int | str, name: str, at: str, order: list[str],
              now: datetime) -> JobSpec:
-    """The job of one reminder instant `at`, scheduled by the event of `order`.
+    """The job of one reminder slot (key `at`), scheduled by the event of `order`.
 
     daprd holds job data as a protobuf Value: every number comes back as a float64
     (a 64-bit id returns changed), so the data holds strings only, and the task
     id's JSON type beside it so `reminder.due` can echo the id as it came.
     """
+    slot = Slot.parse(at)
+    instant = format_utc(slot.at)
     data = {"user_id": user_id, "task_id": str(task_id),
             "task_id_type": "string" if isinstance(task_id, str) else "number",
-            "remind_at": at, "order": order}
-    return JobSpec(name, max(datetime.fromisoformat(at), now + AT_ONCE_GRACE), data)
+            "remind_at": instant, "order": order}
+    if at != instant:
+        data["slot"] = at  # not a plain reminder: the name is derived from the slot
+    return JobSpec(name, max(slot.at, now + AT_ONCE_GRACE), data)
 
 
 def _next(event: TaskEvent, task: dict[str, Any]) -> NextOccurrence | None:
@@ -344,9 +465,17 @@ def _next(event: TaskEvent, task: dict[str, Any]) -> NextOccurrence | None:
     # "Now" for this purpose is when the task was completed, never when the event
     # happens to be handled: a redelivery hours later asks for the same occurrence
     # with the same idempotency key (contract §4).
-    nxt = next_occurrence(rec, zone, current_wall, max(current, event.timestamp))
-    if nxt is None:
-        return None
+    if rec.anchor == "completion":  # contract §8: the series restarts at the completion
+        restarted = next_from_completion(rec, zone, due_of(task, zone)[1], event.timestamp)
+        if restarted is None:
+            return None
+        nxt, series = restarted
+        sent = series.to_json(zone, wall_clock(nxt, zone))
+    else:
+        found = next_occurrence(rec, zone, current_wall, max(current, event.timestamp))
+        if found is None:
+            return None
+        nxt, sent = found, rec.to_json(zone, series_start(rec, current_wall))
     key = occurrence_key(event.user_id, event.task_id, nxt)
     body: dict[str, Any] = {
         "parent_task_id": event.task_id,
@@ -354,7 +483,7 @@ def _next(event: TaskEvent, task: dict[str, Any]) -> NextOccurrence | None:
         "next_due_at": format_utc(nxt),
         "next_due_local": format_local(nxt, zone),
         "timezone": task["timezone"],
-        "recurrence": rec.to_json(zone, series_start(rec, current_wall)),
+        "recurrence": sent,
         "idempotency_key": key,
     }
     if task.get("title") is not None:
@@ -384,6 +513,9 @@ def parse_job_data(data: object, name: str) -> tuple[str, int | str, datetime, l
         instant = datetime.fromisoformat(data["remind_at"])
         order = data["order"]
         _order_key(order)
+        slot = data.get("slot")
+        if slot is not None and (not isinstance(slot, str) or Slot.parse(slot).at != instant):
+            raise foreign
     except (KeyError, TypeError, ValueError, IndexError):
         raise foreign from None
     id_type = data.get("task_id_type")
@@ -398,7 +530,7 @@ def parse_job_data(data: object, name: str) -> tuple[str, int | str, datetime, l
         raise foreign
     if not isinstance(user_id, str) or instant.tzinfo is None:
         raise foreign
-    if name not in (job_name(user_id, task_id, instant, order),
+    if name not in (job_name(user_id, task_id, instant, order, slot=slot),
                     job_name(user_id, task_id, instant)):  # named before generations
         recovered = (_unrounded(user_id, task_id, instant, name)
                      if id_type is None and isinstance(task_id, int) else None)

@@ -26,11 +26,14 @@ from worker.errors import (
     retryable,
 )
 from worker.events import Ignored, TaskEvent, parse_delivery
+from worker.kinds import Slot
 from worker.metrics import Metrics
+from worker.misfire import judge
 from worker.plan import (
     JobSpec,
     NextOccurrence,
     PlanConfig,
+    grace_of,
     make_plan,
     parse_job_data,
     record_is_behind,
@@ -65,7 +68,8 @@ class Service:
         self.sidecar = sidecar
         self.metrics = metrics
         self.clock = clock
-        self.config = PlanConfig(settings.all_day_time, settings.default_reminders)
+        self.config = PlanConfig(settings.all_day_time, settings.default_reminders,
+                                 settings.misfire_grace_delta, settings.default_quiet_hours)
 
     # -- pub/sub ------------------------------------------------------------
     async def handle_delivery(self, body: bytes, trace_id: str | None = None) -> Status:
@@ -177,6 +181,9 @@ class Service:
                 self.metrics.next_occurrences.labels("ended").inc()
             if plan.skipped:
                 self.metrics.reminders.labels("skipped").inc(plan.skipped)
+                for kind, n in plan.missed.items():
+                    self.metrics.missed.labels(kind).inc(n)
+                log.info("reminders missed", missed=plan.missed, reason="past the misfire grace")
             if rejected is not None:
                 raise InvalidEvent(
                     f"task service rejected the next occurrence (HTTP {rejected.status}); "
@@ -318,21 +325,37 @@ class Service:
             return 200
         fired_at = self.clock()
         task = record["task"]
+        slot = Slot.parse(record["jobs"][name])
+        due = datetime.fromisoformat(task["due_at"]) if task.get("due_at") else None
+        verdict = judge(slot.at, due, fired_at, grace_of(task, self.config))
+        if not verdict.publish:  # contract §8: too late to be useful
+            bound.warning("reminder missed", kind=slot.kind, remind_at=format_utc(slot.at),
+                          late_seconds=round(verdict.late.total_seconds()),
+                          reason="past the misfire grace")
+            self.metrics.reminders.labels("skipped").inc()
+            self.metrics.missed.labels(slot.kind).inc(slot.count)
+            return 200
         data: dict[str, Any] = {
             "event_type": "reminder.due", "event_version": "1.0",
             "task_id": task_id, "user_id": user_id,
-            "due_at": task.get("due_at"), "remind_at": format_utc(instant),
+            "due_at": task.get("due_at"), "remind_at": format_utc(slot.at),
             "fired_at": format_utc(fired_at), "timezone": task.get("timezone", "UTC"),
+            "kind": slot.kind,
         }
+        if slot.deferred_from:  # quiet hours moved it (several: published once)
+            data["deferred_from"] = format_utc(slot.deferred_from[0])
+            data["count"] = slot.count
         if task.get("title") is not None:
             data["title"] = task["title"]
         envelope = {
             "specversion": "1.0", "type": "reminder.due", "source": self.settings.app_id,
-            "id": reminder_id(user_id, task_id, instant), "time": data["fired_at"],
+            "id": reminder_id(user_id, task_id, slot.at, slot.kind), "time": data["fired_at"],
             "datacontenttype": "application/json", "data": data,
         }
         await self.sidecar.publish(self.settings.pubsub, self.settings.reminder_topic, envelope)
         self.metrics.reminders.labels("published").inc()
+        if slot.deferred_from:
+            self.metrics.deferred.labels(slot.kind).inc(slot.count)
         self.metrics.lateness.observe(max(0.0, (fired_at - instant).total_seconds()))
         bound.info("reminder published", reminder_id=envelope["id"])
         return 200
