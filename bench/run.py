@@ -161,12 +161,14 @@ class Bench:
         """A saved task record and its job: every trigger reads it and publishes."""
         from worker.events import TaskEvent, parse_document
         from worker.plan import PlanConfig, make_plan
+        from worker.records import dump_record
         from worker.schedule import task_key
 
         event = parse_document(task_event("task1", "job", 1))
         assert isinstance(event, TaskEvent)
         plan = make_plan(None, event, dt.datetime.now(dt.UTC), PlanConfig())
-        item = [{"key": task_key(event.user_id, event.task_id), "value": plan.record}]
+        key = task_key(event.user_id, event.task_id)
+        item = [{"key": key, "value": dump_record(plan.record)}]
         http("POST", self.fake + "/v1.0/state/statestore", json.dumps(item).encode())
         job = plan.schedule[0]
         return [f"/job/{job.name}", json.dumps(job.data, separators=(",", ":"))]

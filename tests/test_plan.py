@@ -12,6 +12,7 @@ import pytest
 from worker.errors import InvalidEvent
 from worker.events import TaskEvent, parse_document
 from worker.plan import Plan, PlanConfig, make_plan, parse_job_data, record_is_behind
+from worker.records import Order, dump_record, load_record
 from worker.schedule import Offset, job_name, occurrence_key
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
@@ -38,6 +39,11 @@ def apply(*events: TaskEvent, now: datetime = NOW, cfg: PlanConfig = CFG) -> Pla
     return plan
 
 
+def saved(plan: Plan) -> dict[str, Any]:
+    """The plan's record as the state store gets it."""
+    return dump_record(plan.record)
+
+
 def due_times(plan: Plan) -> list[str]:
     return sorted(j.due_time.isoformat() for j in plan.schedule)
 
@@ -48,12 +54,12 @@ def test_created_schedules_one_job_per_reminder() -> None:
     assert plan.outcome == "processed"
     assert due_times(plan) == ["2026-11-30T07:30:00+00:00", "2026-11-30T08:00:00+00:00",
                                "2026-12-01T07:00:00+00:00", "2026-12-01T07:30:00+00:00"]
-    assert set(plan.record["jobs"]) == {j.name for j in plan.schedule}
+    assert set(saved(plan)["jobs"]) == {j.name for j in plan.schedule}
     job = plan.schedule[0]
-    assert job.name == job_name("u", 1, job.due_time, plan.record["order"])
+    assert job.name == job_name("u", 1, job.due_time, saved(plan)["order"])
     assert job.name != job_name("u", 1, job.due_time)  # a generation of its own
     assert parse_job_data(job.data, job.name)[:3] == ("u", 1, job.due_time)
-    assert plan.delete == [] and plan.record["status"] == "active"
+    assert plan.delete == [] and saved(plan)["status"] == "active"
 
 
 def test_redelivery_is_duplicate_and_older_event_is_stale() -> None:
@@ -69,26 +75,26 @@ def test_update_moves_jobs_and_deletes_vanished_ones() -> None:
     first = apply(ev("task.created", 0, due_at="2026-12-01T09:00:00Z", reminders=["PT1H", "P1D"]))
     moved = make_plan(first.record, ev("task.updated", 1, due_at="2026-12-01T10:00:00Z"), NOW, CFG)
     assert due_times(moved) == ["2026-11-30T10:00:00+00:00", "2026-12-01T09:00:00+00:00"]
-    assert sorted(moved.delete) == sorted(first.record["jobs"])
+    assert sorted(moved.delete) == sorted(saved(first)["jobs"])
 
 
 def test_update_with_only_a_title_touches_no_job() -> None:
     first = apply(ev("task.created", 0, due_at="2026-12-01T09:00:00Z", reminders=["PT1H"]))
     plan = make_plan(first.record, ev("task.updated", 1, title="new"), NOW, CFG)
     assert plan.schedule == [] and plan.delete == []
-    assert plan.record["jobs"] == first.record["jobs"] and plan.record["task"]["title"] == "new"
+    assert saved(plan)["jobs"] == saved(first)["jobs"] and saved(plan)["task"]["title"] == "new"
 
 
 def test_naive_due_in_update_uses_zone_from_earlier_event() -> None:
     first = apply(ev("task.created", 0, due_at="2026-12-01T09:00:00Z", timezone="Asia/Tokyo"))
     plan = make_plan(first.record, ev("task.updated", 1, due_at="2026-12-02T09:00"), NOW, CFG)
-    assert plan.record["task"]["due_at"] == "2026-12-02T00:00:00Z"
+    assert saved(plan)["task"]["due_at"] == "2026-12-02T00:00:00Z"
 
 
 def test_past_reminder_fires_at_once_while_due_is_future_else_skipped() -> None:
     soon = apply(ev("task.created", due_at="2026-11-26T12:30:00Z", reminders=["PT1H"]))
     assert due_times(soon) == ["2026-11-26T12:00:01+00:00"]  # past: fires (almost) at once
-    assert soon.record["jobs"] == {soon.schedule[0].name: "2026-11-26T11:30:00Z"}
+    assert saved(soon)["jobs"] == {soon.schedule[0].name: "2026-11-26T11:30:00Z"}
     overdue = apply(ev("task.created", due_at="2026-11-26T11:00:00Z", reminders=["PT1H"]))
     assert overdue.schedule == [] and overdue.skipped == 1
 
@@ -112,9 +118,9 @@ def test_default_reminders_only_when_task_names_none() -> None:
 def test_completed_and_deleted_delete_pending_jobs(etype: str) -> None:
     first = apply(ev("task.created", 0, due_at="2026-12-01T09:00:00Z", reminders=["PT1H", 30]))
     plan = make_plan(first.record, ev(etype, 1), NOW, CFG)
-    assert sorted(plan.delete) == sorted(first.record["jobs"]) and plan.schedule == []
-    assert plan.record["jobs"] == {} and plan.next is None
-    assert plan.record["status"] == etype.removeprefix("task.")
+    assert sorted(plan.delete) == sorted(saved(first)["jobs"]) and plan.schedule == []
+    assert saved(plan)["jobs"] == {} and plan.next is None
+    assert saved(plan)["status"] == etype.removeprefix("task.")
 
 
 def test_completing_a_recurring_task_requests_the_next_occurrence() -> None:
@@ -185,7 +191,7 @@ GOOD = {"due_at": "2026-12-01T09:00:00Z", "reminders": ["PT1H"]}
 def test_unusable_part_is_left_out_and_reported(payload: dict[str, Any], problems: list[str],
                                                 jobs: list[str]) -> None:
     plan = apply(ev("task.created", **{**GOOD, **payload}))
-    assert plan.outcome == "processed" and plan.record["status"] == "active"
+    assert plan.outcome == "processed" and saved(plan)["status"] == "active"
     assert len(plan.problems) == len(problems)
     for problem, expected in zip(plan.problems, problems, strict=True):
         assert problem.startswith(expected), problem
@@ -201,7 +207,7 @@ def test_bad_part_of_an_update_keeps_what_the_task_had() -> None:
     assert [p.split(":")[0] for p in plan.problems] == [
         "payload.due_at", "payload.reminders[0]", "payload.recurrence"]
     assert plan.schedule == [] and plan.delete == []
-    assert plan.record["task"] == {**first.record["task"], "title": "renamed"}
+    assert saved(plan)["task"] == {**saved(first)["task"], "title": "renamed"}
 
 
 def test_all_defaults_when_every_reminder_is_bad() -> None:
@@ -214,11 +220,11 @@ def test_created_event_with_every_field_unusable_still_creates_the_task() -> Non
     plan = apply(ev("task.created", 0, due_at="never", reminders=["x"], remind_at=["y"],
                     recurrence="z", title=7))
     assert len(plan.problems) == 5 and plan.schedule == []
-    assert plan.record["status"] == "active"
+    assert saved(plan)["status"] == "active"
     later = make_plan(plan.record, ev("task.created", 0, due_at="never"), NOW, CFG)
     assert later.outcome == "stale"  # the record orders later deliveries
     done = make_plan(plan.record, ev("task.completed", 1), NOW, CFG)
-    assert done.record["status"] == "completed" and done.next is None and done.problems == []
+    assert saved(done)["status"] == "completed" and done.next is None and done.problems == []
 
 
 def test_cleared_fields() -> None:
@@ -228,16 +234,16 @@ def test_cleared_fields() -> None:
     assert len(first.schedule) == 3
     cleared = make_plan(first.record, ev("task.updated", 1, due_at="", recurrence="",
                                          title=None), NOW, CFG)
-    task = cleared.record["task"]
-    assert task["due_at"] is None and task["due_local"] is None
-    assert task["recurrence"] is None and task["title"] is None
+    task = cleared.record.task
+    assert task.due_at is None and task.due_local is None
+    assert task.recurrence is None and task.title is None
     assert due_times(cleared) == [] and len(cleared.delete) == 2  # remind_at stays
     assert cleared.problems == []
     done = make_plan(cleared.record, ev("task.completed", 2), NOW, CFG)
     assert done.next is None and not done.series_ended  # no longer recurring
     no_reminders = make_plan(first.record, ev("task.updated", 1, reminders="", remind_at=[""]),
                              NOW, PlanConfig(default_offsets=(Offset(seconds=60),)))
-    assert sorted(no_reminders.delete) == sorted(first.record["jobs"])
+    assert sorted(no_reminders.delete) == sorted(saved(first)["jobs"])
     assert no_reminders.schedule == []  # cleared: no reminders, not the defaults
 
 
@@ -245,7 +251,7 @@ def test_cleared_zone_is_utc_and_the_due_instant_stays() -> None:
     first = apply(ev("task.created", 0, due_at="2026-12-01T09:00:00", timezone="Asia/Tokyo",
                      reminders=["P1D"]))
     plan = make_plan(first.record, ev("task.updated", 1, timezone=""), NOW, CFG)
-    task = plan.record["task"]
+    task = saved(plan)["task"]
     assert task["timezone"] == "UTC" and task["due_at"] == "2026-12-01T00:00:00Z"
     assert task["due_local"] == "2026-12-01T00:00:00"
     assert plan.schedule == [] and plan.delete == []  # no DST either side: P1D is the same
@@ -291,35 +297,35 @@ def test_reminders_from_the_wall_clock_as_written(zone: str, due_at: str, remind
 
 def test_record_keeps_the_wall_clock_beside_the_instant() -> None:
     plan = apply(ev("task.created", **BERLIN_GAP, reminders=["P1D"]), now=BEFORE_2031)
-    task = plan.record["task"]
-    assert plan.record["v"] == 2
+    task = saved(plan)["task"]
+    assert saved(plan)["v"] == 2
     assert task["due_at"] == "2031-03-30T01:30:00Z"
     assert task["due_local"] == "2031-03-30T02:30:00"
     aware = apply(ev("task.created", due_at="2031-03-30T01:30:00Z", timezone="Europe/Berlin"),
                   now=BEFORE_2031)
-    assert aware.record["task"]["due_local"] == "2031-03-30T03:30:00"  # the instant's local time
+    assert saved(aware)["task"]["due_local"] == "2031-03-30T03:30:00"  # the instant's local time
     # a later event without due_at keeps the wall clock as written
     later = make_plan(plan.record, ev("task.updated", 1, title="x"), BEFORE_2031, CFG)
-    assert later.record["task"]["due_local"] == "2031-03-30T02:30:00"
+    assert saved(later)["task"]["due_local"] == "2031-03-30T02:30:00"
     assert later.schedule == [] and later.delete == []
 
 
 def test_new_zone_keeps_the_instant_and_derives_the_wall_clock_again() -> None:
     first = apply(ev("task.created", 0, **BERLIN_GAP, reminders=["P1D"]), now=BEFORE_2031)
     plan = make_plan(first.record, ev("task.updated", 1, timezone="Asia/Tokyo"), BEFORE_2031, CFG)
-    task = plan.record["task"]
+    task = saved(plan)["task"]
     assert task["due_at"] == "2031-03-30T01:30:00Z" and task["timezone"] == "Asia/Tokyo"
     assert task["due_local"] == "2031-03-30T10:30:00"
     assert plan.schedule == [] and plan.delete == []  # P1D: 10:30 JST the day before = 01:30Z
     # due_at in the same event as the zone: read in the new zone, as written
     both = make_plan(first.record, ev("task.updated", 1, timezone="Asia/Tokyo",
                                       due_at="2031-03-30T02:30:00"), BEFORE_2031, CFG)
-    assert both.record["task"]["due_local"] == "2031-03-30T02:30:00"
+    assert saved(both)["task"]["due_local"] == "2031-03-30T02:30:00"
     assert due_times(both) == ["2031-03-28T17:30:00+00:00"]
     # a new zone with an unusable due_at: the due_at is left out, so the instant stays
     bad = make_plan(first.record, ev("task.updated", 1, timezone="Asia/Tokyo", due_at="x"),
                     BEFORE_2031, CFG)
-    assert bad.record["task"]["due_local"] == "2031-03-30T10:30:00" and len(bad.problems) == 1
+    assert saved(bad)["task"]["due_local"] == "2031-03-30T10:30:00" and len(bad.problems) == 1
 
 
 # A record saved by the code before wall clocks were kept (make_plan at 2031-03-01T12:00Z of
@@ -353,7 +359,8 @@ def old_ev(etype: str, **payload: Any) -> TaskEvent:
 
 
 def test_record_of_the_previous_version_loads_and_replans() -> None:
-    record = copy.deepcopy(OLD_RECORD)
+    stored = copy.deepcopy(OLD_RECORD)
+    record = load_record(stored)
     redelivered = parse_document(OLD_EVENT)
     assert isinstance(redelivered, TaskEvent)
     assert make_plan(record, redelivered, OLD_NOW, CFG).outcome == "duplicate"
@@ -361,23 +368,23 @@ def test_record_of_the_previous_version_loads_and_replans() -> None:
     # is derived from the stored instant (03:30 CEST: what the old record knew)
     titled = make_plan(record, old_ev("task.updated", title="Water the plants"), OLD_NOW, CFG)
     assert titled.schedule == [] and titled.delete == [] and titled.problems == []
-    assert titled.record["jobs"] == OLD_RECORD["jobs"]
-    assert titled.record["v"] == 2 and titled.record["task"]["due_local"] == "2031-03-30T03:30:00"
-    assert record == OLD_RECORD  # the input record is not mutated
+    assert saved(titled)["jobs"] == OLD_RECORD["jobs"]
+    assert saved(titled)["v"] == 2 and saved(titled)["task"]["due_local"] == "2031-03-30T03:30:00"
+    assert stored == OLD_RECORD  # the stored record is not mutated
     # sending the due time again repairs the day offset: 02:30 CET the day before
     again = make_plan(record, old_ev("task.updated", due_at="2031-03-30T02:30:00"), OLD_NOW, CFG)
     assert due_times(again) == ["2031-03-29T01:30:00+00:00"]
     assert again.delete == ["rw-e7d3e43c1402154aa9c9384c63cdcbf53b0e4391"]
     # completion of the old record's recurring task asks for the next occurrence
     done = make_plan(record, old_ev("task.completed"), OLD_NOW, CFG)
-    assert done.next is not None and done.record["status"] == "completed"
+    assert done.next is not None and saved(done)["status"] == "completed"
     assert sorted(done.delete) == sorted(OLD_RECORD["jobs"])
     assert done.next.body["next_due_at"] > "2031-03-30T01:30:00Z"
 
 
 def test_job_fired_before_its_record_was_saved_is_behind() -> None:
     plan = apply(ev("task.created", 5, due_at="2026-12-01T09:00:00Z", reminders=["PT1H"]))
-    order = plan.schedule[0].data["order"]
+    order = Order.from_json(plan.schedule[0].data["order"])
     assert record_is_behind(None, order)
     assert not record_is_behind(plan.record, order)
     older = apply(ev("task.created", 1, due_at="2026-12-01T09:00:00Z"))
@@ -405,7 +412,7 @@ BIG = 2**62 + 12345  # a float64 rounds it
 ])
 def test_job_data_in_both_forms(fields: dict[str, Any], task_id: int | str) -> None:
     name = job_name("u", task_id, AT)
-    assert parse_job_data(_job_data(**fields), name) == ("u", task_id, AT, list(
+    assert parse_job_data(_job_data(**fields), name) == ("u", task_id, AT, Order.from_json(
         _job_data()["order"]))
 
 

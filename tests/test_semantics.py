@@ -223,3 +223,32 @@ def test_plain_reminder_slot_key_is_the_instant_records_held() -> None:
 ])
 def test_parse_duration(text: str, length: timedelta) -> None:
     assert parse_duration(text, "x") == length
+
+
+def test_record_keeps_the_section_8_fields_and_slots_through_json() -> None:
+    from worker.records import (
+        NO_GRACE_LIMIT,
+        NO_QUIET_HOURS,
+        Order,
+        Task,
+        TaskRecord,
+        dump_record,
+        load_record,
+    )
+
+    slots = {"rw-a": Slot(z("2026-11-26T13:00Z")),
+             "rw-b": Slot(z("2026-11-27T06:00Z"), "overdue", (z("2026-11-26T22:00Z"),)),
+             "rw-c": Slot(z("2026-11-26T15:00Z"), "snooze")}
+    for grace, quiet in ((timedelta(minutes=90), NIGHT), (NO_GRACE_LIMIT, NO_QUIET_HOURS),
+                         (None, None)):
+        task = Task(timezone="Europe/Berlin", due_at=z("2026-11-26T14:00Z"),
+                    due_local=datetime.fromisoformat("2026-11-26T15:00"), misfire_grace=grace,
+                    quiet_hours=quiet, repeat=Repeat(H, 3), floating=True,
+                    snooze=z("2026-11-26T15:00Z"))
+        record = TaskRecord("u1", 1, Order(z("2026-11-26T11:00Z"), "f"), "active", task, slots)
+        doc = dump_record(record)
+        assert load_record(doc) == record
+        assert doc["jobs"]["rw-a"] == "2026-11-26T13:00:00Z"  # a plain reminder: as before
+        assert ("misfire_grace" in doc["task"]) == (grace is not None)
+        if grace is NO_GRACE_LIMIT:
+            assert doc["task"]["misfire_grace"] is None and doc["task"]["quiet_hours"] is None

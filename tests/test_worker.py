@@ -326,7 +326,9 @@ async def test_job_trigger_log_lines_carry_task_and_trace_ids() -> None:
         await s.deliver(created(reminders=["PT1H"]))
         with capture_logs() as logs:
             s.clock.advance(timedelta(hours=1))
-            await s.sidecar.wait_for(lambda: len(s.reminders()) == 1)
+            # the trigger is recorded once the app has answered, after it published
+            await s.sidecar.wait_for(lambda: len(s.reminders()) == len(s.sidecar.job_triggers)
+                                     == 1)
         [line] = [x for x in logs if x["event"] == "reminder published"]
         assert line["task_id"] == 1 and line["job"] in {j.name for j in s.sidecar.job_triggers}
         assert str(line["trace_id"]).startswith("00-")  # the trigger's traceparent header

@@ -40,19 +40,24 @@ class Slot:
         """Inverse of `key`. ValueError for anything else."""
         kind, sep, rest = key.partition("@")
         if not sep:
-            return cls(to_utc(datetime.fromisoformat(key), "slot"))
+            return cls(_instant(key))
         if kind not in KINDS:
             raise ValueError(f"unknown reminder kind in slot {key[:80]!r}")
         at, _, origins = rest.partition("<")
-        deferred = tuple(to_utc(datetime.fromisoformat(o), "slot")
-                         for o in origins.split(",") if o)
-        return cls(to_utc(datetime.fromisoformat(at), "slot"), kind,
-                   deferred)
+        deferred = tuple(_instant(o) for o in origins.split(",") if o)
+        return cls(_instant(at), kind, deferred)
 
     @property
     def count(self) -> int:
         """How many reminders this one publication stands for (1 unless merged)."""
         return max(1, len(self.deferred_from))
+
+
+def _instant(text: str) -> datetime:
+    value = datetime.fromisoformat(text)
+    if value.tzinfo is None:
+        raise ValueError(f"instant without offset: {text!r:.40}")
+    return to_utc(value, "instant")
 
 
 def parse_duration(value: object, what: str) -> timedelta:

@@ -12,7 +12,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from typing import IO, Any, Final
+from typing import IO, Final
 
 import anyio
 from prometheus_client import CollectorRegistry
@@ -22,6 +22,7 @@ from worker.errors import InvalidEvent, PermanentSidecarError, StartupError, Tra
 from worker.events import Ignored, TaskEvent, parse_document
 from worker.metrics import Metrics
 from worker.plan import PlanConfig, make_plan
+from worker.records import TaskRecord
 from worker.schedule import task_key
 from worker.service import Clock, Service, system_clock
 from worker.settings import Settings
@@ -89,7 +90,7 @@ def plan_only(lines: Iterable[tuple[int, bytes]], settings: Settings, out: IO[st
     """Plan every event against in-memory records; print each plan as one JSON line."""
     config = PlanConfig(settings.all_day_time, settings.default_reminders,
                         settings.misfire_grace_delta, settings.default_quiet_hours)
-    records: dict[str, dict[str, Any]] = {}
+    records: dict[str, TaskRecord] = {}
     report = Report(err)
     now = clock()
     count = 0
@@ -112,8 +113,7 @@ def plan_only(lines: Iterable[tuple[int, bytes]], settings: Settings, out: IO[st
             continue
         if plan.outcome == "processed":
             records[key] = plan.record
-        report.counts["partial" if plan.problems and plan.outcome == "processed"
-                      else plan.outcome] += 1
+        report.counts[plan.event_outcome] += 1
         write(json.dumps({"line": number, **plan.to_json(parsed)}, separators=(",", ":")))
         write("\n")
         report.progress(number)

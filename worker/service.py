@@ -26,19 +26,19 @@ from worker.errors import (
     retryable,
 )
 from worker.events import Ignored, TaskEvent, parse_delivery
-from worker.kinds import Slot
 from worker.metrics import Metrics
 from worker.misfire import judge
 from worker.plan import (
+    EventOutcome,
     JobSpec,
     NextOccurrence,
     PlanConfig,
     grace_of,
     make_plan,
     parse_job_data,
-    record_is_behind,
     record_ttl,
 )
+from worker.records import Order, TaskRecord, dump_record, load_record
 from worker.schedule import UTC, format_utc, reminder_id, task_key
 from worker.settings import Settings
 from worker.sidecar import Sidecar
@@ -126,7 +126,7 @@ class Service:
         log.info("event handled", outcome=outcome)
         return Status.SUCCESS
 
-    async def handle_event(self, event: TaskEvent) -> str:
+    async def handle_event(self, event: TaskEvent) -> EventOutcome:
         """Apply one task event: processed, partial, duplicate or stale. Raises on failure.
 
         Order of effects, so that a crash between any two leaves every job the saved
@@ -144,14 +144,14 @@ class Service:
         rejected: PermanentSidecarError | None = None
         for _ in range(MAX_CAS_ATTEMPTS):
             got = await self.sidecar.state_get(store, key)
-            record, etag = got if got else (None, None)
+            record, etag = (load_record(got[0]), got[1]) if got else (None, None)
             now = self.clock()
             plan = make_plan(record, event, now, self.config)
             if plan.outcome != "processed":
                 # plan.delete: a duplicate's retired jobs (its deletes failed after its
                 # save). And jobs an earlier attempt scheduled that the record, now at
                 # or past this event, does not list: no record can ever list them.
-                dead = scheduled - set(plan.record["jobs"])
+                dead = scheduled - set(plan.record.jobs)
                 await self._job_ops([], set(plan.delete) | dead)
                 if plan.next is not None:
                     await self._retry_rejected(plan.next, now)
@@ -167,14 +167,14 @@ class Service:
                         raise
                     rejected = exc  # the completion is applied all the same, then dropped
             try:
-                await self.sidecar.state_save(store, key, plan.record, etag=etag,
+                await self.sidecar.state_save(store, key, dump_record(plan.record), etag=etag,
                                               first_write=etag is None,
                                               ttl_seconds=record_ttl(record, plan.record))
             except Conflict:
                 continue
             # Obsolete jobs go only now. A failure here is retried: the redelivery is a
             # duplicate, and deletes the jobs the record lists as retired.
-            dead = scheduled - set(plan.record["jobs"])
+            dead = scheduled - set(plan.record.jobs)
             await self._job_ops([], set(plan.delete) | dead)
             # Counted once the event is applied, not once per attempt.
             if plan.series_ended:
@@ -191,8 +191,7 @@ class Service:
                     f"to be replayed once the task service accepts it: {rejected}")
             if plan.problems:
                 log.warning("event applied without some parts", problems=plan.problems)
-                return "partial"
-            return "processed"
+            return plan.event_outcome
         raise Conflict(f"task record kept changing under {MAX_CAS_ATTEMPTS} attempts")
 
     async def _job_ops(self, schedule: list[JobSpec], delete: set[str]) -> None:
@@ -313,21 +312,19 @@ class Service:
             return 200
 
     async def _fire(self, bound: Any, name: str, user_id: str, task_id: int | str,
-                    instant: datetime, order: list[str]) -> int:
+                    instant: datetime, order: Order) -> int:
         got = await self.sidecar.state_get(self.settings.state_store, task_key(user_id, task_id))
-        record = got[0] if got else None
-        if record_is_behind(record, order):
+        record: TaskRecord | None = load_record(got[0]) if got else None
+        if record is None or record.order < order:
             raise Conflict("the event that scheduled this job is not saved yet")
-        assert record is not None
-        if record["status"] != "active" or name not in record["jobs"]:
-            bound.info("reminder skipped", status=record["status"], reason="superseded")
+        if record.status != "active" or name not in record.jobs:
+            bound.info("reminder skipped", status=record.status, reason="superseded")
             self.metrics.reminders.labels("skipped").inc()
             return 200
         fired_at = self.clock()
-        task = record["task"]
-        slot = Slot.parse(record["jobs"][name])
-        due = datetime.fromisoformat(task["due_at"]) if task.get("due_at") else None
-        verdict = judge(slot.at, due, fired_at, grace_of(task, self.config))
+        task = record.task
+        slot = record.jobs[name]
+        verdict = judge(slot.at, task.due_at, fired_at, grace_of(task, self.config))
         if not verdict.publish:  # contract §8: too late to be useful
             bound.warning("reminder missed", kind=slot.kind, remind_at=format_utc(slot.at),
                           late_seconds=round(verdict.late.total_seconds()),
@@ -338,15 +335,16 @@ class Service:
         data: dict[str, Any] = {
             "event_type": "reminder.due", "event_version": "1.0",
             "task_id": task_id, "user_id": user_id,
-            "due_at": task.get("due_at"), "remind_at": format_utc(slot.at),
-            "fired_at": format_utc(fired_at), "timezone": task.get("timezone", "UTC"),
+            "due_at": format_utc(task.due_at) if task.due_at else None,
+            "remind_at": format_utc(slot.at),
+            "fired_at": format_utc(fired_at), "timezone": task.timezone,
             "kind": slot.kind,
         }
         if slot.deferred_from:  # quiet hours moved it (several: published once)
             data["deferred_from"] = format_utc(slot.deferred_from[0])
             data["count"] = slot.count
-        if task.get("title") is not None:
-            data["title"] = task["title"]
+        if task.title is not None:
+            data["title"] = task.title
         envelope = {
             "specversion": "1.0", "type": "reminder.due", "source": self.settings.app_id,
             "id": reminder_id(user_id, task_id, slot.at, slot.kind), "time": data["fired_at"],
