@@ -15,6 +15,8 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
 # Metadata first: the dependency layer is reused while only worker/ changes.
+# Only worker/: the development sidecar (devsidecar/, for laptops and tests) stays
+# out of the image, and `reminder-worker --dev` says so here.
 COPY pyproject.toml README.md ./
 COPY worker ./worker
 RUN pip install --no-cache-dir . \

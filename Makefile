@@ -25,8 +25,8 @@ soak: $(STAMP)
 		$(BIN)/python -m tests.soak
 
 lint: $(STAMP)
-	$(BIN)/ruff check worker tests bench
-	$(BIN)/mypy worker
+	$(BIN)/ruff check worker devsidecar tests bench
+	$(BIN)/mypy worker devsidecar
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -15,13 +15,8 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
+from worker.types import Receive, Scope, Send
 
 _EMPTY: list[tuple[bytes, bytes]] = [(b"content-length", b"0")]
 _METADATA = json.dumps({"id": "reminder-worker", "runtimeVersion": "1.16.0",

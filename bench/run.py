@@ -160,9 +160,9 @@ class Bench:
     def seed_job(self) -> list[str]:
         """A saved task record and its job: every trigger reads it and publishes."""
         from worker.events import TaskEvent, parse_document
+        from worker.keys import task_key
         from worker.plan import PlanConfig, make_plan
         from worker.records import dump_record
-        from worker.schedule import task_key
 
         event = parse_document(task_event("task1", "job", 1))
         assert isinstance(event, TaskEvent)

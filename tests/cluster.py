@@ -22,9 +22,9 @@ from typing import Any
 import anyio
 import httpx
 
+from devsidecar import DevSidecar, ManualClock, SidecarConfig, serve_sidecar
 from tests.harness import START, free_port
 from worker.daemon import Running, run_daemon
-from worker.devsidecar import DevSidecar, ManualClock, SidecarConfig, serve_sidecar
 from worker.settings import Settings, load_settings
 
 _ids = itertools.count(1)
@@ -59,7 +59,6 @@ class Cluster:
     tg: Any
     env: dict[str, str]
     app_ports: list[int]
-    sidecar_timeout: float | None
     replicas: dict[int, Replica] = field(default_factory=dict)
     kills: int = 0
 
@@ -73,8 +72,7 @@ class Cluster:
         async def daemon(*, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
             try:
                 with scope:
-                    await run_daemon(settings, clock=self.clock.now, task_status=task_status,
-                                     sidecar_timeout=self.sidecar_timeout)
+                    await run_daemon(settings, clock=self.clock, task_status=task_status)
             finally:
                 done.set()
 
@@ -200,14 +198,14 @@ class Cluster:
         return [p.envelope for p in self.sidecar.published if p.topic == "reminders"]
 
     def due_jobs(self) -> list[str]:
-        now = self.clock.now()
+        now = self.clock()
         return [n for n, j in self.sidecar.jobs().items() if j.due_time <= now]
 
     async def fire_until(self, until: Any, step: timedelta, wait: float = 30.0) -> None:
         """Move the clock to `until` in steps; after each, wait until no due job is left
         unfired (a failed trigger is rescheduled by its failure policy, i.e. later)."""
-        while self.clock.now() < until:
-            self.clock.set(min(self.clock.now() + step, until))
+        while self.clock() < until:
+            self.clock.set(min(self.clock() + step, until))
             await self.sidecar.wait_for(lambda: not self.due_jobs(), wait)
 
     async def drain_jobs(self, wait: float = 60.0) -> None:
@@ -215,7 +213,7 @@ class Cluster:
         for _ in range(200):
             if not self.sidecar.jobs():
                 return
-            await self.fire_until(self.clock.now() + timedelta(seconds=11),
+            await self.fire_until(self.clock() + timedelta(seconds=11),
                                   timedelta(seconds=11), wait)
         raise AssertionError(f"jobs never drained: {list(self.sidecar.jobs())[:5]}")
 
@@ -229,7 +227,7 @@ class Cluster:
         for _ in range(200):
             if not self.retrying():
                 return
-            await self.fire_until(self.clock.now() + timedelta(seconds=11),
+            await self.fire_until(self.clock() + timedelta(seconds=11),
                                   timedelta(seconds=11), wait)
         raise AssertionError(f"retries never drained: {self.retrying()[:5]}")
 
@@ -259,7 +257,6 @@ COARSE_STEP_GRACE = "P2D"
 @asynccontextmanager
 async def cluster(replicas: int = 2, env: dict[str, str] | None = None,
                   sidecar_options: dict[str, Any] | None = None,
-                  sidecar_timeout: float | None = None,
                   start: bool = True) -> AsyncIterator[Cluster]:
     clock = ManualClock(START)
     ports = [free_port() for _ in range(replicas)]
@@ -283,8 +280,7 @@ async def cluster(replicas: int = 2, env: dict[str, str] | None = None,
     sidecar = DevSidecar(config, clock=clock)
     async with httpx.AsyncClient(timeout=30) as client, anyio.create_task_group() as tg:
         port = await tg.start(serve_sidecar, sidecar, "127.0.0.1", 0)
-        c = Cluster(sidecar, clock, f"http://127.0.0.1:{port}", client, tg, env, ports,
-                    sidecar_timeout)
+        c = Cluster(sidecar, clock, f"http://127.0.0.1:{port}", client, tg, env, ports)
         try:
             if start:
                 for i in range(replicas):
@@ -295,23 +291,3 @@ async def cluster(replicas: int = 2, env: dict[str, str] | None = None,
             for i in list(c.replicas):
                 await c.stop_replica(i)
             tg.cancel_scope.cancel()
-
-
-DUE = "2026-11-26T14:00:00Z"  # two hours after START
-
-
-def event(etype: str, minute: int = 0, task_id: int | str = 1, user: str = "u1",
-          **payload: Any) -> dict[str, Any]:
-    """A bare task event; `minute` orders events of one task (timestamp 11:mm)."""
-    doc: dict[str, Any] = {"event_type": etype, "event_version": "1.0", "task_id": task_id,
-                           "user_id": user, "timestamp": f"2026-11-26T11:{minute:02d}:00Z"}
-    if payload:
-        doc["payload"] = payload
-    return doc
-
-
-def created(minute: int = 0, task_id: int | str = 1, user: str = "u1",
-            **extra: Any) -> dict[str, Any]:
-    payload = {"title": "Pay rent", "due_at": DUE, "timezone": "Europe/Berlin",
-               "reminders": ["PT1H", 30], **extra}
-    return event("task.created", minute, task_id, user, **payload)

@@ -18,8 +18,8 @@ from typing import Any
 import anyio
 import httpx
 
+from devsidecar import DevSidecar, ManualClock, SidecarConfig, serve_sidecar
 from worker.daemon import Running, run_daemon
-from worker.devsidecar import DevSidecar, ManualClock, SidecarConfig, serve_sidecar
 from worker.settings import Settings, load_settings
 
 START = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
@@ -113,7 +113,7 @@ async def stack(env: dict[str, str] | None = None,
 
         async def daemon(*, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
             try:
-                await run_daemon(settings, clock=clock.now, task_status=task_status)
+                await run_daemon(settings, clock=clock, task_status=task_status)
             finally:
                 done.set()
 

@@ -267,14 +267,14 @@ async def _advance(c: Cluster, rng: random.Random, until: datetime, step: timede
     """Run the clock to `until`; `race(t0, t1)` gives events to publish while the step
     from t0 to t1 fires its jobs. Returns the envelope ids of those events."""
     sent: list[str] = []
-    while c.clock.now() < until:
+    while c.clock() < until:
         if race is not None:
             # a trigger still retrying from the last step would race too: the oracle
             # below knows only the step's own reminders, so let those finish first
             await c.drain_retries()
         if rng.random() < 0.3:
             await _inject(c, rng, ("publish", "state"))
-        t0 = c.clock.now()
+        t0 = c.clock()
         t1 = min(t0 + step, until)
         docs = race(t0, t1) if race else []
         if not docs:
@@ -439,7 +439,7 @@ def _check(c: Cluster, tasks: list[Task], model: Model, ids: list[str],
         v.append(f"events not SUCCESS: {dict(answers)}; dead letters "
                  f"{len(c.sidecar.dead_letters)}")
     records = c.records()
-    from worker.schedule import task_key  # the key function: where to look, not the oracle
+    from worker.keys import task_key  # the key function: where to look, not the oracle
 
     for i, task in enumerate(tasks):
         ts, _, _ = task.newest()

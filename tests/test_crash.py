@@ -16,10 +16,11 @@ import anyio
 import pytest
 from prometheus_client import CollectorRegistry
 
-from tests.cluster import Cluster, cluster, event
+from devsidecar import serve_asgi
+from tests.cluster import Cluster, cluster
+from tests.factory import event
 from tests.harness import START
 from tests.test_devsidecar import FakeApp
-from worker.devsidecar import serve_asgi
 from worker.errors import (
     Conflict,
     InvalidEvent,
@@ -27,8 +28,8 @@ from worker.errors import (
     SidecarUnavailable,
     Status,
 )
+from worker.keys import job_name, task_key
 from worker.metrics import Metrics
-from worker.schedule import job_name, task_key
 from worker.service import Service
 from worker.settings import load_settings
 

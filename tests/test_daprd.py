@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.harness import START, Stack, stack
-from worker.schedule import job_name, task_key
+from worker.keys import job_name, task_key
 
 pytestmark = pytest.mark.anyio
 

@@ -611,6 +611,32 @@ def test_docker_build_context_holds_what_the_dockerfile_copies() -> None:
             assert src.rstrip("/") in allowed, f"COPY {src}: excluded by .dockerignore"
 
 
+def test_image_leaves_the_development_sidecar_out() -> None:
+    """The image holds the worker package only: the build context admits nothing of
+    devsidecar/, no COPY names it, and the wheel built in the image finds only worker/."""
+    ignore = (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+    admitted = [ln for ln in ignore if ln.startswith("!")]
+    assert "!worker/" in admitted and not any("devsidecar" in ln for ln in admitted)
+    copied = [rest for word, rest in dockerfile_instructions() if word == "COPY"]
+    assert copied and not any("devsidecar" in rest for rest in copied)
+    assert not (ROOT / "worker" / "devsidecar").exists()
+    assert not list((ROOT / "worker").rglob("devrun.py"))
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    # outside the image `pip install .` ships it beside worker, so --dev works there
+    assert "devsidecar*" in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+
+
+def test_dev_where_the_development_sidecar_is_absent_says_so_in_one_line() -> None:
+    """What `reminder-worker --dev` does in the image: one line, exit 2."""
+    script = ("import sys; sys.modules['devsidecar'] = None\n"  # unimportable, as in the image
+              "from worker.cli import main; sys.exit(main(['--dev']))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=60, check=False, cwd=ROOT, env={**os.environ, "PYTHONPATH": "."})
+    assert out.returncode == 2
+    lines = out.stderr.splitlines()
+    assert len(lines) == 1 and "development sidecar is not installed" in lines[0], out.stderr
+
+
 # --------------------------------------------------------------------------
 # every file parses; kustomize lists everything
 
@@ -630,7 +656,9 @@ def test_every_yaml_file_parses(path: Path) -> None:
 
 
 def test_json_files_parse() -> None:
-    for path in [*COMPONENTS.rglob("*.json"), *DEPLOY.rglob("*.json")]:
+    paths = [*COMPONENTS.rglob("*.json"), *DEPLOY.rglob("*.json")]
+    assert len(paths) >= 2, "the glob found no JSON files: the test would check nothing"
+    for path in paths:
         json.loads(path.read_text(encoding="utf-8"))
 
 

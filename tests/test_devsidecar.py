@@ -19,18 +19,18 @@ import anyio
 import httpx
 import pytest
 
-from worker.devsidecar import (
+from devsidecar import (
     DevSidecar,
     ManualClock,
     SidecarConfig,
     serve_asgi,
     serve_sidecar,
 )
-from worker.devsidecar.asgi import Receive, Scope, Send
-from worker.devsidecar.cron import next_after, parse_schedule
-from worker.devsidecar.protovalue import go_double
-from worker.devsidecar.pubsub import classify
-from worker.devsidecar.timeparse import (
+from devsidecar.asgi import Receive, Scope, Send
+from devsidecar.cron import next_after, parse_schedule
+from devsidecar.protovalue import go_double
+from devsidecar.pubsub import classify
+from devsidecar.timeparse import (
     parse_go_duration,
     parse_instant,
     parse_iso_duration,

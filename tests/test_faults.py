@@ -14,11 +14,12 @@ import anyio
 import httpx
 import pytest
 
-from tests.cluster import Cluster, cluster, created, event, reminder_counts
+from devsidecar import DevSidecar, ManualClock, SidecarConfig, serve_sidecar
+from tests.cluster import Cluster, cluster, reminder_counts
+from tests.factory import created, event
 from tests.harness import START, free_port
 from worker.daemon import Running, run_daemon
-from worker.devsidecar import DevSidecar, ManualClock, SidecarConfig, serve_sidecar
-from worker.schedule import task_key
+from worker.keys import task_key
 from worker.settings import load_settings
 
 pytestmark = pytest.mark.anyio
@@ -56,7 +57,7 @@ async def test_sidecar_down_at_startup_then_up_worker_becomes_ready() -> None:
     async with httpx.AsyncClient() as client, anyio.create_task_group() as tg:
         async def daemon() -> None:
             try:
-                await run_daemon(settings, clock=clock.now, running=running)
+                await run_daemon(settings, clock=clock, running=running)
             finally:
                 done.set()
 
@@ -205,7 +206,7 @@ SLOW = 0.6  # sidecar latency beyond it
 
 
 async def test_state_timeouts_are_retried_then_applied_once() -> None:
-    async with cluster(1, sidecar_timeout=TIMEOUT) as c:
+    async with cluster(1, env={"REMINDER_SIDECAR_TIMEOUT": str(TIMEOUT)}) as c:
         c.sidecar.faults.latency("state", SLOW)
         ce = await c.publish(created())
         await c.sidecar.wait_for(lambda: any(d.event_id == ce for d in c.sidecar.deliveries),
@@ -217,7 +218,7 @@ async def test_state_timeouts_are_retried_then_applied_once() -> None:
 
 
 async def test_job_timeouts_are_retried_and_leave_exactly_the_planned_jobs() -> None:
-    async with cluster(1, sidecar_timeout=TIMEOUT) as c:
+    async with cluster(1, env={"REMINDER_SIDECAR_TIMEOUT": str(TIMEOUT)}) as c:
         c.sidecar.faults.latency("jobs", SLOW)  # the sidecar still schedules them, late
         ce = await c.publish(created())
         await c.sidecar.wait_for(lambda: any(d.event_id == ce for d in c.sidecar.deliveries),
@@ -231,7 +232,7 @@ async def test_job_timeouts_are_retried_and_leave_exactly_the_planned_jobs() -> 
 async def test_publish_timeout_gives_the_same_reminder_id_again() -> None:
     """A publish that timed out may still have been published: the retry publishes the
     same CloudEvent id, so consumers dedupe; never a second id for one instant."""
-    async with cluster(1, sidecar_timeout=TIMEOUT) as c:
+    async with cluster(1, env={"REMINDER_SIDECAR_TIMEOUT": str(TIMEOUT)}) as c:
         await settle_one(c, created(reminders=["PT1H"]))
         c.sidecar.faults.latency("publish", SLOW)
         c.clock.advance(timedelta(hours=1))
@@ -245,7 +246,7 @@ async def test_publish_timeout_gives_the_same_reminder_id_again() -> None:
 
 
 async def test_invoke_timeout_repeats_the_request_with_the_same_idempotency_key() -> None:
-    async with cluster(1, sidecar_timeout=TIMEOUT) as c:
+    async with cluster(1, env={"REMINDER_SIDECAR_TIMEOUT": str(TIMEOUT)}) as c:
         await settle_one(c, created(recurrence="weekly"))
         c.sidecar.faults.latency("invoke", SLOW)
         ce = await c.publish(event("task.completed", 1))
@@ -260,7 +261,7 @@ async def test_invoke_timeout_repeats_the_request_with_the_same_idempotency_key(
 # -- the fault primitives themselves --------------------------------------------------
 
 def test_fault_primitives_after_timed_outage_and_counts() -> None:
-    from worker.devsidecar import Faults
+    from devsidecar import Faults
 
     now = [0.0]
     faults = Faults(monotonic=lambda: now[0])

@@ -21,9 +21,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
+from devsidecar import DevSidecar, ManualClock, SidecarConfig
 from tests.cluster import SAFE_JOB, SAFE_KEY
 from worker.app import MAX_BODY, WorkerApp
-from worker.devsidecar import DevSidecar, ManualClock, SidecarConfig
 from worker.errors import InvalidEvent
 from worker.events import TaskEvent, parse_delivery, parse_document
 from worker.metrics import Metrics
@@ -360,7 +360,7 @@ async def with_app(test: Any) -> None:
     async with httpx2.AsyncClient(transport=recorder) as client:
         side = Sidecar("http://sidecar", client, Metrics.create(CollectorRegistry(),
                                                                 process=False))
-        app = WorkerApp(settings_, Service(settings_, side, side.metrics, clock.now))
+        app = WorkerApp(settings_, Service(settings_, side, side.metrics, clock))
         await test(app, sidecar)
     await sidecar.close()
     for path in recorder.paths:

@@ -24,8 +24,8 @@ import httpx
 import pytest
 from anyio.abc import Process
 
+from devsidecar import DevSidecar, SidecarConfig, serve_sidecar
 from tests.harness import free_port
-from worker.devsidecar import DevSidecar, SidecarConfig, serve_sidecar
 from worker.serving import MAX_HEAD_BYTES, MAX_HEADERS, REQUEST_TIMEOUT
 
 pytestmark = pytest.mark.anyio

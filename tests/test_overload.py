@@ -20,11 +20,12 @@ import pytest
 import structlog
 import yaml
 
-from tests.cluster import DUE, cluster, created
+from tests.cluster import cluster
+from tests.factory import DUE, created
 from worker.app import READY_TIMEOUT
 from worker.errors import SettingsError
 from worker.events import MAX_TITLE, TaskEvent, parse_document
-from worker.schedule import task_key
+from worker.keys import task_key
 from worker.serving import (
     APP_MAX_CONNECTIONS,
     OPS_MAX_CONNECTIONS,
@@ -66,7 +67,7 @@ async def test_hung_state_store_answers_retry_and_500_within_the_deadline() -> N
         assert time.monotonic() - start < DEADLINE + 1.5
         # a job trigger meets the same deadline: 500, so the scheduler retries it
         start = time.monotonic()
-        c.clock.set(c.clock.now() + timedelta(hours=1, minutes=1))  # the first reminder is due
+        c.clock.set(c.clock() + timedelta(hours=1, minutes=1))  # the first reminder is due
         await c.sidecar.wait_for(lambda: bool(c.sidecar.job_triggers), DEADLINE + 3)
         trigger = c.sidecar.job_triggers[0]
         assert (trigger.status_code, trigger.outcome) == (500, "retry")

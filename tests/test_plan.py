@@ -3,30 +3,28 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
+from tests.factory import event, parsed
 from worker.errors import InvalidEvent
 from worker.events import TaskEvent, parse_document
-from worker.plan import Plan, PlanConfig, make_plan, parse_job_data, record_is_behind
-from worker.records import Order, dump_record, load_record
-from worker.schedule import Offset, job_name, occurrence_key
+from worker.firing import parse_job_data
+from worker.keys import job_name, occurrence_key
+from worker.plan import PERSIST, TOMBSTONE_TTL_SECONDS, Plan, PlanConfig, make_plan, record_ttl
+from worker.records import dump_record, load_record
+from worker.schedule import Offset
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 CFG = PlanConfig()
 
 
 def ev(etype: str, minute: int = 0, task_id: int | str = 1, **payload: Any) -> TaskEvent:
-    doc: dict[str, Any] = {"event_type": etype, "task_id": task_id, "user_id": "u",
-                           "timestamp": f"2026-11-26T11:{minute:02d}:00Z"}
-    if payload:
-        doc["payload"] = payload
-    parsed = parse_document(doc)
-    assert isinstance(parsed, TaskEvent)
-    return parsed
+    return parsed(event(etype, minute, task_id, "u", **payload))
 
 
 def apply(*events: TaskEvent, now: datetime = NOW, cfg: PlanConfig = CFG) -> Plan:
@@ -382,58 +380,15 @@ def test_record_of_the_previous_version_loads_and_replans() -> None:
     assert done.next.body["next_due_at"] > "2031-03-30T01:30:00Z"
 
 
-def test_job_fired_before_its_record_was_saved_is_behind() -> None:
-    plan = apply(ev("task.created", 5, due_at="2026-12-01T09:00:00Z", reminders=["PT1H"]))
-    order = Order.from_json(plan.schedule[0].data["order"])
-    assert record_is_behind(None, order)
-    assert not record_is_behind(plan.record, order)
-    older = apply(ev("task.created", 1, due_at="2026-12-01T09:00:00Z"))
-    assert record_is_behind(older.record, order)
-
-
-def _job_data(**fields: Any) -> dict[str, Any]:
-    base = {"user_id": "u", "remind_at": "2026-11-26T13:00:00Z",
-            "order": ["2026-11-26T11:00:00Z", "f"]}
-    return base | fields
-
-
-AT = datetime(2026, 11, 26, 13, 0, tzinfo=UTC)
-BIG = 2**62 + 12345  # a float64 rounds it
-
-
-@pytest.mark.parametrize(("fields", "task_id"), [
-    ({"task_id": str(BIG), "task_id_type": "number"}, BIG),
-    ({"task_id": "-7", "task_id_type": "number"}, -7),
-    ({"task_id": "007", "task_id_type": "string"}, "007"),
-    ({"task_id": 7}, 7),  # a job of the previous release
-    ({"task_id": "7"}, "7"),
-    ({"task_id": int(float(BIG))}, BIG),  # previous release, rounded by daprd: recovered
-    ({"task_id": -int(float(BIG))}, -BIG),
+@pytest.mark.parametrize(("old", "new", "ttl"), [
+    (None, "active", None),
+    ("active", "active", None),
+    ("active", "completed", TOMBSTONE_TTL_SECONDS),
+    ("completed", "deleted", TOMBSTONE_TTL_SECONDS),
+    ("deleted", "active", PERSIST),  # re-created: the tombstone's TTL is dropped explicitly
+    ("completed", "active", PERSIST),
 ])
-def test_job_data_in_both_forms(fields: dict[str, Any], task_id: int | str) -> None:
-    name = job_name("u", task_id, AT)
-    assert parse_job_data(_job_data(**fields), name) == ("u", task_id, AT, Order.from_json(
-        _job_data()["order"]))
-
-
-@pytest.mark.parametrize("fields", [
-    {"task_id": "07", "task_id_type": "number"},
-    {"task_id": "7.0", "task_id_type": "number"},
-    {"task_id": 7, "task_id_type": "number"},
-    {"task_id": True},
-    {"task_id": 7.5},
-    {"task_id": "7", "task_id_type": "boolean"},
-])
-def test_job_data_of_another_shape_is_foreign(fields: dict[str, Any]) -> None:
-    with pytest.raises(InvalidEvent):
-        parse_job_data(_job_data(**fields), job_name("u", 7, AT))
-
-
-def test_job_data_that_does_not_match_its_name_is_foreign() -> None:
-    exact = {"task_id": str(BIG), "task_id_type": "number"}
-    with pytest.raises(InvalidEvent, match="does not match"):
-        parse_job_data(_job_data(**exact), job_name("u", BIG + 1, AT))  # exact: no guessing
-    with pytest.raises(InvalidEvent, match="does not match"):  # no id rounds to BIG fits
-        parse_job_data(_job_data(task_id=BIG), job_name("u", BIG + 10**6, AT))
-    with pytest.raises(InvalidEvent, match="does not match"):  # beyond 64 bits: not searched
-        parse_job_data(_job_data(task_id=2**70), job_name("u", 2**70 + 1, AT))
+def test_record_ttl(old: str | None, new: str, ttl: int | None) -> None:
+    base = apply(ev("task.created", 0, due_at="2026-12-01T09:00:00Z")).record
+    old_record = None if old is None else dataclasses.replace(base, status=old)
+    assert record_ttl(old_record, dataclasses.replace(base, status=new)) == ttl

@@ -15,8 +15,10 @@ import httpx
 import pytest
 
 from tests.cluster import Cluster, cluster, reminder_counts
+from tests.factory import event
 from tests.harness import START
-from worker.schedule import format_utc, task_key
+from worker.keys import task_key
+from worker.schedule import format_utc
 
 pytestmark = pytest.mark.anyio
 
@@ -35,11 +37,7 @@ def _payload(due: datetime, offsets: list[int], recurrence: str | None) -> dict[
 
 def _doc(etype: str, task_id: int, user: str, minute: int,
          payload: dict[str, Any] | None) -> dict[str, Any]:
-    doc: dict[str, Any] = {"event_type": etype, "task_id": task_id, "user_id": user,
-                           "timestamp": _ts(minute)}
-    if payload is not None:
-        doc["payload"] = payload
-    return doc
+    return event(etype, minute, task_id, user, **(payload or {}))
 
 
 def _metric(text: str, name: str, **labels: str) -> float:

@@ -3,20 +3,17 @@ from datetime import UTC, datetime, time, timedelta, timezone
 
 import pytest
 
+from worker.keys import job_name, occurrence_key, reminder_id, task_key
 from worker.schedule import (
     Offset,
     format_local,
     format_utc,
-    job_name,
     load_zone,
-    occurrence_key,
     parse_offset,
     parse_when,
     parse_when_wall,
-    reminder_id,
     reminder_instants,
     resolve_local,
-    task_key,
 )
 
 BERLIN = load_zone("Europe/Berlin")

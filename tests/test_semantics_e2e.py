@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from tests.harness import START, Stack, stack
-from worker.schedule import UTC, reminder_id, task_key
+from worker.keys import reminder_id, task_key
+from worker.schedule import UTC
 
 pytestmark = pytest.mark.anyio
 

@@ -77,3 +77,10 @@ def test_secret_references_resolve() -> None:
     assert resolved.app_api_token.get_secret_value() == "s3cret"
     assert resolved.default_reminders == (Offset(seconds=600),)
     assert resolved.secret_refs() == {}
+
+
+def test_sidecar_timeout_may_only_be_lowered() -> None:
+    assert load_settings({}).sidecar_timeout == 6.0
+    assert load_settings({"REMINDER_SIDECAR_TIMEOUT": "0.25"}).sidecar_timeout == 0.25
+    with pytest.raises(SettingsError, match="REMINDER_SIDECAR_TIMEOUT"):
+        load_settings({"REMINDER_SIDECAR_TIMEOUT": "7"})

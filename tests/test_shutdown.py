@@ -20,10 +20,11 @@ import httpx
 import pytest
 from anyio.abc import Process
 
+from devsidecar import DevSidecar, SidecarConfig, serve_sidecar
 from tests.harness import free_port
-from worker.devsidecar import DevSidecar, SidecarConfig, serve_sidecar
-from worker.schedule import format_utc, task_key
-from worker.service import system_clock
+from worker.clock import system_clock
+from worker.keys import task_key
+from worker.schedule import format_utc
 
 pytestmark = pytest.mark.anyio
 

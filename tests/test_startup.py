@@ -8,6 +8,7 @@ rejects DAPR_API_TOKEN.
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,8 +16,8 @@ from contextlib import asynccontextmanager
 import anyio
 import pytest
 
+from devsidecar import DevSidecar, SidecarConfig, serve_sidecar
 from tests.harness import free_port
-from worker.devsidecar import DevSidecar, SidecarConfig, serve_sidecar
 
 pytestmark = pytest.mark.anyio
 
@@ -65,3 +66,44 @@ async def test_replay_checks_the_sidecar_too() -> None:
     async with sidecar(SidecarConfig(runtime_version="1.15.0")) as port:
         status, stderr = await start_worker(port, "--replay", "-")
     assert status == 2 and stderr.startswith("reminder-worker: cannot start: daprd 1.15.0")
+
+
+# -- ports and hosts (issue 12 item 1): no sidecar is needed to fail here -------------
+
+def taken_port() -> socket.socket:
+    """A port really taken: a listening socket held by the test."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock
+
+
+@pytest.mark.parametrize(("setting", "args"), [
+    ("REMINDER_OPS_PORT", ()), ("REMINDER_PORT", ()), ("REMINDER_PORT", ("--dev",)),
+    ("DAPR_HTTP_PORT", ("--dev",)),
+])
+async def test_a_port_in_use_is_one_line_naming_port_and_setting(
+        setting: str, args: tuple[str, ...]) -> None:
+    with taken_port() as held:
+        port = held.getsockname()[1]
+        status, stderr = await start_worker(free_port(), *args, **{setting: str(port)})
+    assert status == 2, stderr
+    assert stderr.startswith(f"reminder-worker: port {port} ({setting}) is already in use")
+    assert stderr.count("\n") == 1 and "Traceback" not in stderr
+
+
+@pytest.mark.parametrize(("env", "args", "says"), [
+    ({"REMINDER_PORT": "0"}, ("--dev",), "reminder-worker: bad setting: REMINDER_PORT: --dev "
+                                         "needs a fixed port"),
+    ({"REMINDER_HOST": "999.1.1.1"}, (), "reminder-worker: REMINDER_HOST=999.1.1.1 is not an "
+                                         "address or host name"),
+    ({"REMINDER_HOST": "999.1.1.1"}, ("--dev",), "reminder-worker: REMINDER_HOST=999.1.1.1 "),
+    ({"REMINDER_OPS_HOST": "not-a-host"}, (), "reminder-worker: REMINDER_OPS_HOST=not-a-host "
+                                              "is not an address or host name"),
+])
+async def test_unusable_listen_settings_are_one_line(
+        env: dict[str, str], args: tuple[str, ...], says: str) -> None:
+    status, stderr = await start_worker(free_port(), *args, **env)
+    assert status == 2, stderr
+    assert stderr.startswith(says)
+    assert stderr.count("\n") == 1 and "Traceback" not in stderr

@@ -8,28 +8,11 @@ from typing import Any
 
 import pytest
 
+from tests.factory import DUE, created, event
 from tests.harness import START, Stack, stack
-from worker.schedule import occurrence_key, reminder_id, task_key
+from worker.keys import occurrence_key, reminder_id, task_key
 
 pytestmark = pytest.mark.anyio
-
-
-def event(etype: str, minute: int = 0, task_id: int | str = 1, user: str = "u1",
-          **payload: Any) -> dict[str, Any]:
-    doc: dict[str, Any] = {"event_type": etype, "event_version": "1.0", "task_id": task_id,
-                           "user_id": user, "timestamp": f"2026-11-26T11:{minute:02d}:00Z"}
-    if payload:
-        doc["payload"] = payload
-    return doc
-
-
-DUE = "2026-11-26T14:00:00Z"  # two hours after START
-
-
-def created(minute: int = 0, task_id: int | str = 1, **extra: Any) -> dict[str, Any]:
-    payload = {"title": "Pay rent", "due_at": DUE, "timezone": "Europe/Berlin",
-               "reminders": ["PT1H", 30], **extra}
-    return event("task.created", minute, task_id, **payload)
 
 
 def job_times(s: Stack) -> list[str]:
@@ -309,12 +292,12 @@ async def test_replay_through_the_sidecar_is_idempotent(tmp_path: Any) -> None:
     path.write_text("\n".join(rows) + "\n")
     async with stack() as s:
         err = io.StringIO()
-        assert await live(read_lines(str(path)), s.settings, err, clock=s.clock.now) == 1
+        assert await live(read_lines(str(path)), s.settings, err, clock=s.clock) == 1
         assert "line 2: not JSON" in err.getvalue()
         jobs = s.sidecar.jobs()
         assert len(jobs) == 2
         err = io.StringIO()
-        await live(read_lines(str(path)), s.settings, err, clock=s.clock.now)  # again
+        await live(read_lines(str(path)), s.settings, err, clock=s.clock)  # again
         # the update is a duplicate now, and the created event is older than the record
         assert "duplicate 1, stale 1" in err.getvalue() and s.sidecar.jobs() == jobs
 
@@ -326,9 +309,9 @@ async def test_job_trigger_log_lines_carry_task_and_trace_ids() -> None:
         await s.deliver(created(reminders=["PT1H"]))
         with capture_logs() as logs:
             s.clock.advance(timedelta(hours=1))
-            # the trigger is recorded once the app has answered, after it published
-            await s.sidecar.wait_for(lambda: len(s.reminders()) == len(s.sidecar.job_triggers)
-                                     == 1)
+            # the trigger is recorded once answered, a moment after its publish
+            await s.sidecar.wait_for(lambda: len(s.reminders()) == 1
+                                     and len(s.sidecar.job_triggers) == 1)
         [line] = [x for x in logs if x["event"] == "reminder published"]
         assert line["task_id"] == 1 and line["job"] in {j.name for j in s.sidecar.job_triggers}
         assert str(line["trace_id"]).startswith("00-")  # the trigger's traceparent header

@@ -3,25 +3,20 @@
 from __future__ import annotations
 
 import hmac
-import json
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import anyio
 import structlog
 from prometheus_client import CollectorRegistry, make_asgi_app
 
+from worker import jsoncodec, tracing
 from worker.errors import Status
 from worker.service import Service
 from worker.serving import lifespan
 from worker.settings import Settings
 from worker.sidecar import Sidecar
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+from worker.types import Receive, Scope, Send
 
 TASK_ROUTE: Final = "/task-events"
 JOB_PREFIX: Final = "/job/"
@@ -85,7 +80,7 @@ async def respond(send: Send, status: int, body: bytes = b"",
 
 
 def _json(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode()
+    return jsoncodec.dumps(value)
 
 
 _STATUS_BODY: Final = {s: _json({"status": s.value}) for s in Status}
@@ -150,6 +145,7 @@ class WorkerApp:
         when it passes) and cancelled when the caller goes away."""
         answer: int | Status | None = None
         trace = _header(scope, b"traceparent")
+        tracing.current.set(tracing.valid(trace))  # this request's task only
         with anyio.move_on_after(self.deadline):
             try:
                 body = await read_body(receive)
@@ -196,6 +192,9 @@ class OpsApp:
         self.metrics_app = make_asgi_app(registry)
         self.sidecar = sidecar
         self.started = False  # set once start-up (secrets, metadata) is done
+        # What the worker needs from the sidecar (components, subscription...): None
+        # when all is there, else the reason (worker.check.Readiness, cached).
+        self.not_ready: Callable[[], Awaitable[str | None]] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -212,6 +211,8 @@ class OpsApp:
             if self.started:
                 with anyio.move_on_after(READY_TIMEOUT):
                     ready = await self.sidecar.outbound_healthy()
+                    if ready and self.not_ready is not None:
+                        ready = await self.not_ready() is None
             body = b"ready\n" if ready else b"not ready\n"
             return await respond(send, 200 if ready else 503, body, b"text/plain")
         return await respond(send, 404)

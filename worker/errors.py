@@ -10,7 +10,8 @@
      +-- StartupError        the worker cannot run beside this sidecar (a daprd older
           |                   than 1.16): one line, exit 2
           +-- SettingsError   bad configuration (a setting, or a token the sidecar
-                              rejects): one line naming the setting, exit 2
+               |              rejects): one line naming the setting, exit 2
+               +-- ListenError  a port taken, a host that is no address here
 
 A permanent sidecar error on an event is still answered RETRY, not DROP: the
 event itself was fine, the deployment is wrong (unknown component, token),
@@ -19,12 +20,15 @@ and a fixed deployment should still see it.
 Anything else (an InvalidEvent, or an exception no branch names: OverflowError,
 RecursionError, a bug) would be raised again by the same input: never RETRY,
 which with unlimited redelivery would block the partition behind it. `retryable`
-draws that line in one place.
+draws that line, `status_for` turns it into the pub/sub answer and `JOB_ANSWER`
+into a job trigger's HTTP status: the one place errors become answers.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
+from typing import Final
 
 
 class WorkerError(Exception):
@@ -70,11 +74,22 @@ class StartupError(WorkerError):
 
     label = "cannot start"  # the CLI prints "reminder-worker: {label}: {message}"
 
+    def line(self) -> str:
+        """The one line the command line prints for this error."""
+        return f"reminder-worker: {self.label + ': ' if self.label else ''}{self}"
+
 
 class SettingsError(StartupError):
     """A setting cannot be used; the message names it."""
 
     label = "bad setting"
+
+
+class ListenError(SettingsError):
+    """A port cannot be listened on (taken, no such address); the message names the
+    port and its setting, and reads as a sentence without a label."""
+
+    label = ""
 
 
 def startup_error(exc: BaseException) -> StartupError | None:
@@ -100,3 +115,14 @@ class Status(enum.StrEnum):
 def retryable(exc: BaseException) -> bool:
     """Can the same input succeed later? Only when the sidecar or the network failed."""
     return isinstance(exc, TransientError | PermanentSidecarError | OSError | TimeoutError)
+
+
+def status_for(exc: BaseException) -> Status:
+    """The answer to an input whose handling raised `exc`: RETRY or DROP."""
+    return Status.RETRY if retryable(exc) else Status.DROP
+
+
+# A job trigger is answered in HTTP: 500 makes daprd fire it again (its failure
+# policy), 200 acknowledges it; a DROP is acknowledged (a retry cannot help).
+JOB_ANSWER: Final[Mapping[Status, int]] = {Status.SUCCESS: 200, Status.RETRY: 500,
+                                           Status.DROP: 200}

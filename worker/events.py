@@ -23,6 +23,7 @@ from typing import Any, Final
 
 import structlog
 
+from worker import jsoncodec
 from worker.errors import InvalidEvent
 from worker.schedule import MAX_YEAR, MIN_YEAR, UTC
 
@@ -72,6 +73,10 @@ class TaskEvent:
     trace_id: str | None = None
     changes: dict[str, Any] = field(default_factory=dict)
     rejected: dict[str, str] = field(default_factory=dict)
+    # For logs only (never in the fingerprint): the envelope's id, and payload fields
+    # the worker does not know (a typo like `remind_befor`) or that an alias shadowed.
+    ce_id: str | None = None
+    ignored: tuple[str, ...] = ()
 
     @cached_property
     def fingerprint(self) -> str:
@@ -93,7 +98,7 @@ class Ignored:
 def parse_delivery(body: bytes) -> TaskEvent | Ignored:
     """Parse a pub/sub delivery (structured CloudEvent or a bare task event)."""
     try:
-        doc = json.loads(body)
+        doc = jsoncodec.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise InvalidEvent("body is not JSON") from None
     return parse_document(doc)
@@ -105,7 +110,9 @@ def parse_document(doc: object) -> TaskEvent | Ignored:
         raise InvalidEvent("event is not a JSON object")
     trace_id: str | None = None
     ce_type: str | None = None
+    ce_id: str | None = None
     if "specversion" in doc:
+        ce_id = doc["id"][:256] if isinstance(doc.get("id"), str) else None
         ce_type = doc.get("type") if isinstance(doc.get("type"), str) else None
         trace = doc.get("traceparent") or doc.get("traceid")
         trace_id = trace if isinstance(trace, str) and len(trace) < 256 else None
@@ -142,6 +149,8 @@ def parse_document(doc: object) -> TaskEvent | Ignored:
         trace_id=trace_id,
         changes=changes,
         rejected=rejected,
+        ce_id=ce_id,
+        ignored=ignored_fields(data.get("payload")),
     )
 
 
@@ -205,6 +214,15 @@ def _changes(payload: object) -> tuple[dict[str, Any], dict[str, str]]:
                     rejected[name] = f"payload.{alias}: {exc}"
                 break
     return changes, rejected
+
+
+def ignored_fields(payload: object) -> tuple[str, ...]:
+    """Payload fields no alias reads, and aliases shadowed by an earlier one (sorted)."""
+    if not isinstance(payload, dict):
+        return ()
+    read = {next(a for a in names if a in payload)
+            for names in ALIASES.values() if any(a in payload for a in names)}
+    return tuple(sorted(str(k)[:100] for k in payload if k not in read))[:MAX_LIST]
 
 
 def is_blank(value: object) -> bool:

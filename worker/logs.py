@@ -11,16 +11,23 @@ import sys
 
 import structlog
 
+from worker import jsoncodec
+
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR}
 
 
 def configure(fmt: str = "json", level: str = "info") -> None:
     """Configure structlog once, from the CLI (tests use structlog.testing.capture_logs)."""
+    console = fmt == "console"
+    # The worker's own lines: JSON bytes by orjson, written to stderr's buffer (one
+    # write per line); the standard library's records go through a str renderer.
     renderer: structlog.types.Processor = (
-        structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()) if fmt == "console"
-        else structlog.processors.JSONRenderer()
+        structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()) if console
+        else structlog.processors.JSONRenderer(serializer=jsoncodec.log_serializer)
     )
+    text_renderer: structlog.types.Processor = (
+        renderer if console else structlog.processors.JSONRenderer())
     timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
     structlog.configure(
         processors=[
@@ -31,7 +38,8 @@ def configure(fmt: str = "json", level: str = "info") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=(structlog.PrintLoggerFactory(file=sys.stderr) if console
+                        else structlog.BytesLoggerFactory(file=sys.stderr.buffer)),
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(sys.stderr)
@@ -39,7 +47,7 @@ def configure(fmt: str = "json", level: str = "info") -> None:
         foreign_pre_chain=[structlog.stdlib.add_log_level, structlog.stdlib.add_logger_name,
                            timestamper],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                    structlog.processors.format_exc_info, renderer],
+                    structlog.processors.format_exc_info, text_renderer],
     ))
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final, Literal
 
+from worker.records import NO_GRACE_LIMIT, Task
+
 DEFAULT_GRACE: Final = timedelta(hours=1)  # Quartz/APScheduler practice: late, not stale
 
 
@@ -33,3 +35,10 @@ def judge(instant: datetime, due: datetime | None, now: datetime,
     if grace is None or late <= grace or (due is not None and due > now):
         return Verdict("publish", late)
     return Verdict("missed", late)
+
+
+def task_grace(task: Task, default: timedelta | None) -> timedelta | None:
+    """The task's misfire grace: its own (`payload.misfire_grace`), else `default` (the
+    setting); None: no limit."""
+    grace = default if task.misfire_grace is None else task.misfire_grace
+    return None if grace == NO_GRACE_LIMIT else grace

@@ -3,7 +3,7 @@
 No I/O. The service executes a plan; `--dry-run` prints it. The record is a
 `records.TaskRecord` (its JSON form and its meaning: see `records`). A job is
 named by its reminder instant and the order of the event that first wanted it
-(`schedule.job_name`); a reminder that is not a plain one (kind overdue or snooze,
+(`keys.job_name`); a reminder that is not a plain one (kind overdue or snooze,
 or deferred by quiet hours) is named by its slot (`kinds.Slot`). Day offsets and the
 recurrence work from the wall clock as written (`Task.due_local`); when only the
 zone changes, the instant stays where it was and the wall clock is derived again
@@ -20,8 +20,6 @@ entries, or is left out when it has none.
 from __future__ import annotations
 
 import dataclasses
-import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
@@ -30,8 +28,10 @@ from zoneinfo import ZoneInfo
 
 from worker.errors import InvalidEvent
 from worker.events import TaskEvent, is_blank
+from worker.keys import job_name, occurrence_key
 from worker.kinds import Slot, parse_duration
-from worker.misfire import DEFAULT_GRACE, judge
+from worker.messages import next_occurrence_body
+from worker.misfire import DEFAULT_GRACE, judge, task_grace
 from worker.quiet import QuietHours, defer, parse_quiet_hours
 from worker.records import NO_GRACE_LIMIT, NO_QUIET_HOURS, Order, Status, Task, TaskRecord
 from worker.recurrence import (
@@ -39,17 +39,13 @@ from worker.recurrence import (
     next_from_completion,
     next_occurrence,
     parse_recurrence,
-    series_start,
 )
 from worker.repeat import overdue_instants, parse_repeat
 from worker.schedule import (
     UTC,
     Offset,
-    format_local,
     format_utc,
-    job_name,
     load_zone,
-    occurrence_key,
     parse_offset,
     parse_when,
     parse_when_wall,
@@ -112,7 +108,13 @@ class Plan:
     series_ended: bool = False
     skipped: int = 0  # reminders already past and too late (misfire policy), all kinds
     missed: dict[str, int] = field(default_factory=dict)  # the same, by kind
+    missed_slots: list[Slot] = field(default_factory=list)  # the same, one per reminder job
     problems: list[str] = field(default_factory=list)  # parts left out: "payload.x: reason"
+
+    @property
+    def skipped_at(self) -> list[str]:
+        """The instants (RFC 3339 UTC) of the reminders skipped as too late."""
+        return [format_utc(slot.at) for slot in self.missed_slots]
 
     @property
     def event_outcome(self) -> EventOutcome:
@@ -168,7 +170,7 @@ def make_plan(
     status = _STATUS_AFTER.get(event.event_type, old_status)
     old_jobs: dict[str, Slot] = dict(record.jobs) if record else {}
     new_jobs: dict[str, Slot] = {}
-    missed: dict[str, int] = {}
+    missed: list[Slot] = []
     if status == "active":
         new_jobs, missed = _wanted_jobs(event, task, old_jobs, now, config)
     order = order_of(event)
@@ -179,7 +181,8 @@ def make_plan(
                    tuple(sorted(delete))),
         schedule=[job_spec(event.user_id, event.task_id, name, at, order, now)
                   for name, at in new_jobs.items() if name not in old_jobs],
-        delete=delete, skipped=sum(missed.values()), missed=missed, problems=problems,
+        delete=delete, skipped=sum(s.count for s in missed), missed=_by_kind(missed),
+        missed_slots=missed, problems=problems,
     )
     if (event.event_type == "task.completed" and task.recurrence is not None
             and old_status == "active"):
@@ -285,8 +288,7 @@ def _snoozed(task: Task, event: TaskEvent, config: PlanConfig, problems: list[st
 
 def grace_of(task: Task, config: PlanConfig) -> timedelta | None:
     """The task's misfire grace: its own, else the setting; None: no limit."""
-    grace = config.misfire_grace if task.misfire_grace is None else task.misfire_grace
-    return None if grace == NO_GRACE_LIMIT else grace
+    return task_grace(task, config.misfire_grace)
 
 
 def wanted_slots(task: Task, config: PlanConfig) -> list[Slot]:
@@ -343,8 +345,8 @@ def _entries(name: str, value: list[Any] | None, parse: Callable[[Any], T],
 def _wanted_jobs(
     event: TaskEvent, task: Task, old_jobs: dict[str, Slot], now: datetime,
     config: PlanConfig,
-) -> tuple[dict[str, Slot], dict[str, int]]:
-    """(job name -> slot) the task wants now, and the reminders missed, by kind."""
+) -> tuple[dict[str, Slot], list[Slot]]:
+    """(job name -> slot) the task wants now, and the reminders missed."""
     try:
         slots = wanted_slots(task, config)
     except (ValueError, OverflowError) as exc:
@@ -353,7 +355,7 @@ def _wanted_jobs(
     live = {slot: name for name, slot in old_jobs.items()}  # slot -> the job that has it
     order = order_of(event)
     wanted: dict[str, Slot] = {}
-    missed: dict[str, int] = {}
+    missed: list[Slot] = []
     late_overdue: list[Slot] = []
     for slot in slots:
         name = live.get(slot)
@@ -370,13 +372,19 @@ def _wanted_jobs(
             else:  # late but still useful: fires at once
                 wanted[slot_job_name(event.user_id, event.task_id, slot, order)] = slot
         else:
-            missed[slot.kind] = missed.get(slot.kind, 0) + slot.count
-    for slot in late_overdue[:-1]:
-        missed["overdue"] = missed.get("overdue", 0) + slot.count
+            missed.append(slot)
+    missed += late_overdue[:-1]
     if late_overdue:
         last = late_overdue[-1]
         wanted[slot_job_name(event.user_id, event.task_id, last, order)] = last
     return wanted, missed
+
+
+def _by_kind(missed: list[Slot]) -> dict[str, int]:
+    by_kind: dict[str, int] = {}
+    for slot in missed:
+        by_kind[slot.kind] = by_kind.get(slot.kind, 0) + slot.count
+    return by_kind
 
 
 def slot_job_name(user_id: str, task_id: int | str, slot: Slot, order: Order) -> str:
@@ -425,90 +433,6 @@ def _next(event: TaskEvent, task: Task, rec: Recurrence) -> NextOccurrence | Non
     key = occurrence_key(event.user_id, event.task_id, nxt)
     return NextOccurrence(key, nxt.astimezone(UTC), next_occurrence_body(
         event.user_id, event.task_id, task, rec, zone, nxt, current_wall, key))
-
-
-def next_occurrence_body(user_id: str, task_id: int | str, task: Task, rec: Recurrence,
-                         zone: ZoneInfo, nxt: datetime, current_wall: datetime,
-                         key: str) -> dict[str, Any]:
-    """The task service's create-next request (contract §4)."""
-    body: dict[str, Any] = {
-        "parent_task_id": task_id,
-        "user_id": user_id,
-        "next_due_at": format_utc(nxt),
-        "next_due_local": format_local(nxt, zone),
-        "timezone": task.timezone,
-        "recurrence": rec.to_json(zone, series_start(rec, current_wall)),
-        "idempotency_key": key,
-    }
-    if task.title is not None:
-        body["title"] = task.title
-    return body
-
-
-_DECIMAL_INT = re.compile(r"-?(0|[1-9][0-9]*)")
-# Jobs scheduled before job data held strings carry the task id as a JSON number;
-# daprd rounds one above 2**53 to a float64. Ids up to 2**64 are recovered from the
-# job name (at most 2 x 4096 digests); beyond that no Snowflake-style id goes.
-_EXACT_FLOAT_INT: Final = 2**53
-_RECOVERABLE_INT: Final = 2**64
-
-
-def parse_job_data(data: object, name: str) -> tuple[str, int | str, datetime, Order]:
-    """(user_id, task_id, instant, order) of the job `name` from its data.
-
-    Reads the string form `job_spec` writes and the number form of older jobs.
-    InvalidEvent if the data is foreign or does not match the name.
-    """
-    foreign = InvalidEvent("job data is not a reminder of this worker")
-    if not isinstance(data, dict):
-        raise InvalidEvent("job data is not an object")
-    try:
-        user_id, raw_id = data["user_id"], data["task_id"]
-        instant = datetime.fromisoformat(data["remind_at"])
-        order = Order.from_json(data["order"])
-        slot = data.get("slot")
-        if slot is not None and (not isinstance(slot, str) or Slot.parse(slot).at != instant):
-            raise foreign
-    except (KeyError, TypeError, ValueError, IndexError):
-        raise foreign from None
-    id_type = data.get("task_id_type")
-    task_id: int | str
-    if id_type == "string" and isinstance(raw_id, str):
-        task_id = raw_id
-    elif id_type == "number" and isinstance(raw_id, str) and _DECIMAL_INT.fullmatch(raw_id):
-        task_id = int(raw_id)
-    elif id_type is None and isinstance(raw_id, int | str) and not isinstance(raw_id, bool):
-        task_id = raw_id  # a job scheduled before job data held strings
-    else:
-        raise foreign
-    if not isinstance(user_id, str) or instant.tzinfo is None:
-        raise foreign
-    if name not in (job_name(user_id, task_id, instant, order.to_json(), slot=slot),
-                    job_name(user_id, task_id, instant)):  # named before generations
-        recovered = (_unrounded(user_id, task_id, instant, name)
-                     if id_type is None and isinstance(task_id, int) else None)
-        if recovered is None:
-            raise InvalidEvent("job name does not match its data")
-        task_id = recovered
-    return user_id, task_id, instant, order
-
-
-def _unrounded(user_id: str, rounded: int, instant: datetime, name: str) -> int | None:
-    """The integer id that daprd's float64 rounding turned into `rounded`, found by
-    the job name it was scheduled under; None when there is none."""
-    if not _EXACT_FLOAT_INT < abs(rounded) < _RECOVERABLE_INT:
-        return None
-    image = float(rounded)
-    centre, spacing = int(image), int(math.ulp(image))
-    for candidate in range(centre - spacing, centre + spacing + 1):
-        if float(candidate) == image and job_name(user_id, candidate, instant) == name:
-            return candidate
-    return None
-
-
-def record_is_behind(record: TaskRecord | None, order: Order) -> bool:
-    """A job scheduled by an event the record does not show yet (its save is in flight)."""
-    return record is None or record.order < order
 
 
 def record_ttl(old: TaskRecord | None, new: TaskRecord) -> int | None:

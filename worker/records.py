@@ -36,6 +36,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
+from functools import cached_property
 from typing import Any, Final, Literal
 
 from worker.errors import InvalidEvent
@@ -64,7 +65,11 @@ class Order:
     fingerprint: str
 
     def to_json(self) -> list[str]:
-        return [format_utc(self.timestamp), self.fingerprint]
+        return list(self._json)
+
+    @cached_property
+    def _json(self) -> tuple[str, str]:  # formatted once: names, job data and the record use it
+        return format_utc(self.timestamp), self.fingerprint
 
     @classmethod
     def from_json(cls, value: object) -> Order:

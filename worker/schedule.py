@@ -17,9 +17,7 @@ Recurrences (RRULE expansion) live in `worker.recurrence`.
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import re
 import struct
 from collections.abc import Sequence
@@ -261,72 +259,6 @@ def reminder_instants(
                 base = resolve_local(wall - timedelta(days=offset.days), zone)
             instants.add(base - timedelta(seconds=offset.seconds))
     return sorted(instants)
-
-
-# Built once: json.dumps with non-default options builds a new encoder on every call.
-_ID_ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))
-
-
-def _digest(*parts: object) -> str:
-    # JSON keeps types and boundaries apart: 1 vs "1", ("a|b", "c") vs ("a", "b|c").
-    return hashlib.sha256(_ID_ENCODER.encode(parts).encode()).hexdigest()
-
-
-@lru_cache(maxsize=4096)
-def _user_digest(user: str) -> str:
-    return _digest("user", user)[:16]
-
-
-def _ids(user_id: str, task_id: int | str) -> tuple[str, int | str]:
-    valid_task = isinstance(task_id, int | str) and not isinstance(task_id, bool)
-    if not isinstance(user_id, str) or not valid_task:
-        raise ValueError("user_id must be a string and task_id an integer or a string")
-    return user_id, task_id
-
-
-def task_key(user_id: str, task_id: int | str) -> str:
-    """State key of the task record: "rw-task-<16 hex of user>-<32 hex of user+task>"."""
-    user, task = _ids(user_id, task_id)
-    return f"rw-task-{_user_digest(user)}-{_digest('task', user, task)[:32]}"
-
-
-def job_name(user_id: str, task_id: int | str, instant: datetime,
-             scheduled_by: Sequence[str] | None = None, *, slot: str | None = None) -> str:
-    """Dapr job name of one reminder instant: "rw-<40 hex>".
-
-    `scheduled_by` is the order ([timestamp, fingerprint]) of the event that first
-    wanted the job. Naming a job by its generation means a job deleted as obsolete
-    by one event can never be a job that a newer event scheduled for the same
-    instant (a late delete would otherwise remove the newer event's reminder).
-    Without it: the name of jobs scheduled before generations existed.
-    `slot`: the reminder's slot key (`worker.kinds.Slot.key`) when it is not a plain
-    reminder; a plain reminder's key is its instant, so its name is unchanged.
-    """
-    user, task = _ids(user_id, task_id)
-    what = slot if slot is not None else format_utc(instant)
-    if scheduled_by is None:
-        return f"rw-{_digest('job', user, task, what)[:40]}"
-    return f"rw-{_digest('job', user, task, what, list(scheduled_by))[:40]}"
-
-
-def reminder_id(user_id: str, task_id: int | str, instant: datetime,
-                kind: str = "reminder") -> str:
-    """CloudEvent id of the reminder.due for one reminder instant: "rw-rem-<40 hex>".
-
-    Per (user, task, kind, instant); kind `reminder` keeps the id it had before kinds
-    existed (consumers dedupe on it).
-    """
-    user, task = _ids(user_id, task_id)
-    if kind == "reminder":
-        return f"rw-rem-{_digest('reminder', user, task, format_utc(instant))[:40]}"
-    return f"rw-rem-{_digest('reminder', user, task, format_utc(instant), kind)[:40]}"
-
-
-def occurrence_key(user_id: str, task_id: int | str, occurrence: datetime) -> str:
-    """Idempotency key and claim state key of one next occurrence: "rw-occ-<16>-<32 hex>"."""
-    user, task = _ids(user_id, task_id)
-    digest = _digest("occurrence", user, task, format_utc(occurrence))[:32]
-    return f"rw-occ-{_user_digest(user)}-{digest}"
 
 
 def format_utc(dt: datetime) -> str:

@@ -10,38 +10,41 @@ jobs this attempt touched, so the jobs end as the newest record says.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from datetime import datetime, timedelta
 from typing import Any, Final
 
 import anyio
 import structlog
 
+from worker import applied, jsoncodec, tracing
+from worker.clock import Clock, system_clock
 from worker.errors import (
+    JOB_ANSWER,
     Conflict,
     InvalidEvent,
     PermanentSidecarError,
     Status,
-    retryable,
+    status_for,
 )
 from worker.events import Ignored, TaskEvent, parse_delivery
+from worker.firing import decide, parse_job_data
+from worker.keys import task_key
+from worker.messages import reminder_due
 from worker.metrics import Metrics
-from worker.misfire import judge
 from worker.plan import (
     EventOutcome,
     JobSpec,
     NextOccurrence,
+    Plan,
     PlanConfig,
-    grace_of,
     make_plan,
-    parse_job_data,
     record_ttl,
 )
-from worker.records import Order, TaskRecord, dump_record, load_record
-from worker.schedule import UTC, format_utc, reminder_id, task_key
+from worker.records import Order, dump_record, load_record
+from worker.schedule import format_utc
 from worker.settings import Settings
-from worker.sidecar import Sidecar
+from worker.types import SidecarAPI
 
 MAX_CAS_ATTEMPTS: Final = 4
 # A next-occurrence claim left "pending" this long is taken to be abandoned (a
@@ -53,16 +56,11 @@ CLAIM_TTL_SECONDS: Final = 90 * 24 * 3600
 # 401/403/404 stay retried: a wrong deployment (token, app id, method) can be fixed.
 HOPELESS_STATUSES: Final = frozenset({400, 413, 422})
 
-Clock = Callable[[], datetime]
 log = structlog.get_logger("worker")
 
 
-def system_clock() -> datetime:
-    return datetime.now(UTC)
-
-
 class Service:
-    def __init__(self, settings: Settings, sidecar: Sidecar, metrics: Metrics,
+    def __init__(self, settings: Settings, sidecar: SidecarAPI, metrics: Metrics,
                  clock: Clock = system_clock) -> None:
         self.settings = settings
         self.sidecar = sidecar
@@ -80,13 +78,7 @@ class Service:
         try:
             parsed = parse_delivery(body)
         except Exception as exc:  # nothing but this body can make parsing fail
-            if isinstance(exc, InvalidEvent):
-                log.warning("event dropped", reason=exc.reason, trace_id=trace_id)
-            else:
-                log.exception("event dropped", reason="unexpected error",
-                              error_type=type(exc).__name__, trace_id=trace_id)
-            self.metrics.events.labels("unknown", "invalid").inc()
-            return Status.DROP
+            return self._event_failed("unknown", exc, log.bind(trace_id=trace_id))
         return await self.handle_parsed(parsed, trace_id)
 
     async def handle_parsed(self, parsed: TaskEvent | Ignored,
@@ -97,7 +89,8 @@ class Service:
             return Status.SUCCESS
         # Every line logged while handling the event (here and below) carries its ids.
         tokens = structlog.contextvars.bind_contextvars(
-            event_id=parsed.event_id, task_id=parsed.task_id, event_type=parsed.event_type,
+            event_id=parsed.event_id or parsed.ce_id, task_id=parsed.task_id,
+            event_type=parsed.event_type,
             trace_id=parsed.trace_id or trace_id,
         )
         try:
@@ -108,23 +101,25 @@ class Service:
     async def _answer(self, parsed: TaskEvent) -> Status:
         try:
             outcome = await self.handle_event(parsed)
-        except InvalidEvent as exc:
-            log.warning("event dropped", reason=exc.reason)
-            self.metrics.events.labels(parsed.event_type, "invalid").inc()
-            return Status.DROP
         except Exception as exc:
-            if retryable(exc):
-                log.warning("event will be retried", error=str(exc))
-                self.metrics.events.labels(parsed.event_type, "retry").inc()
-                return Status.RETRY
-            # The same input would fail again: dead-letter it, stack logged once.
-            log.exception("event dropped", reason="unexpected error",
-                          error_type=type(exc).__name__)
-            self.metrics.events.labels(parsed.event_type, "invalid").inc()
-            return Status.DROP
+            return self._event_failed(parsed.event_type, exc, log)
         self.metrics.events.labels(parsed.event_type, outcome).inc()
-        log.info("event handled", outcome=outcome)
+        log.info("event handled", outcome=outcome, **applied.fields())
         return Status.SUCCESS
+
+    def _event_failed(self, event_type: str, exc: Exception, logger: Any) -> Status:
+        """Log and count a task event that raised `exc`; its answer (errors.status_for)."""
+        status = status_for(exc)
+        if status is Status.RETRY:
+            logger.warning("event will be retried", error=str(exc))
+        elif isinstance(exc, InvalidEvent):
+            logger.warning("event dropped", reason=exc.reason)
+        else:  # the same input would fail again: dead-letter it, stack logged once
+            logger.exception("event dropped", reason="unexpected error",
+                             error_type=type(exc).__name__)
+        label = "retry" if status is Status.RETRY else "invalid"
+        self.metrics.events.labels(event_type, label).inc()
+        return status
 
     async def handle_event(self, event: TaskEvent) -> EventOutcome:
         """Apply one task event: processed, partial, duplicate or stale. Raises on failure.
@@ -138,6 +133,7 @@ class Service:
 
         partial: applied without the parts listed in `plan.problems` (logged once).
         """
+        applied.last.set(None)
         store = self.settings.state_store
         key = task_key(event.user_id, event.task_id)
         scheduled: set[str] = set()  # by earlier attempts of this call: same names again
@@ -147,6 +143,10 @@ class Service:
             record, etag = (load_record(got[0]), got[1]) if got else (None, None)
             now = self.clock()
             plan = make_plan(record, event, now, self.config)
+            log.debug("event planned", now=format_utc(now), changes=event.changes,
+                      record_before=record, record_after=plan.record,
+                      schedule=[[j.name, format_utc(j.due_time)] for j in plan.schedule],
+                      delete=plan.delete)
             if plan.outcome != "processed":
                 # plan.delete: a duplicate's retired jobs (its deletes failed after its
                 # save). And jobs an earlier attempt scheduled that the record, now at
@@ -155,6 +155,7 @@ class Service:
                 await self._job_ops([], set(plan.delete) | dead)
                 if plan.next is not None:
                     await self._retry_rejected(plan.next, now)
+                applied.last.set(applied.summary(event, plan, plan.outcome))
                 return plan.outcome
             todo = [job for job in plan.schedule if job.name not in scheduled]
             await self._job_ops(todo, set())
@@ -172,27 +173,34 @@ class Service:
                                               ttl_seconds=record_ttl(record, plan.record))
             except Conflict:
                 continue
-            # Obsolete jobs go only now. A failure here is retried: the redelivery is a
-            # duplicate, and deletes the jobs the record lists as retired.
-            dead = scheduled - set(plan.record.jobs)
-            await self._job_ops([], set(plan.delete) | dead)
-            # Counted once the event is applied, not once per attempt.
-            if plan.series_ended:
-                self.metrics.next_occurrences.labels("ended").inc()
-            if plan.skipped:
-                self.metrics.reminders.labels("skipped").inc(plan.skipped)
-                for kind, n in plan.missed.items():
-                    self.metrics.missed.labels(kind).inc(n)
-                log.info("reminders missed", missed=plan.missed, reason="past the misfire grace")
-            if rejected is not None:
-                raise InvalidEvent(
-                    f"task service rejected the next occurrence (HTTP {rejected.status}); "
-                    f"the completion is applied, the event goes to the dead-letter topic "
-                    f"to be replayed once the task service accepts it: {rejected}")
-            if plan.problems:
-                log.warning("event applied without some parts", problems=plan.problems)
-            return plan.event_outcome
+            return await self._after_save(plan, scheduled, rejected, event)
         raise Conflict(f"task record kept changing under {MAX_CAS_ATTEMPTS} attempts")
+
+    async def _after_save(self, plan: Plan, scheduled: set[str],
+                          rejected: PermanentSidecarError | None,
+                          event: TaskEvent) -> EventOutcome:
+        """The saved plan's last effects: obsolete jobs deleted, counts, the answer."""
+        # Obsolete jobs go only now. A failure here is retried: the redelivery is a
+        # duplicate, and deletes the jobs the record lists as retired.
+        dead = scheduled - set(plan.record.jobs)
+        await self._job_ops([], set(plan.delete) | dead)
+        # Counted once the event is applied, not once per attempt.
+        if plan.series_ended:
+            self.metrics.next_occurrences.labels("ended").inc()
+        if plan.skipped:
+            self.metrics.reminders.labels("skipped").inc(plan.skipped)
+            for kind, n in plan.missed.items():
+                self.metrics.missed.labels(kind).inc(n)
+            log.info("reminders missed", missed=plan.missed, reason="past the misfire grace")
+        if rejected is not None:
+            raise InvalidEvent(
+                f"task service rejected the next occurrence (HTTP {rejected.status}); "
+                f"the completion is applied, the event goes to the dead-letter topic "
+                f"to be replayed once the task service accepts it: {rejected}")
+        applied.last.set(applied.summary(event, plan, plan.event_outcome))
+        if plan.problems:
+            log.warning("event applied without some parts", problems=plan.problems)
+        return plan.event_outcome
 
     async def _job_ops(self, schedule: list[JobSpec], delete: set[str]) -> None:
         if not schedule and not delete:
@@ -291,69 +299,69 @@ class Service:
     async def handle_job(self, name: str, body: bytes, trace_id: str | None = None) -> int:
         """Answer a job trigger with an HTTP status: 200 done, 500 retry later."""
         try:
-            user_id, task_id, instant, order = parse_job_data(json.loads(body or b"null"), name)
-        except Exception as exc:  # a foreign or hostile body: no retry can change it
-            reason = (exc.reason if isinstance(exc, InvalidEvent)
-                      else f"job data unusable ({type(exc).__name__})")
-            log.warning("job trigger ignored", job=name[:100], reason=reason, trace_id=trace_id)
-            self.metrics.reminders.labels("skipped").inc()
-            return 200
+            user_id, task_id, instant, order = _job_of(name, body)
+        except InvalidEvent as exc:
+            return self._trigger_failed(exc, log.bind(job=name[:100], trace_id=trace_id))
         bound = log.bind(task_id=task_id, job=name, trace_id=trace_id)
         try:
-            return await self._fire(bound, name, user_id, task_id, instant, order)
+            await self._fire(bound, name, user_id, task_id, instant, order)
         except Exception as exc:
-            if retryable(exc):
-                bound.warning("job trigger will be retried", error=str(exc))
-                self.metrics.reminders.labels("error").inc()
-                return 500
-            bound.exception("job trigger dropped: the same trigger would fail again",
-                            error_type=type(exc).__name__)
+            return self._trigger_failed(exc, bound)
+        return 200
+
+    def _trigger_failed(self, exc: Exception, logger: Any) -> int:
+        """Log and count a job trigger that raised `exc`; its HTTP answer."""
+        status = status_for(exc)
+        if status is Status.RETRY:
+            logger.warning("job trigger will be retried", error=str(exc))
+            self.metrics.reminders.labels("error").inc()
+        else:
+            if isinstance(exc, InvalidEvent):
+                logger.warning("job trigger ignored", reason=exc.reason)
+            else:
+                logger.exception("job trigger dropped: the same trigger would fail again",
+                                 error_type=type(exc).__name__)
             self.metrics.reminders.labels("skipped").inc()
-            return 200
+        return JOB_ANSWER[status]
 
     async def _fire(self, bound: Any, name: str, user_id: str, task_id: int | str,
-                    instant: datetime, order: Order) -> int:
+                    instant: datetime, order: Order) -> None:
         got = await self.sidecar.state_get(self.settings.state_store, task_key(user_id, task_id))
-        record: TaskRecord | None = load_record(got[0]) if got else None
-        if record is None or record.order < order:
-            raise Conflict("the event that scheduled this job is not saved yet")
-        if record.status != "active" or name not in record.jobs:
-            bound.info("reminder skipped", status=record.status, reason="superseded")
-            self.metrics.reminders.labels("skipped").inc()
-            return 200
+        record = load_record(got[0]) if got else None
         fired_at = self.clock()
-        task = record.task
+        decision = decide(record, name, order, fired_at, self.config.misfire_grace)
+        if decision == "behind":
+            raise Conflict("the event that scheduled this job is not saved yet")
+        if decision == "skip" or record is None:
+            bound.info("reminder skipped", status=record and record.status, reason="superseded")
+            self.metrics.reminders.labels("skipped").inc()
+            return
         slot = record.jobs[name]
-        verdict = judge(slot.at, task.due_at, fired_at, grace_of(task, self.config))
-        if not verdict.publish:  # contract §8: too late to be useful
+        if decision == "missed":  # contract §8: too late to be useful
             bound.warning("reminder missed", kind=slot.kind, remind_at=format_utc(slot.at),
-                          late_seconds=round(verdict.late.total_seconds()),
+                          late_seconds=round((fired_at - slot.at).total_seconds()),
                           reason="past the misfire grace")
             self.metrics.reminders.labels("skipped").inc()
             self.metrics.missed.labels(slot.kind).inc(slot.count)
-            return 200
-        data: dict[str, Any] = {
-            "event_type": "reminder.due", "event_version": "1.0",
-            "task_id": task_id, "user_id": user_id,
-            "due_at": format_utc(task.due_at) if task.due_at else None,
-            "remind_at": format_utc(slot.at),
-            "fired_at": format_utc(fired_at), "timezone": task.timezone,
-            "kind": slot.kind,
-        }
-        if slot.deferred_from:  # quiet hours moved it (several: published once)
-            data["deferred_from"] = format_utc(slot.deferred_from[0])
-            data["count"] = slot.count
-        if task.title is not None:
-            data["title"] = task.title
-        envelope = {
-            "specversion": "1.0", "type": "reminder.due", "source": self.settings.app_id,
-            "id": reminder_id(user_id, task_id, slot.at, slot.kind), "time": data["fired_at"],
-            "datacontenttype": "application/json", "data": data,
-        }
+            return
+        envelope = reminder_due(self.settings.app_id, user_id, task_id, record.task, slot,
+                                fired_at)
+        if (trace := tracing.current.get()) is not None:  # CloudEvents distributed tracing
+            envelope["traceparent"] = trace
         await self.sidecar.publish(self.settings.pubsub, self.settings.reminder_topic, envelope)
         self.metrics.reminders.labels("published").inc()
         if slot.deferred_from:
             self.metrics.deferred.labels(slot.kind).inc(slot.count)
         self.metrics.lateness.observe(max(0.0, (fired_at - instant).total_seconds()))
         bound.info("reminder published", reminder_id=envelope["id"])
-        return 200
+
+
+def _job_of(name: str, body: bytes) -> tuple[str, int | str, datetime, Order]:
+    """The reminder a trigger body names. InvalidEvent for a foreign or hostile body:
+    no retry can change it."""
+    try:
+        return parse_job_data(jsoncodec.loads(body or b"null"), name)
+    except InvalidEvent:
+        raise
+    except Exception as exc:
+        raise InvalidEvent(f"job data unusable ({type(exc).__name__})") from None

@@ -26,9 +26,11 @@ from collections.abc import Awaitable, Callable, Generator, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+import anyio
 import httptools
 import structlog
 import uvicorn
+from anyio.abc import TaskStatus
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 Message = MutableMapping[str, Any]
@@ -225,6 +227,30 @@ class Server(uvicorn.Server):
 def make_server(app: Any, max_connections: int, **options: Any) -> Server:
     """A uvicorn server for `app` with this module's limits (`options`: uvicorn.Config)."""
     return Server(LimitedConfig(app, Limits(max_connections), **options))
+
+
+async def serve_socket(server: Server, sock: socket.socket, *, shield: bool = False,
+                       task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    """Serve on `sock` until the server exits (`server.should_exit`); started once it
+    listens. `shield`: a cancellation does not abandon open connections (set
+    should_exit to stop). RuntimeError when the server ends before it started."""
+    ended = False
+
+    async def run() -> None:
+        nonlocal ended
+        try:
+            with anyio.CancelScope(shield=shield):
+                await server.serve(sockets=[sock])
+        finally:
+            ended = True
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        while not server.started:
+            if ended:
+                raise RuntimeError(f"server on {sock.getsockname()} did not start")
+            await anyio.sleep(0.005)
+        task_status.started()
 
 
 def bind_socket(host: str, port: int) -> socket.socket:

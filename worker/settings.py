@@ -24,6 +24,9 @@ NOT_FROM_SECRETS = frozenset(
 # appDelivery timeout (components/resiliency.yaml, 30 s), so the worker answers RETRY
 # and stops the handler before daprd gives up on the call and redelivers meanwhile.
 DEFAULT_HANDLER_DEADLINE = 20.0
+# Seconds per sidecar call: 3 attempts x 6 s + backoff stay within the handler deadline,
+# so it may only be lowered (tests of a hung sidecar lower it to fail fast).
+MAX_SIDECAR_TIMEOUT = 6.0
 _COMPONENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 _METHOD = re.compile(r"^[A-Za-z0-9._~/-]{1,500}$")
 
@@ -67,6 +70,8 @@ class Settings(BaseSettings):
     quiet_hours: str = Field("", validation_alias=_env("REMINDER_QUIET_HOURS"))
     handler_deadline: float = Field(DEFAULT_HANDLER_DEADLINE, gt=0, le=600,
                                     validation_alias=_env("REMINDER_HANDLER_DEADLINE"))
+    sidecar_timeout: float = Field(MAX_SIDECAR_TIMEOUT, gt=0, le=MAX_SIDECAR_TIMEOUT,
+                                   validation_alias=_env("REMINDER_SIDECAR_TIMEOUT"))
     log_format: Literal["json", "console"] = Field(
         "json", validation_alias=_env("REMINDER_LOG_FORMAT")
     )

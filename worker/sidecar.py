@@ -8,7 +8,6 @@ Errors map onto worker.errors: no answer / 5xx -> SidecarUnavailable
 from __future__ import annotations
 
 import contextlib
-import json
 import random
 import re
 import time
@@ -21,6 +20,7 @@ import anyio
 import httpx2
 from httpx_aiohttp.httpx2 import AiohttpTransport
 
+from worker import jsoncodec, tracing
 from worker.errors import (
     Conflict,
     PermanentSidecarError,
@@ -30,13 +30,14 @@ from worker.errors import (
 )
 from worker.metrics import Metrics
 from worker.schedule import format_utc
+from worker.settings import MAX_SIDECAR_TIMEOUT
 
 # About 24-32 calls in flight saturate one sidecar (style.md); more only queue there.
 DEFAULT_CONCURRENCY: Final = 32
 # daprd itself waits up to 30 s for the scheduler; a stuck call must fail before the
 # worker's handler deadline (settings.DEFAULT_HANDLER_DEADLINE, 20 s, itself below
 # daprd's 30 s appDelivery): 3 attempts x 6 s + backoff = 18.2 s at worst.
-DEFAULT_TIMEOUT: Final = httpx2.Timeout(6.0, connect=2.0)
+DEFAULT_TIMEOUT: Final = httpx2.Timeout(MAX_SIDECAR_TIMEOUT, connect=2.0)
 SAFE_RETRIES: Final = 2  # extra attempts for idempotent calls, with jittered backoff
 BACKOFF_BASE: Final = 0.05
 # Reminder triggers retry for minutes, not Dapr's default 3 x 1 s.
@@ -65,12 +66,14 @@ def make_client(
                            max_keepalive_connections=DEFAULT_CONCURRENCY * 2)
     if transport is None:
         transport = AiohttpTransport(limits=limits)
-    return httpx2.AsyncClient(timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
-                              limits=limits, transport=transport)
+    if timeout is not None and timeout < DEFAULT_TIMEOUT.read:  # type: ignore[operator]
+        client_timeout = httpx2.Timeout(timeout, connect=min(timeout, 2.0))
+    else:
+        client_timeout = DEFAULT_TIMEOUT
+    return httpx2.AsyncClient(timeout=client_timeout, limits=limits, transport=transport)
 
 
 _URL_SAFE = re.compile(r"[A-Za-z0-9._-]+")
-_ENCODER = json.JSONEncoder(separators=(",", ":"))  # built once, not per call
 
 
 def _q(segment: str) -> str:
@@ -79,7 +82,7 @@ def _q(segment: str) -> str:
 
 
 def _dumps(value: Any) -> bytes:
-    return _ENCODER.encode(value).encode()
+    return jsoncodec.dumps(value)
 
 
 class Sidecar:
@@ -118,10 +121,12 @@ class Sidecar:
             hdrs["content-type"] = content_type
         if headers:
             hdrs.update(headers)
+        if (trace := tracing.current.get()) is not None:  # daprd's spans join the caller's
+            hdrs["traceparent"] = trace
         url = self.base_url + path
         attempts = 1 + (SAFE_RETRIES if safe else 0)
-        # Health checks never queue behind work: /readyz must answer within 2 s.
-        gate = self.gate if api != "health" else contextlib.nullcontext()
+        # Health and metadata never queue behind work: /readyz must answer within 2 s.
+        gate = self.gate if api not in ("health", "metadata") else contextlib.nullcontext()
         for attempt in range(attempts):
             start = time.perf_counter()
             try:
@@ -155,7 +160,7 @@ class Sidecar:
         if resp.status_code == 204 or not resp.content:
             return None
         try:
-            return resp.json(), resp.headers.get("etag")
+            return jsoncodec.loads(resp.content), resp.headers.get("etag")
         except ValueError:
             raise PermanentSidecarError("state", resp.status_code, "value is not JSON") from None
 
@@ -197,6 +202,23 @@ class Sidecar:
         await self._call("jobs", "POST", f"{self.jobs_prefix}/{_q(name)}", body=_dumps(body),
                          safe=True)
 
+    async def job_get(self, name: str) -> dict[str, Any] | None:
+        """The scheduler's view of a job, or None when it has none: daprd answers a
+        missing job with 500 DAPR_SCHEDULER_GET_JOB (dapr-http.md), newer ones may 404."""
+        resp = await self._call("jobs", "GET", f"{self.jobs_prefix}/{_q(name)}",
+                                ok=(200, 404, 500))
+        if resp.status_code == 404:
+            return None
+        if resp.status_code == 500:
+            if "DAPR_SCHEDULER_GET_JOB" in resp.text and "not found" in resp.text:
+                return None
+            raise SidecarUnavailable("jobs", f"HTTP 500: {resp.text[:200]}", 500)
+        try:
+            value = resp.json()
+        except ValueError:
+            raise PermanentSidecarError("jobs", resp.status_code, "job is not JSON") from None
+        return value if isinstance(value, dict) else {}
+
     async def job_delete(self, name: str) -> None:
         """Delete a job; a missing job is fine (daprd answers 204)."""
         await self._call("jobs", "DELETE", f"{self.jobs_prefix}/{_q(name)}", safe=True)
@@ -215,14 +237,14 @@ class Sidecar:
         resp = await self._call("invoke", "POST", path, body=_dumps(body), headers=headers,
                                 ok=(200, 201, 202, 204, 409))
         try:
-            return resp.status_code, resp.json() if resp.content else None
+            return resp.status_code, jsoncodec.loads(resp.content) if resp.content else None
         except ValueError:
             return resp.status_code, None
 
     async def secret(self, store: str, name: str) -> dict[str, str]:
         resp = await self._call("secrets", "GET", f"/v1.0/secrets/{_q(store)}/{_q(name)}",
                                 safe=True)
-        value = resp.json()
+        value = jsoncodec.loads(resp.content)
         if not isinstance(value, dict):
             raise PermanentSidecarError("secrets", resp.status_code, "not an object")
         return {str(k): str(v) for k, v in value.items()}
@@ -237,7 +259,7 @@ class Sidecar:
 
     async def metadata(self) -> dict[str, Any]:
         resp = await self._call("metadata", "GET", "/v1.0/metadata", safe=True)
-        value = resp.json()
+        value = jsoncodec.loads(resp.content)
         return value if isinstance(value, dict) else {}
 
     async def choose_jobs_api(self) -> str:

@@ -129,6 +129,7 @@ class Trigger:
     outcome: str
     attempt: int
     time: datetime
+    traceparent: str = ""  # sent with the trigger, as daprd does
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -137,6 +138,7 @@ class Trigger:
             "outcome": self.outcome,
             "attempt": self.attempt,
             "time": format_rfc3339(self.time),
+            "traceparent": self.traceparent,
         }
 
 

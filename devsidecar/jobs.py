@@ -22,8 +22,9 @@ import anyio
 import httpx2
 from anyio.abc import TaskStatus
 
+from worker.clock import Clock, ManualClock, system_clock
+
 from .asgi import ApiError, Request, Response, empty, json_response
-from .clock import Clock, ManualClock, SystemClock
 from .cron import Schedule, ScheduleError, next_after, parse_schedule
 from .protovalue import NotAValue, as_value_json
 from .records import FailurePolicy, Job, Trigger
@@ -200,7 +201,7 @@ class Jobs:
         return empty()
 
     def _parse(self, body: dict[str, Any], name: str) -> _Entry:
-        now = self._clock.now()
+        now = self._clock()
         due_text = _field(body, "dueTime", "due_time") or None
         schedule_text = body.get("schedule") or None
         if due_text is None and schedule_text is None:
@@ -234,26 +235,10 @@ class Jobs:
             first = next_after(schedule, now)
             if first is None:
                 raise _schedule_error(f"schedule {schedule_text!r} never fires")
-        ttl: datetime | None = None
-        ttl_text = body.get("ttl") or None
-        if ttl_text is not None:
-            if schedule is None:
-                raise _bad_request("DAPR_SCHEDULER_TTL", "ttl needs a schedule")
-            if not isinstance(ttl_text, str):
-                raise _bad_request("ERR_MALFORMED_REQUEST", "failed deserializing HTTP body: ttl")
-            ttl = parse_instant(ttl_text, now)
-            if ttl is None:
-                raise _schedule_error(f"invalid ttl {ttl_text!r}")
-            if ttl <= first:
-                raise _bad_request("DAPR_SCHEDULER_TTL", "ttl must be later than the due time")
+        # checked in daprd's order: ttl, failure policy, data
+        ttl = _parse_ttl(body.get("ttl") or None, schedule, first, now)
         policy = parse_failure_policy(_field(body, "failurePolicy", "failure_policy"))
-        data = body.get("data")
-        try:
-            data_json = None if data is None else as_value_json(data)  # float64s, as daprd
-        except NotAValue as exc:
-            raise _bad_request(
-                "ERR_MALFORMED_REQUEST", f"failed deserializing HTTP body: {exc}"
-            ) from None
+        data_json = _parse_data(body.get("data"))
         return _Entry(
             name=name,
             next_fire=first,
@@ -277,7 +262,7 @@ class Jobs:
         self.wake()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        announces = isinstance(self._clock, ManualClock | SystemClock)
+        announces = self._clock is system_clock or isinstance(self._clock, ManualClock)
         poll = _SLOW_POLL if announces else _FAST_POLL
         if isinstance(self._clock, ManualClock):
             self._clock.subscribe(self.wake)
@@ -285,7 +270,7 @@ class Jobs:
             async with anyio.create_task_group() as tg:
                 task_status.started()
                 while True:
-                    now = self._clock.now()
+                    now = self._clock()
                     while self._heap and self._heap[0][0] <= now:
                         when, _, entry = heapq.heappop(self._heap)
                         if (
@@ -330,13 +315,14 @@ class Jobs:
                 policy.max_retries is not None and retries_used >= policy.max_retries
             )
             outcome = "lost" if exhausted else "retry"
-        self._triggers.append(Trigger(entry.name, status, outcome, attempt, self._clock.now()))
+        self._triggers.append(Trigger(entry.name, status, outcome, attempt, self._clock(),
+                                      headers["traceparent"]))
         entry.in_flight = False
         if self._jobs.get(entry.name) is not entry:
             return  # deleted or overwritten meanwhile
         if outcome == "retry":
             entry.attempt += 1
-            entry.next_fire = self._clock.now() + entry.policy.interval
+            entry.next_fire = self._clock() + entry.policy.interval
             self._push(entry)
             return
         self._after_fire(entry)
@@ -350,9 +336,36 @@ class Jobs:
         following = None if entry.schedule is None else next_after(entry.schedule, entry.occurrence)
         if following is not None:
             # Catch up once (not once per missed occurrence) after a long pause or clock jump.
-            following = max(following, self._clock.now())
+            following = max(following, self._clock())
         if finished or following is None or (entry.ttl is not None and following > entry.ttl):
             del self._jobs[entry.name]
             return
         entry.next_fire = entry.occurrence = following
         self._push(entry)
+
+
+def _parse_ttl(ttl_text: object, schedule: Schedule | None, first: datetime,
+               now: datetime) -> datetime | None:
+    """A job's `ttl` (an instant or a duration from now), later than its first fire."""
+    if ttl_text is None:
+        return None
+    if schedule is None:
+        raise _bad_request("DAPR_SCHEDULER_TTL", "ttl needs a schedule")
+    if not isinstance(ttl_text, str):
+        raise _bad_request("ERR_MALFORMED_REQUEST", "failed deserializing HTTP body: ttl")
+    ttl = parse_instant(ttl_text, now)
+    if ttl is None:
+        raise _schedule_error(f"invalid ttl {ttl_text!r}")
+    if ttl <= first:
+        raise _bad_request("DAPR_SCHEDULER_TTL", "ttl must be later than the due time")
+    return ttl
+
+
+def _parse_data(data: Any) -> bytes | None:
+    """A job's data as daprd keeps it (a protobuf Value: numbers become float64s)."""
+    try:
+        return None if data is None else as_value_json(data)
+    except NotAValue as exc:
+        raise _bad_request(
+            "ERR_MALFORMED_REQUEST", f"failed deserializing HTTP body: {exc}"
+        ) from None

@@ -18,10 +18,12 @@ import anyio
 import httpx2
 import structlog
 
+from devsidecar import DevSidecar, SidecarConfig, serve_sidecar
+from worker.clock import system_clock
 from worker.daemon import Running, run_daemon
-from worker.devsidecar import DevSidecar, SidecarConfig, serve_sidecar
+from worker.errors import SettingsError
+from worker.listen import listen
 from worker.schedule import format_utc
-from worker.service import system_clock
 from worker.settings import Settings
 
 DEV_SECRETS_FILE: Final = "dev-secrets.json"  # read by the dev secret store, if present
@@ -58,19 +60,45 @@ def sidecar_port(settings: Settings) -> int:
     return settings.dapr_http_port
 
 
-async def run_dev(settings: Settings, running: Running, *, demo: bool = False) -> None:
-    """Serve the development sidecar and the daemon until `running.stop` is set."""
+async def run_dev(settings: Settings, running: Running, *, demo: bool = False,
+                  tell: bool = True,
+                  task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    """Serve the development sidecar and the daemon until `running.stop` is set; `tell`:
+    print how to publish a task event to it once ready."""
     if settings.port == 0:
-        raise SystemExit("reminder-worker: --dev needs a fixed REMINDER_PORT")
+        raise SettingsError("REMINDER_PORT: --dev needs a fixed port (0 picks one at random, "
+                            "which the development sidecar could not call); set it, e.g. 8080")
+    port_env = "DAPR_HTTP_ENDPOINT" if settings.dapr_http_endpoint else "DAPR_HTTP_PORT"
+    # Tried before anything starts: a second `make run` says which port is taken.
+    listen("127.0.0.1", sidecar_port(settings), "127.0.0.1", port_env).close()
     sidecar = DevSidecar(sidecar_config(settings))
     async with anyio.create_task_group() as tg:
         port = await tg.start(serve_sidecar, sidecar, "127.0.0.1", sidecar_port(settings))
         log.warning("development sidecar: in-memory, NOT for production", port=port)
         await tg.start(partial(run_daemon, settings, running=running))
+        task_status.started()
+        if tell:
+            _echo(how_to_publish(settings))
         if demo:
             await publish_demo(settings)
         await running.stop.wait()
         tg.cancel_scope.cancel()
+
+
+def how_to_publish(settings: Settings) -> str:
+    """The exact command that publishes one task event to the embedded sidecar."""
+    url = f"{settings.sidecar_url}/v1.0/publish/{settings.pubsub}/{settings.task_topic}"
+    token = (" -H 'dapr-api-token: '\"$DAPR_API_TOKEN\"" if settings.dapr_api_token else "")
+    event = json.dumps({"event_type": "task.created", "task_id": 1, "user_id": "me",
+                        "timestamp": "2030-01-01T00:00:00Z",
+                        "payload": {"title": "try me", "due_at": "2030-01-01T09:00:00",
+                                    "timezone": "Europe/Berlin", "reminders": ["PT1H"]}})
+    return ("ready. Publish a task event to the development sidecar with:\n"
+            f"  curl -sS -X POST {url} -H 'content-type: application/json'{token} "
+            f"-d '{event}'\n"
+            f"then look at {settings.sidecar_url}/dev/jobs, /dev/state/{settings.state_store}, "
+            "/dev/published, /dev/dead-letters; "
+            f"reminder-worker --explain me 1 shows the task")
 
 
 def demo_events(now_iso: str, due_iso: str, later_iso: str) -> list[dict[str, Any]]:

@@ -1,23 +1,19 @@
-"""Clocks: the real one, and a manual one that tests move by hand."""
+"""The clock: a callable giving the current instant (aware, UTC), passed in everywhere.
+
+`system_clock` is real time; `ManualClock` only moves when told (tests, the
+development sidecar's scheduler). One type for both: `Clock`.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+
+Clock = Callable[[], datetime]
 
 
-class Clock(Protocol):
-    def now(self) -> datetime:
-        """The current instant, aware, in UTC."""
-        ...
-
-
-class SystemClock:
-    """Real time."""
-
-    def now(self) -> datetime:
-        return datetime.now(UTC)
+def system_clock() -> datetime:
+    return datetime.now(UTC)
 
 
 class ManualClock:
@@ -33,7 +29,7 @@ class ManualClock:
         self._now = start.astimezone(UTC)
         self._listeners: list[Callable[[], None]] = []
 
-    def now(self) -> datetime:
+    def __call__(self) -> datetime:
         return self._now
 
     def advance(self, delta: timedelta) -> None:

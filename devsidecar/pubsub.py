@@ -24,8 +24,9 @@ import anyio
 import httpx2
 from anyio.abc import TaskGroup, TaskStatus
 
+from worker.clock import Clock
+
 from .asgi import ApiError, Request, Response, empty
-from .clock import Clock
 from .jobs import new_traceparent
 from .records import Delivery, Published
 from .timeparse import format_rfc3339
@@ -254,7 +255,7 @@ class PubSub:
             topic=topic,
             content_type=content_type,
             envelope_json=json.dumps(envelope).encode(),
-            time=self._clock.now(),
+            time=self._clock(),
             raw_payload=body if raw else None,
             metadata=tuple(metadata.items()),
         )
@@ -273,42 +274,7 @@ class PubSub:
         traceparent: str,
         raw: bool,
     ) -> dict[str, Any]:
-        media = content_type.split(";", 1)[0].strip().lower() or "text/plain"
-        envelope: dict[str, Any]
-        if raw:
-            # What a subscriber without rawPayload receives for a raw message: a new
-            # envelope with a random id around the bytes.
-            envelope = {
-                "datacontenttype": "application/octet-stream",
-                "data_base64": base64.b64encode(body).decode(),
-            }
-        elif media == CLOUDEVENTS_JSON:
-            try:
-                given = json.loads(body)
-            except ValueError:
-                given = None
-            if not isinstance(given, dict):
-                raise ApiError(
-                    400,
-                    "ERR_PUBSUB_CLOUD_EVENTS_SER",
-                    f"error when marshalling cloud event envelope for topic {topic} "
-                    f"pubsub {pubsub}: not a JSON object",
-                )
-            envelope = given
-        elif _is_json(media):
-            try:
-                data: Any = json.loads(body)
-            except ValueError:
-                data = body.decode("utf-8", "replace")
-            envelope = {"datacontenttype": media, "data": data}
-        else:
-            try:
-                envelope = {"datacontenttype": media, "data": body.decode("utf-8")}
-            except UnicodeDecodeError:
-                envelope = {
-                    "datacontenttype": media,
-                    "data_base64": base64.b64encode(body).decode(),
-                }
+        envelope = _wrap(pubsub, topic, body, content_type, raw)
         for attr in ("id", "source", "type", "subject"):
             override = metadata.get(f"cloudevent.{attr}")
             if override:
@@ -318,7 +284,7 @@ class PubSub:
         envelope.setdefault("type", DEFAULT_EVENT_TYPE)
         envelope.setdefault("specversion", "1.0")
         envelope.setdefault("datacontenttype", "application/json")
-        envelope.setdefault("time", format_rfc3339(self._clock.now()))
+        envelope.setdefault("time", format_rfc3339(self._clock()))
         envelope["topic"] = topic
         envelope["pubsubname"] = pubsub
         envelope["traceid"] = traceparent
@@ -434,7 +400,7 @@ class PubSub:
                 verdict,
                 outcome,
                 work.attempt,
-                self._clock.now(),
+                self._clock(),
             )
         )
 
@@ -449,7 +415,7 @@ class PubSub:
             topic=sub.dead_letter_topic,
             content_type=CLOUDEVENTS_JSON,
             envelope_json=message.record.envelope_json,
-            time=self._clock.now(),
+            time=self._clock(),
             raw_payload=message.record.raw_payload,
             metadata=message.record.metadata,
         )
@@ -481,3 +447,44 @@ def classify(status: int | None, reply: bytes) -> tuple[str, str]:
 def _is_json(media: str) -> bool:
     media = media.split(";", 1)[0].strip().lower()
     return media == "application/json" or media.endswith("+json")
+
+def _wrap(pubsub: str, topic: str, body: bytes, content_type: str,
+          raw: bool) -> dict[str, Any]:
+    """The envelope as published, before daprd fills in its attributes."""
+    media = content_type.split(";", 1)[0].strip().lower() or "text/plain"
+    envelope: dict[str, Any]
+    if raw:
+        # What a subscriber without rawPayload receives for a raw message: a new
+        # envelope with a random id around the bytes.
+        envelope = {
+            "datacontenttype": "application/octet-stream",
+            "data_base64": base64.b64encode(body).decode(),
+        }
+    elif media == CLOUDEVENTS_JSON:
+        try:
+            given = json.loads(body)
+        except ValueError:
+            given = None
+        if not isinstance(given, dict):
+            raise ApiError(
+                400,
+                "ERR_PUBSUB_CLOUD_EVENTS_SER",
+                f"error when marshalling cloud event envelope for topic {topic} "
+                f"pubsub {pubsub}: not a JSON object",
+            )
+        envelope = given
+    elif _is_json(media):
+        try:
+            data: Any = json.loads(body)
+        except ValueError:
+            data = body.decode("utf-8", "replace")
+        envelope = {"datacontenttype": media, "data": data}
+    else:
+        try:
+            envelope = {"datacontenttype": media, "data": body.decode("utf-8")}
+        except UnicodeDecodeError:
+            envelope = {
+                "datacontenttype": media,
+                "data_base64": base64.b64encode(body).decode(),
+            }
+    return envelope

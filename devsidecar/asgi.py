@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+from worker.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["ASGIApp", "Message", "Receive", "Scope", "Send"]  # re-exported for the package
 
 JSON_TYPE = b"application/json"
 
@@ -61,10 +58,6 @@ class ApiError(Exception):
     def response(self) -> Response:
         body = json.dumps({"errorCode": self.code, "message": self.message}).encode()
         return Response(self.status, body, [(b"content-type", JSON_TYPE)])
-
-
-class DropConnection(Exception):
-    """Close the connection without an answer (fault injection)."""
 
 
 def json_response(value: Any, status: int = 200) -> Response:

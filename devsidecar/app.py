@@ -21,6 +21,7 @@ import anyio
 import httpx2
 from anyio.abc import TaskStatus
 
+from worker.clock import Clock, system_clock
 from worker.serving import lifespan
 
 from .asgi import (
@@ -37,7 +38,6 @@ from .asgi import (
     read_request,
     send_response,
 )
-from .clock import Clock, SystemClock
 from .faults import APIS, Decision, Faults
 from .jobs import Jobs
 from .pubsub import PubSub
@@ -84,6 +84,9 @@ class SidecarConfig:
     # first-write on an existing key: 409 like the in-memory store, 500 like Redis and
     # PostgreSQL v2 (both are "maybe present" to a client; it confirms with a GET).
     first_write_conflict_status: int = 409
+    # What /v1.0/metadata lists under each state store's `capabilities` (the features
+    # components-contrib's state stores declare; the in-memory store has these three).
+    state_capabilities: tuple[str, ...] = ("ETAG", "TRANSACTIONAL", "TTL")
     # More base URLs of the same app id (replicas): each delivery and job trigger
     # goes to a random one of app_base_url and these, as daprd does across replicas.
     replica_urls: tuple[str, ...] = ()
@@ -97,7 +100,7 @@ class DevSidecar:
 
     def __init__(self, config: SidecarConfig, clock: Clock | None = None) -> None:
         self.config = config
-        self.clock: Clock = clock if clock is not None else SystemClock()
+        self.clock: Clock = clock if clock is not None else system_clock
         self.faults = Faults()
         # Called by a `kill` fault after the call's effect, before the connection is
         # dropped: a test harness kills the worker there (see tests/cluster.py).
@@ -108,6 +111,9 @@ class DevSidecar:
         self._deliveries: list[Delivery] = []
         self._triggers: list[Trigger] = []
         self._invocations: list[Invocation] = []
+        # (api, traceparent) of every API call that carried one: what daprd would join
+        # to the caller's trace.
+        self.traced: list[tuple[str, str]] = []
         self._client = httpx2.AsyncClient(
             timeout=APP_CALL_TIMEOUT,
             limits=httpx2.Limits(
@@ -117,6 +123,7 @@ class DevSidecar:
         self._state = StateStores(
             config.state_stores, config.app_id, self.clock,
             first_write_conflict_status=config.first_write_conflict_status,
+            capabilities=config.state_capabilities,
         )
         self._secrets = SecretStores(config.secret_stores)
         self._jobs = Jobs(
@@ -232,6 +239,8 @@ class DevSidecar:
             api, handler = self._route(request)
             if api is not None:
                 self.counts[api] += 1
+                if (trace := request.headers.get("traceparent")) is not None:
+                    self.traced.append((api, trace))
             if self._token is not None and not request.path.startswith("/v1.0/healthz"):
                 given = request.headers.get("dapr-api-token", "").encode()
                 if not hmac.compare_digest(given, self._token):
@@ -383,7 +392,7 @@ class DevSidecar:
             header_items=tuple(request.headers.items()),
             body=request.body,
             query=request.raw_query.decode("latin-1"),
-            time=self.clock.now(),
+            time=self.clock(),
             forwarded=base is not None,
         )
         self._invocations.append(record)

@@ -12,13 +12,14 @@ injected per API. `/dev/...` paths (not Dapr) expose what it saw.
 
 Layout: `app` (DevSidecar, routing), `asgi` (ASGI types and responses),
 `state`, `pubsub`, `jobs`, `cron` and `timeparse` (pure time math),
-`secretstores`, `faults`, `clock`, `records` (inspection data), `server`
+`secretstores`, `faults`, `records` (inspection data), `server`
 (uvicorn).
 """
 
+from worker.clock import Clock, ManualClock
+
 from .app import DevSidecar, SidecarConfig
 from .asgi import ASGIApp
-from .clock import Clock, ManualClock, SystemClock
 from .faults import Faults
 from .records import Delivery, FailurePolicy, Invocation, Job, Published, StateItem, Trigger
 from .server import serve_asgi, serve_sidecar
@@ -36,7 +37,6 @@ __all__ = [
     "Published",
     "SidecarConfig",
     "StateItem",
-    "SystemClock",
     "Trigger",
     "serve_asgi",
     "serve_sidecar",

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import anyio
 from anyio.abc import TaskStatus
 
-from worker.serving import DEV_SIDECAR_MAX_CONNECTIONS, bind_socket, make_server
+from worker.serving import (
+    DEV_SIDECAR_MAX_CONNECTIONS,
+    bind_socket,
+    make_server,
+    serve_socket,
+)
 
 from .app import DevSidecar
 from .asgi import ASGIApp
@@ -27,24 +34,11 @@ async def serve_asgi(
     # The same limits as the worker's ports (head size, timeouts, a connection cap).
     server = make_server(app, DEV_SIDECAR_MAX_CONNECTIONS, interface="asgi3",
                          timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS)
-    finished = anyio.Event()
-
-    async def serve() -> None:
-        try:
-            with anyio.CancelScope(shield=True):
-                await server.serve(sockets=[sock])
-        finally:
-            finished.set()
-
     try:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(serve)
+            await tg.start(partial(serve_socket, server, sock, shield=True))
+            task_status.started(bound_port)
             try:
-                while not server.started:
-                    if finished.is_set():
-                        raise RuntimeError(f"server on {host}:{port} did not start")
-                    await anyio.sleep(0.005)
-                task_status.started(bound_port)
                 await anyio.sleep_forever()
             finally:
                 server.should_exit = True

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from worker.clock import Clock
+
 from .asgi import ApiError, Request, Response, empty, json_response
-from .clock import Clock
 from .records import StateItem
 from .timeparse import format_rfc3339
 
@@ -32,8 +33,10 @@ class _Write:
 
 class StateStores:
     def __init__(self, names: tuple[str, ...], app_id: str, clock: Clock, *,
-                 first_write_conflict_status: int = 409) -> None:
+                 first_write_conflict_status: int = 409,
+                 capabilities: tuple[str, ...] = ("ETAG", "TRANSACTIONAL", "TTL")) -> None:
         self._first_write_status = first_write_conflict_status
+        self._capabilities = capabilities
         self._stores: dict[str, dict[str, StateItem]] = {name: {} for name in names}
         self._app_id = app_id
         self._prefix = f"{app_id}||"
@@ -44,7 +47,7 @@ class StateStores:
 
     def snapshot(self, store: str) -> dict[str, StateItem]:
         items = self._store(store)
-        now = self._clock.now()
+        now = self._clock()
         plen = len(self._prefix)
         return {
             k[plen:] if k.startswith(self._prefix) else k: item
@@ -159,7 +162,7 @@ class StateStores:
 
     def _live(self, items: dict[str, StateItem], full_key: str) -> StateItem | None:
         item = items.get(full_key)
-        if item is not None and item.expiry is not None and item.expiry <= self._clock.now():
+        if item is not None and item.expiry is not None and item.expiry <= self._clock():
             del items[full_key]
             return None
         return item
@@ -188,7 +191,7 @@ class StateStores:
 
     def _apply(self, items: dict[str, StateItem], writes: list[_Write]) -> None:
         """Check every write against the current (staged) values, then apply all or none."""
-        now = self._clock.now()
+        now = self._clock()
         staged: dict[str, StateItem | None] = {}
         for write in writes:
             current = staged[write.key] if write.key in staged else self._live(items, write.key)
@@ -215,7 +218,7 @@ class StateStores:
                 "name": n,
                 "type": _STORE_TYPE,
                 "version": "v1",
-                "capabilities": ["ETAG", "TRANSACTIONAL", "TTL"],
+                "capabilities": list(self._capabilities),
             }
             for n in self._stores
         ]

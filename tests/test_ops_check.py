@@ -1,0 +1,154 @@
+"""Issue 12 items 4 and 5 over real HTTP and real subprocesses: `--check` against
+development sidecars that cannot run the worker (wrong token, a missing component,
+an old daprd, a store without TTL, a failing jobs API, no subscription), /readyz
+decided by the same checks, and `--explain` of a task whose job was deleted behind
+the worker's back."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+import anyio
+import pytest
+import structlog
+
+from devsidecar import DevSidecar, SidecarConfig, serve_sidecar
+from tests.harness import free_port, stack
+
+pytestmark = pytest.mark.anyio
+
+
+@asynccontextmanager
+async def bare_sidecar(**options: Any) -> AsyncIterator[tuple[int, DevSidecar]]:
+    """A development sidecar with no worker beside it."""
+    sidecar = DevSidecar(SidecarConfig(**options))
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(serve_sidecar, sidecar, "127.0.0.1", 0)
+        yield port, sidecar
+        tg.cancel_scope.cancel()
+
+
+async def cli(port: int, *args: str, **env: str) -> tuple[int, str, str]:
+    full = {k: v for k, v in os.environ.items()
+            if not k.startswith(("REMINDER_", "DAPR_", "APP_API"))}
+    full |= {"DAPR_HTTP_PORT": str(port), "REMINDER_PORT": str(free_port()), **env}
+    with anyio.fail_after(30):
+        done = await anyio.run_process([sys.executable, "-m", "worker", *args], env=full,
+                                       check=False)
+    return done.returncode, done.stdout.decode(), done.stderr.decode()
+
+
+def lines_of(out: str) -> dict[str, str]:
+    """check name -> its line."""
+    return {line[6:].split(":")[0]: line for line in out.splitlines() if line[:4] in
+            ("ok  ", "FAIL", "skip")}
+
+
+async def test_check_passes_beside_a_running_worker() -> None:
+    async with stack() as s:
+        port = s.sidecar_url.rsplit(":", 1)[1]
+        jobs_before = dict(s.sidecar.jobs())
+        status, out, err = await cli(int(port), "--check", REMINDER_PORT=str(s.running.app_port))
+        assert s.sidecar.jobs() == jobs_before  # the probe job is gone again
+    assert status == 0, out + err
+    checks = lines_of(out)
+    assert len(checks) == 9 and all(line.startswith("ok  ") for line in checks.values()), out
+    assert "jobs API" in checks and "subscription kafka-pubsub/task-events" in checks
+    assert out.rstrip().endswith("9 of 9 checks passed") and err == ""
+
+
+@pytest.mark.parametrize(("options", "env", "failing", "says"), [
+    ({"dapr_api_token": "right"}, {"DAPR_API_TOKEN": "wrong"}, "DAPR_API_TOKEN",
+     "the sidecar rejects it (HTTP 401); set DAPR_API_TOKEN"),
+    ({"dapr_api_token": "right"}, {}, "DAPR_API_TOKEN", "set DAPR_API_TOKEN"),
+    ({"runtime_version": "1.15.3"}, {}, "daprd version", "daprd 1.15.3 is too old"),
+    ({"pubsubs": ("pubsub",)}, {}, "pub/sub component 'kafka-pubsub'",
+     "not loaded (the sidecar has pubsub components: pubsub); set REMINDER_PUBSUB"),
+    ({}, {"REMINDER_STATE_STORE": "tasks"}, "state store 'tasks'",
+     "not loaded (the sidecar has state components: statestore); set REMINDER_STATE_STORE"),
+    ({"state_capabilities": ("ETAG", "TRANSACTIONAL")}, {}, "state store 'statestore' features",
+     "lacks TTL"),
+    ({}, {"REMINDER_SECRET_STORE": "vault"}, "secret store 'vault'", "not loaded"),
+    ({}, {}, "subscription kafka-pubsub/task-events", "not registered"),
+])
+async def test_check_names_what_is_wrong_and_exits_1(
+        options: dict[str, Any], env: dict[str, str], failing: str, says: str) -> None:
+    async with bare_sidecar(**options) as (port, _):
+        status, out, _err = await cli(port, "--check", **env)
+    assert status == 1, out
+    checks = lines_of(out)
+    assert checks[failing].startswith(f"FAIL  {failing}: ") and says in checks[failing], out
+
+
+async def test_check_probes_the_jobs_api_and_finds_no_sidecar() -> None:
+    async with bare_sidecar() as (port, sidecar):
+        sidecar.faults.fail("jobs", times=100, status=500)
+        status, out, _ = await cli(port, "--check")
+    assert status == 1 and lines_of(out)["jobs API"].startswith("FAIL  jobs API: /v1.0/jobs:")
+    status, out, _ = await cli(free_port(), "--check")  # nothing listens there
+    checks = lines_of(out)
+    assert status == 1 and checks["sidecar reachable"].startswith("FAIL")
+    assert "or try --dev" in checks["sidecar reachable"]
+    assert checks["jobs API"].startswith("skip")
+
+
+async def test_readyz_is_503_with_the_reason_while_a_component_is_missing() -> None:
+    with structlog.testing.capture_logs() as logs:
+        async with stack(env={"REMINDER_PUBSUB": "pubsub"}) as s:
+            start = anyio.current_time()
+            answer = await s.client.get(f"{s.ops_url}/readyz")
+            assert anyio.current_time() - start < 2
+            assert answer.status_code == 503
+            # cached: a second probe does not read the metadata again
+            reads = s.sidecar.counts["metadata"]
+            assert (await s.client.get(f"{s.ops_url}/readyz")).status_code == 503
+            assert s.sidecar.counts["metadata"] == reads
+    reasons = [e["reason"] for e in logs if e["event"] == "not ready"]
+    assert len(reasons) == 1 and reasons[0].startswith("pub/sub component 'pubsub': not loaded")
+
+
+# -- --explain ---------------------------------------------------------------------
+
+def created(task_id: int | str, **payload: Any) -> dict[str, Any]:
+    return {"event_type": "task.created", "task_id": task_id, "user_id": "u-explain",
+            "timestamp": "2026-11-26T12:00:00Z", "payload": payload}
+
+
+async def test_explain_shows_reminders_and_what_the_scheduler_really_has() -> None:
+    async with stack() as s:
+        port = int(s.sidecar_url.rsplit(":", 1)[1])
+        await s.deliver(created(5, title="Pay rent", due_at="2031-02-01T09:00:00",
+                                timezone="Europe/Berlin", reminders=["PT1H", "P1D"],
+                                recurrence="FREQ=MONTHLY"))
+        jobs = sorted(s.sidecar.jobs().items(), key=lambda item: item[1].due_time)
+        assert len(jobs) == 2
+        gone = jobs[1][0]  # the 08:00 Berlin one, deleted behind the worker's back
+        resp = await s.client.delete(f"{s.sidecar_url}/v1.0/jobs/{gone}")
+        assert resp.status_code == 204
+        status, out, err = await cli(port, "--explain", "u-explain", "5", "--json")
+        human_status, human, _ = await cli(port, "--explain", "u-explain", "5")
+        none_status, none, _ = await cli(port, "--explain", "u-explain", "6")
+        none_json_status, _, _ = await cli(port, "--explain", "u-explain", "6", "--json")
+    assert status == 0, err
+    found = json.loads(out)
+    assert (found["user_id"], found["task_id"], found["status"]) == ("u-explain", 5, "active")
+    assert found["due_at"] == "2031-02-01T08:00:00Z" and found["timezone"] == "Europe/Berlin"
+    assert found["reminders"] == [
+        {"at": "2031-01-31T08:00:00Z", "local": "2031-01-31T09:00:00+01:00", "kind": "reminder",
+         "job": jobs[0][0], "scheduled": True, "state": "pending"},
+        {"at": "2031-02-01T07:00:00Z", "local": "2031-02-01T08:00:00+01:00", "kind": "reminder",
+         "job": gone, "scheduled": False, "state": "MISSING from the scheduler"},
+    ]
+    nxt = found["next_occurrence"]
+    assert nxt["due_at"] == "2031-03-01T08:00:00Z" and "completed now" in nxt["assumes"]
+    assert datetime.fromisoformat(found["last_event"]).year == 2026
+    assert human_status == 0
+    assert f"{gone}  not scheduled (MISSING from the scheduler)" in human
+    assert "next occurrence" in human and "if the task is completed now" in human
+    assert (none_status, none_json_status) == (1, 1) and "no record of task 6" in none
