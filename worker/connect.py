@@ -56,9 +56,16 @@ async def connect(
     metrics = (Metrics.create(CollectorRegistry(), process=False) if registry is None
                else Metrics.create(registry))
     token = settings.dapr_api_token.get_secret_value() if settings.dapr_api_token else None
-    async with make_client(transport, timeout=settings.sidecar_timeout) as client:
+    client = make_client(transport, timeout=settings.sidecar_timeout)
+    await client.__aenter__()
+    try:
         sidecar = Sidecar(settings.sidecar_url, client, metrics, api_token=token)
         yield Connection(settings, sidecar, metrics, clock)
+    finally:
+        # Shielded: a cancelled worker still closes its connection pool (an unclosed
+        # aiohttp session leaks sockets and warns when collected).
+        with anyio.CancelScope(shield=True):
+            await client.__aexit__(None, None, None)
 
 
 async def resolve_secrets(settings: Settings, sidecar: Sidecar, *,
