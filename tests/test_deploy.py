@@ -124,6 +124,13 @@ CONTRACT_METRICS: dict[str, dict[str, frozenset[str] | None]] = {
         "outcome": frozenset({"requested", "ended", "error"}),
     },
     "reminder_worker_reminder_lateness_seconds": {},
+    # contract §8 (added metrics): reminders not published, or published late, by kind
+    "reminder_worker_reminders_missed_total": {
+        "kind": frozenset({"reminder", "overdue", "snooze"}),
+    },
+    "reminder_worker_reminders_deferred_total": {
+        "kind": frozenset({"reminder", "overdue", "snooze"}),
+    },
     "reminder_worker_sidecar_request_seconds": {"api": None, "outcome": None},
 }
 # Labels Prometheus attaches to every series of a PodMonitor target.

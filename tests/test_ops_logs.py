@@ -49,8 +49,9 @@ async def test_the_line_of_an_applied_event_says_what_changed() -> None:
     assert one["event_id"] == ce_ids[0]  # no event_id in the task event: the CloudEvent id
     assert typo["ignored_fields"] == ["color", "remind_befor"] and "scheduled" not in typo
     assert overdue["skipped"] == [{"at": format_utc(START - timedelta(days=1, hours=1)),
-                                   "reason": f"in the past when applied, and the task was "
-                                             f"already due ({past})"}]
+                                   "kind": "reminder",
+                                   "reason": f"in the past when applied, past the misfire "
+                                             f"grace, and the task was already due ({past})"}]
     assert partial["outcome"] == "partial" and len(partial["scheduled"]) == 1
     assert partial["problems"][0].startswith("payload.reminders[1]")
 

@@ -114,7 +114,7 @@ def test_loaded_record_is_typed() -> None:
     assert record.task.due_local == datetime(2031, 3, 30, 2, 30)  # noqa: DTZ001 (wall clock)
     assert record.task.offsets == (Offset(seconds=1800),)
     assert record.task.recurrence is not None and record.task.recurrence.rrule.startswith("FREQ")
-    assert all(at.tzinfo is not None for at in record.jobs.values())
+    assert all(slot.at.tzinfo is not None for slot in record.jobs.values())
     assert record.retired == tuple(V2_ACTIVE["retired"])
     assert load_record(V2_CLEARED).task.offsets == ()  # "none", not "never given"
     assert load_record(V2_FIXED_OFFSET).task.offsets is None

@@ -41,7 +41,7 @@ async def test_created_schedules_jobs_and_a_firing_publishes_reminder_due() -> N
             "event_type": "reminder.due", "event_version": "1.0", "task_id": 1,
             "user_id": "u1", "title": "Pay rent", "due_at": DUE,
             "remind_at": "2026-11-26T13:00:00Z", "fired_at": "2026-11-26T13:00:03Z",
-            "timezone": "Europe/Berlin",
+            "timezone": "Europe/Berlin", "kind": "reminder",
         }
         published = next(p for p in s.sidecar.published if p.topic == "reminders")
         assert published.content_type.startswith("application/cloudevents+json")

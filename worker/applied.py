@@ -12,7 +12,7 @@ from contextvars import ContextVar
 from typing import Any, Final
 
 from worker.events import TaskEvent
-from worker.plan import Plan
+from worker.plan import JobSpec, Plan
 from worker.records import TaskRecord
 from worker.schedule import format_utc
 
@@ -22,24 +22,27 @@ last: ContextVar[dict[str, Any] | None] = ContextVar("applied", default=None)
 
 
 def skip_reason(record: TaskRecord) -> str:
-    """Why a reminder instant already past was not scheduled (plan._wanted_jobs)."""
+    """Why a reminder already past was not scheduled (plan._wanted_jobs: the misfire
+    policy of contract §8)."""
     due = record.task.due_at
     if due is None:
-        return "in the past when applied, and the task has no due date"
-    return f"in the past when applied, and the task was already due ({format_utc(due)})"
+        return ("in the past when applied, past the misfire grace, and the task has "
+                "no due date")
+    return (f"in the past when applied, past the misfire grace, and the task was "
+            f"already due ({format_utc(due)})")
 
 
 def summary(event: TaskEvent, plan: Plan, outcome: str) -> dict[str, Any]:
     """The changes of one applied (or duplicate, or stale) event, as log fields."""
     out: dict[str, Any] = {"outcome": outcome}
     if plan.schedule:
-        out["scheduled"] = [{"job": j.name, "at": format_utc(j.due_time)}
-                            for j in plan.schedule[:MAX_LISTED]]
+        out["scheduled"] = [_scheduled(j) for j in plan.schedule[:MAX_LISTED]]
     if plan.delete:
         out["deleted"] = sorted(plan.delete)[:MAX_LISTED]
-    if plan.skipped_at:
+    if plan.missed_slots:
         reason = skip_reason(plan.record)
-        out["skipped"] = [{"at": at, "reason": reason} for at in plan.skipped_at[:MAX_LISTED]]
+        out["skipped"] = [{"at": format_utc(s.at), "kind": s.kind, "reason": reason}
+                          for s in plan.missed_slots[:MAX_LISTED]]
     if event.ignored:
         out["ignored_fields"] = list(event.ignored)
     if plan.problems:
@@ -51,6 +54,16 @@ def summary(event: TaskEvent, plan: Plan, outcome: str) -> dict[str, Any]:
     if outcome in ("duplicate", "stale"):
         out["why"] = ("this event was applied already" if outcome == "duplicate"
                       else f"a newer event ({plan.record.order.to_json()[0]}) was applied already")
+    return out
+
+
+def _scheduled(job: JobSpec) -> dict[str, Any]:
+    """One scheduled job; a kind other than a plain reminder is named (its slot)."""
+    out: dict[str, Any] = {"job": job.name, "at": format_utc(job.due_time)}
+    slot = job.data.get("slot")
+    if isinstance(slot, str):
+        kind, _, _ = slot.partition("@")
+        out["kind"] = kind
     return out
 
 
@@ -66,12 +79,12 @@ def human(done: dict[str, Any]) -> str:
     if "scheduled" in done:
         n = len(done["scheduled"])
         parts.append(f"scheduled {n} job{'s' * (n != 1)} ("
-                     + ", ".join(j["at"] for j in done["scheduled"]) + ")")
+                     + ", ".join(_kind(j) + j["at"] for j in done["scheduled"]) + ")")
     if "deleted" in done:
         n = len(done["deleted"])
         parts.append(f"deleted {n} job{'s' * (n != 1)}")
     if "skipped" in done:
-        parts.append("skipped " + ", ".join(s["at"] for s in done["skipped"])
+        parts.append("skipped " + ", ".join(_kind(s) + s["at"] for s in done["skipped"])
                      + f" ({done['skipped'][0]['reason']})")
     if "next_due_at" in done:
         parts.append(f"next occurrence {done['next_due_at']} requested")
@@ -84,3 +97,9 @@ def human(done: dict[str, Any]) -> str:
     if "why" in done:
         parts.append(done["why"])
     return f"{done['outcome']}: " + ("; ".join(parts) if parts else "nothing to change")
+
+
+def _kind(item: dict[str, Any]) -> str:
+    """"overdue " or "snooze " before an instant; nothing for a plain reminder."""
+    kind = item.get("kind", "reminder")
+    return "" if kind == "reminder" else f"{kind} "

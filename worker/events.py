@@ -28,7 +28,7 @@ from worker.errors import InvalidEvent
 from worker.schedule import MAX_YEAR, MIN_YEAR, UTC
 
 TASK_EVENT_TYPES: Final = frozenset(
-    {"task.created", "task.updated", "task.completed", "task.deleted"}
+    {"task.created", "task.updated", "task.completed", "task.deleted", "task.snoozed"}
 )
 MAX_ID_LENGTH: Final = 1024  # ids are hashed, never used raw; this only bounds memory
 MAX_LIST: Final = 100  # reminders per task: enough for people, bounded for the sidecar
@@ -47,6 +47,13 @@ ALIASES: Final[dict[str, tuple[str, ...]]] = {
     "reminders": ("reminders", "remind_before", "remind_before_minutes"),
     "remind_at": ("remind_at",),
     "recurrence": ("recurrence",),
+    # contract §8
+    "misfire_grace": ("misfire_grace",),
+    "repeat": ("repeat",),
+    "quiet_hours": ("quiet_hours",),
+    "floating": ("floating",),
+    "until": ("until",),  # task.snoozed
+    "for": ("for",),  # task.snoozed
 }
 
 
@@ -250,4 +257,16 @@ def _checked(name: str, value: object) -> object:
         if isinstance(value, dict) and len(json.dumps(value)) <= 20_000:
             return value
         raise ValueError("must be a rule string or an object")
+    if name in ("misfire_grace", "until", "for"):
+        if isinstance(value, str) and len(value) <= 64:
+            return value
+        raise ValueError("must be a string of at most 64")
+    if name in ("repeat", "quiet_hours"):
+        if isinstance(value, dict | str) and len(json.dumps(value)) <= 200:
+            return value
+        raise ValueError("must be an object")
+    if name == "floating":
+        if isinstance(value, bool):
+            return value
+        raise ValueError("must be true or false")
     raise AssertionError(name)  # pragma: no cover

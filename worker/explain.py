@@ -16,7 +16,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import IO, Any, Final
+from typing import IO, Any
 
 import anyio
 
@@ -24,18 +24,14 @@ from worker.check import open_sidecar
 from worker.connect import check_sidecar
 from worker.events import TaskEvent
 from worker.keys import task_key
-from worker.plan import PlanConfig, make_plan
+from worker.kinds import Slot
+from worker.misfire import judge
+from worker.plan import PlanConfig, grace_of, make_plan, wanted_slots
 from worker.records import load_record
-from worker.schedule import (
-    format_local,
-    format_utc,
-    load_zone,
-    reminder_instants,
-)
+from worker.schedule import format_local, format_utc, load_zone
 from worker.settings import Settings
 from worker.sidecar import Sidecar
 
-KIND_REMINDER: Final = "reminder"  # the only kind today (offsets, defaults, remind_at)
 EXIT_FOUND, EXIT_NONE, EXIT_UNREACHABLE = 0, 1, 3
 
 
@@ -52,8 +48,9 @@ class TaskView:
     due_at: datetime | None
     due_local: str | None
     recurrence: Any
-    wanted: list[datetime]  # every reminder instant the task asks for
-    jobs: dict[str, datetime]  # live jobs: name -> instant
+    wanted: list[Slot]  # every reminder the task asks for (kind, instant, deferred from)
+    jobs: dict[str, Slot]  # live jobs: name -> the reminder it stands for
+    grace: timedelta | None  # the task's misfire grace (None: no limit)
     raw: dict[str, Any] = field(repr=False)
 
 
@@ -63,16 +60,14 @@ def view(doc: dict[str, Any], config: PlanConfig) -> TaskView:
     task = record.task
     zone = load_zone(task.timezone)
     due = task.due_at
-    offsets = (config.default_offsets if task.offsets is None and due is not None
-               else task.offsets or ())
     return TaskView(
         user_id=record.user_id, task_id=record.task_id, status=record.status,
         last_event=record.order.to_json()[0], title=task.title, timezone=zone.key,
         due_at=due, due_local=format_local(due, zone) if due else None,
         recurrence=doc.get("task", {}).get("recurrence"),
-        wanted=reminder_instants(due, zone, offsets, list(task.remind_at or ()),
-                                 task.due_local),
+        wanted=wanted_slots(task, config),
         jobs=dict(record.jobs),
+        grace=grace_of(task, config),
         raw=doc,
     )
 
@@ -109,26 +104,38 @@ async def explain(sidecar: Sidecar, store: str, user_id: str, task_id: str, now:
     task = view(record, config)
     zone = load_zone(task.timezone)
     reminders = []
-    for name, at in sorted(task.jobs.items(), key=lambda item: item[1]):
+    for name, slot in sorted(task.jobs.items(), key=lambda item: item[1]):
+        at = slot.at
         scheduled = await sidecar.job_get(name) is not None
         state = ("pending" if scheduled else "MISSING from the scheduler") if at > now else (
             "fired" if not scheduled else "firing or retrying")
-        reminders.append({"at": format_utc(at), "local": format_local(at, zone),
-                          "kind": KIND_REMINDER, "job": name, "scheduled": scheduled,
-                          "state": state})
+        if (at <= now and not judge(at, task.due_at, now, task.grace).publish
+                and task.status == "active"):
+            state = ("missed (past the misfire grace)" if not scheduled
+                     else "firing late: will be missed (past the misfire grace)")
+        entry: dict[str, Any] = {"at": format_utc(at), "local": format_local(at, zone),
+                                 "kind": slot.kind, "job": name, "scheduled": scheduled,
+                                 "state": state}
+        if slot.deferred_from:
+            entry["deferred_from"] = [format_utc(d) for d in slot.deferred_from]
+        reminders.append(entry)
     held = set(task.jobs.values())
     skipped = []
-    for at in task.wanted:
-        if at in held:
+    for slot in task.wanted:
+        if slot in held:
             continue
+        at = slot.at
         if task.status != "active":
             reason = f"the task is {task.status}: its reminders were deleted"
+        elif at <= now and not judge(at, task.due_at, now, task.grace).publish:
+            reason = ("past the misfire grace with the task already due: missed when "
+                      "the event was applied, or fired earlier and forgotten")
         elif at <= now:
-            reason = ("past: fired and forgotten, or skipped when the event was applied "
-                      "(already past, with the task already due)")
+            reason = "past: fired and forgotten"
         else:
             reason = "no job in the record"
-        skipped.append({"at": format_utc(at), "local": format_local(at, zone), "reason": reason})
+        skipped.append({"at": format_utc(at), "local": format_local(at, zone),
+                        "kind": slot.kind, "reason": reason})
     nxt = next_if_completed_now(record, now, config)
     return {
         "user_id": task.user_id, "task_id": task.task_id, "status": task.status,
@@ -164,9 +171,12 @@ def render(found: dict[str, Any], out: IO[str] = sys.stdout) -> None:
     for i, r in enumerate(found["reminders"]):
         say("reminders" if i == 0 else "",
             f"{r['at']}  {r['local']}  {r['kind']}  {r['job']}  "
-            f"{'scheduled' if r['scheduled'] else 'not scheduled'} ({r['state']})")
+            f"{'scheduled' if r['scheduled'] else 'not scheduled'} ({r['state']})"
+            + (f", deferred from {', '.join(r['deferred_from'])} (quiet hours)"
+               if r.get("deferred_from") else ""))
     for i, s in enumerate(found["skipped"]):
-        say("not scheduled" if i == 0 else "", f"{s['at']}  {s['local']}  {s['reason']}")
+        say("not scheduled" if i == 0 else "",
+            f"{s['at']}  {s['local']}  {s['kind']}  {s['reason']}")
     nxt = found["next_occurrence"]
     if nxt is not None:
         say("next occurrence", f"{nxt['due_at']} ({nxt['local']}), if {nxt['assumes']}")
@@ -181,7 +191,8 @@ async def _explain(settings: Settings, user_id: str, task_id: str, now: datetime
             return (f"reminder-worker: no Dapr sidecar answers at {settings.sidecar_url}; start "
                     "daprd beside the worker, or set DAPR_HTTP_PORT / DAPR_HTTP_ENDPOINT")
         await check_sidecar(sidecar)  # token and version: a StartupError says what to change
-        config = PlanConfig(settings.all_day_time, settings.default_reminders)
+        config = PlanConfig(settings.all_day_time, settings.default_reminders,
+                            settings.misfire_grace_delta, settings.default_quiet_hours)
         return await explain(sidecar, settings.state_store, user_id, task_id, now, config)
 
 

@@ -1,22 +1,26 @@
 """Pure: what a job trigger means, and whether it publishes.
 
-A job's data names the reminder (user, task, instant) and the order of the
-event that scheduled it (`plan.job_spec`); `parse_job_data` reads it back and
-checks it against the job's name, `decide` compares it with the task record.
+A job's data names the reminder (user, task, instant, and for a reminder that is
+not a plain one its slot: `kinds.Slot`) and the order of the event that scheduled
+it (`plan.job_spec`); `parse_job_data` reads it back and checks it against the
+job's name, `decide` compares it with the task record and applies the misfire
+policy (contract §8).
 """
 
 from __future__ import annotations
 
 import math
 import re
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Final, Literal
 
 from worker.errors import InvalidEvent
 from worker.keys import job_name
+from worker.kinds import Slot
+from worker.misfire import DEFAULT_GRACE, judge, task_grace
 from worker.records import Order, TaskRecord
 
-Decision = Literal["publish", "skip", "behind"]
+Decision = Literal["publish", "skip", "behind", "missed"]
 
 _DECIMAL_INT = re.compile(r"-?(0|[1-9][0-9]*)")
 # Jobs scheduled before job data held strings carry the task id as a JSON number;
@@ -39,6 +43,9 @@ def parse_job_data(data: object, name: str) -> tuple[str, int | str, datetime, O
         user_id, raw_id = data["user_id"], data["task_id"]
         instant = datetime.fromisoformat(data["remind_at"])
         order = Order.from_json(data["order"])
+        slot = data.get("slot")  # absent for a plain reminder (its name is its instant's)
+        if slot is not None and (not isinstance(slot, str) or Slot.parse(slot).at != instant):
+            raise foreign
     except (KeyError, TypeError, ValueError, IndexError):
         raise foreign from None
     id_type = data.get("task_id_type")
@@ -53,7 +60,7 @@ def parse_job_data(data: object, name: str) -> tuple[str, int | str, datetime, O
         raise foreign
     if not isinstance(user_id, str) or instant.tzinfo is None:
         raise foreign
-    if name not in (job_name(user_id, task_id, instant, order.to_json()),
+    if name not in (job_name(user_id, task_id, instant, order.to_json(), slot=slot),
                     job_name(user_id, task_id, instant)):  # named before generations
         recovered = (_unrounded(user_id, task_id, instant, name)
                      if id_type is None and isinstance(task_id, int) else None)
@@ -76,15 +83,21 @@ def _unrounded(user_id: str, rounded: int, instant: datetime, name: str) -> int 
     return None
 
 
-def decide(record: TaskRecord | None, name: str, order: Order) -> Decision:
-    """What the trigger of job `name`, scheduled by the event of `order`, does.
+def decide(record: TaskRecord | None, name: str, order: Order, now: datetime,
+           default_grace: timedelta | None = DEFAULT_GRACE) -> Decision:
+    """What the trigger of job `name`, scheduled by the event of `order`, does at `now`.
 
     behind: the record does not show that event yet (its save is in flight): retry.
     skip: the task is no longer active or no longer wants this job (superseded).
+    missed: too late to be useful (contract §8: the task's due time has passed and the
+    reminder is more than the task's misfire grace, else `default_grace`, late).
     publish: the reminder is due.
     """
     if record is None or record.order < order:
         return "behind"
     if record.status != "active" or name not in record.jobs:
         return "skip"
+    slot = record.jobs[name]
+    if not judge(slot.at, record.task.due_at, now, task_grace(record.task, default_grace)).publish:
+        return "missed"
     return "publish"

@@ -43,7 +43,7 @@ def task_key(user_id: str, task_id: int | str) -> str:
 
 
 def job_name(user_id: str, task_id: int | str, instant: datetime,
-             scheduled_by: Sequence[str] | None = None) -> str:
+             scheduled_by: Sequence[str] | None = None, *, slot: str | None = None) -> str:
     """Dapr job name of one reminder instant: "rw-<40 hex>".
 
     `scheduled_by` is the order ([timestamp, fingerprint]) of the event that first
@@ -51,17 +51,27 @@ def job_name(user_id: str, task_id: int | str, instant: datetime,
     by one event can never be a job that a newer event scheduled for the same
     instant (a late delete would otherwise remove the newer event's reminder).
     Without it: the name of jobs scheduled before generations existed.
+    `slot`: the reminder's slot key (`worker.kinds.Slot.key`) when it is not a plain
+    reminder; a plain reminder's key is its instant, so its name is unchanged.
     """
     user, task = _ids(user_id, task_id)
+    what = slot if slot is not None else format_utc(instant)
     if scheduled_by is None:
-        return f"rw-{_digest('job', user, task, format_utc(instant))[:40]}"
-    return f"rw-{_digest('job', user, task, format_utc(instant), list(scheduled_by))[:40]}"
+        return f"rw-{_digest('job', user, task, what)[:40]}"
+    return f"rw-{_digest('job', user, task, what, list(scheduled_by))[:40]}"
 
 
-def reminder_id(user_id: str, task_id: int | str, instant: datetime) -> str:
-    """CloudEvent id of the reminder.due for one reminder instant: "rw-rem-<40 hex>"."""
+def reminder_id(user_id: str, task_id: int | str, instant: datetime,
+                kind: str = "reminder") -> str:
+    """CloudEvent id of the reminder.due for one reminder instant: "rw-rem-<40 hex>".
+
+    Per (user, task, kind, instant); kind `reminder` keeps the id it had before kinds
+    existed (consumers dedupe on it).
+    """
     user, task = _ids(user_id, task_id)
-    return f"rw-rem-{_digest('reminder', user, task, format_utc(instant))[:40]}"
+    if kind == "reminder":
+        return f"rw-rem-{_digest('reminder', user, task, format_utc(instant))[:40]}"
+    return f"rw-rem-{_digest('reminder', user, task, format_utc(instant), kind)[:40]}"
 
 
 def occurrence_key(user_id: str, task_id: int | str, occurrence: datetime) -> str:

@@ -11,27 +11,34 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from worker.keys import reminder_id
+from worker.kinds import Slot
 from worker.records import Task
 from worker.recurrence import Recurrence, series_start
 from worker.schedule import format_local, format_utc
 
 
-def reminder_due(source: str, user_id: str, task_id: int | str, task: Task, instant: datetime,
-                 fired_at: datetime) -> dict[str, Any]:
-    """The `reminder.due` CloudEvent of the reminder `instant`; its id is the same for
-    every fire of that instant, so consumers can dedupe."""
+def reminder_due(source: str, user_id: str, task_id: int | str, task: Task,
+                 reminder: Slot | datetime, fired_at: datetime) -> dict[str, Any]:
+    """The `reminder.due` CloudEvent of one reminder (a slot; an instant is a plain
+    reminder). Its id is the same for every fire of that (kind, instant), so consumers
+    can dedupe; a plain reminder's id is the one it had before kinds (contract §8)."""
+    slot = reminder if isinstance(reminder, Slot) else Slot(reminder)
     data: dict[str, Any] = {
         "event_type": "reminder.due", "event_version": "1.0",
         "task_id": task_id, "user_id": user_id,
         "due_at": format_utc(task.due_at) if task.due_at else None,
-        "remind_at": format_utc(instant),
+        "remind_at": format_utc(slot.at),
         "fired_at": format_utc(fired_at), "timezone": task.timezone,
+        "kind": slot.kind,
     }
+    if slot.deferred_from:  # quiet hours moved it (several: published once)
+        data["deferred_from"] = format_utc(slot.deferred_from[0])
+        data["count"] = slot.count
     if task.title is not None:
         data["title"] = task.title
     return {
         "specversion": "1.0", "type": "reminder.due", "source": source,
-        "id": reminder_id(user_id, task_id, instant), "time": data["fired_at"],
+        "id": reminder_id(user_id, task_id, slot.at, slot.kind), "time": data["fired_at"],
         "datacontenttype": "application/json", "data": data,
     }
 

@@ -23,6 +23,8 @@ class Metrics:
     next_occurrences: Counter
     lateness: Histogram
     sidecar_seconds: Histogram
+    missed: Counter
+    deferred: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry, *, process: bool = True) -> Metrics:
@@ -47,4 +49,10 @@ class Metrics:
             sidecar_seconds=Histogram("reminder_worker_sidecar_request_seconds",
                                       "Dapr sidecar call latency", ["api", "outcome"],
                                       buckets=SIDECAR_BUCKETS, registry=registry),
+            missed=Counter("reminder_worker_reminders_missed",
+                           "Reminders not published: later than the misfire grace (contract §8)",
+                           ["kind"], registry=registry),
+            deferred=Counter("reminder_worker_reminders_deferred",
+                             "Reminders published at the end of quiet hours (contract §8)",
+                             ["kind"], registry=registry),
         )

@@ -3,9 +3,12 @@
 No I/O. The service executes a plan; `--dry-run` prints it. The record is a
 `records.TaskRecord` (its JSON form and its meaning: see `records`). A job is
 named by its reminder instant and the order of the event that first wanted it
-(`keys.job_name`). Day offsets and the recurrence work from the wall clock
-as written (`Task.due_local`); when only the zone changes, the instant stays
-where it was and the wall clock is derived again in the new zone.
+(`keys.job_name`); a reminder that is not a plain one (kind overdue or snooze,
+or deferred by quiet hours) is named by its slot (`kinds.Slot`). Day offsets and the
+recurrence work from the wall clock as written (`Task.due_local`); when only the
+zone changes, the instant stays where it was and the wall clock is derived again
+in the new zone, except for a floating task (contract §8), whose wall clock stays
+and whose instants (due, remind_at) follow the zone.
 
 Partial application: an unusable optional part of an event (a bad field, one bad
 entry of a list) is left out, the rest applies, and the part is listed with its
@@ -21,13 +24,23 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
 from typing import Any, Final, Literal, TypeVar
+from zoneinfo import ZoneInfo
 
 from worker.errors import InvalidEvent
 from worker.events import TaskEvent, is_blank
 from worker.keys import job_name, occurrence_key
+from worker.kinds import Slot, parse_duration
 from worker.messages import next_occurrence_body
-from worker.records import Order, Status, Task, TaskRecord
-from worker.recurrence import Recurrence, next_occurrence, parse_recurrence
+from worker.misfire import DEFAULT_GRACE, judge, task_grace
+from worker.quiet import QuietHours, defer, parse_quiet_hours
+from worker.records import NO_GRACE_LIMIT, NO_QUIET_HOURS, Order, Status, Task, TaskRecord
+from worker.recurrence import (
+    Recurrence,
+    next_from_completion,
+    next_occurrence,
+    parse_recurrence,
+)
+from worker.repeat import overdue_instants, parse_repeat
 from worker.schedule import (
     UTC,
     Offset,
@@ -37,8 +50,10 @@ from worker.schedule import (
     parse_when,
     parse_when_wall,
     reminder_instants,
+    resolve_local,
     wall_clock,
 )
+from worker.snooze import snooze_instant
 
 T = TypeVar("T")
 
@@ -65,6 +80,8 @@ _STATUS_AFTER: Final[dict[str, Status]] = {
 class PlanConfig:
     all_day_time: time = time(9, 0)
     default_offsets: tuple[Offset, ...] = ()
+    misfire_grace: timedelta | None = DEFAULT_GRACE  # REMINDER_MISFIRE_GRACE (None: no limit)
+    quiet_hours: QuietHours | None = None  # REMINDER_QUIET_HOURS
 
 
 @dataclass(frozen=True)
@@ -89,9 +106,15 @@ class Plan:
     delete: list[str] = field(default_factory=list)
     next: NextOccurrence | None = None
     series_ended: bool = False
-    skipped: int = 0  # reminder instants already past with the task overdue
-    skipped_at: list[str] = field(default_factory=list)  # those instants (RFC 3339 UTC)
+    skipped: int = 0  # reminders already past and too late (misfire policy), all kinds
+    missed: dict[str, int] = field(default_factory=dict)  # the same, by kind
+    missed_slots: list[Slot] = field(default_factory=list)  # the same, one per reminder job
     problems: list[str] = field(default_factory=list)  # parts left out: "payload.x: reason"
+
+    @property
+    def skipped_at(self) -> list[str]:
+        """The instants (RFC 3339 UTC) of the reminders skipped as too late."""
+        return [format_utc(slot.at) for slot in self.missed_slots]
 
     @property
     def event_outcome(self) -> EventOutcome:
@@ -107,6 +130,7 @@ class Plan:
                          for j in self.schedule],
             "delete": self.delete,
             "skipped": self.skipped,
+            "missed": self.missed,
             "next_occurrence": self.next.body if self.next else None,
             "series_ended": self.series_ended,
             "problems": self.problems,
@@ -141,13 +165,14 @@ def make_plan(
     prior = record.task if record else Task()
     problems = list(event.rejected.values())
     task = merge(prior, event.changes, config, problems)
+    task = _snoozed(task, event, config, problems)
     old_status: Status = record.status if record else "active"
     status = _STATUS_AFTER.get(event.event_type, old_status)
-    old_jobs: dict[str, datetime] = dict(record.jobs) if record else {}
-    new_jobs: dict[str, datetime] = {}
-    skipped_at: list[str] = []
+    old_jobs: dict[str, Slot] = dict(record.jobs) if record else {}
+    new_jobs: dict[str, Slot] = {}
+    missed: list[Slot] = []
     if status == "active":
-        new_jobs, skipped_at = _wanted_jobs(event, task, old_jobs, now, config)
+        new_jobs, missed = _wanted_jobs(event, task, old_jobs, now, config)
     order = order_of(event)
     delete = [name for name in old_jobs if name not in new_jobs]
     plan = Plan(
@@ -156,7 +181,8 @@ def make_plan(
                    tuple(sorted(delete))),
         schedule=[job_spec(event.user_id, event.task_id, name, at, order, now)
                   for name, at in new_jobs.items() if name not in old_jobs],
-        delete=delete, skipped=len(skipped_at), skipped_at=skipped_at, problems=problems,
+        delete=delete, skipped=sum(s.count for s in missed), missed=_by_kind(missed),
+        missed_slots=missed, problems=problems,
     )
     if (event.event_type == "task.completed" and task.recurrence is not None
             and old_status == "active"):
@@ -214,11 +240,84 @@ def merge(prior: Task, changes: dict[str, Any], config: PlanConfig,
             elif name == "recurrence":
                 new["recurrence"] = None if value is None else parse_recurrence(
                     value, zone, config.all_day_time)
+            elif name == "misfire_grace":  # null: no limit (not "the setting")
+                new["misfire_grace"] = (NO_GRACE_LIMIT if value is None
+                                        else parse_duration(value, "misfire_grace"))
+            elif name == "quiet_hours":  # null: none (not "the setting")
+                new["quiet_hours"] = (NO_QUIET_HOURS if value is None
+                                      else parse_quiet_hours(value))
+            elif name == "repeat":
+                new["repeat"] = None if value is None else parse_repeat(value)
+            elif name == "floating":
+                new["floating"] = bool(value)
         except (ValueError, OverflowError, TypeError) as exc:
             problems.append(f"payload.{name}: {exc}")
     if prior.due_at is not None and not due_applied and zone.key != prior.timezone:
-        new["due_local"] = wall_clock(prior.due_at, zone)  # a new zone: the instant stays
+        if new.get("floating", prior.floating) and prior.due_local is not None:
+            new.update(_floated(prior, load_zone(prior.timezone), zone, "remind_at" in new))
+        else:
+            new["due_local"] = wall_clock(prior.due_at, zone)  # a new zone: the instant stays
     return dataclasses.replace(prior, **new)
+
+
+def _floated(prior: Task, old: ZoneInfo, zone: ZoneInfo, remind_at_given: bool
+             ) -> dict[str, Any]:
+    """Floating time (contract §8): the wall clock stays, the instants follow `zone`."""
+    assert prior.due_local is not None
+    new: dict[str, Any] = {"due_at": resolve_local(prior.due_local, zone)}
+    if prior.remind_at and not remind_at_given:
+        new["remind_at"] = tuple(resolve_local(wall_clock(a, old), zone)
+                                 for a in prior.remind_at)
+    return new
+
+
+def _snoozed(task: Task, event: TaskEvent, config: PlanConfig, problems: list[str]) -> Task:
+    """`snooze` after the event: set by task.snoozed, cleared by task.created."""
+    if event.event_type == "task.created" and task.snooze is not None:
+        return dataclasses.replace(task, snooze=None)  # a new task starts unsnoozed
+    if event.event_type != "task.snoozed":
+        return task
+    try:
+        at = snooze_instant(event.changes, event.timestamp, load_zone(task.timezone),
+                            config.all_day_time)
+    except (ValueError, OverflowError) as exc:
+        problems.append(f"payload: {exc}")
+        return task
+    return dataclasses.replace(task, snooze=at)
+
+
+def grace_of(task: Task, config: PlanConfig) -> timedelta | None:
+    """The task's misfire grace: its own, else the setting; None: no limit."""
+    return task_grace(task, config.misfire_grace)
+
+
+def wanted_slots(task: Task, config: PlanConfig) -> list[Slot]:
+    """Every reminder the task wants (contract §2, §8), sorted, one slot per (kind, instant).
+
+    Offsets, default offsets and overdue repetitions falling in quiet hours move to
+    the window's end, several of them to one slot that lists them; explicit
+    `remind_at` instants and the snooze stay as given.
+    """
+    zone = load_zone(task.timezone)
+    due = task.due_at
+    offsets = (config.default_offsets if task.offsets is None and due is not None
+               else task.offsets or ())
+    quiet = config.quiet_hours if task.quiet_hours is None else task.quiet_hours
+    groups: dict[tuple[str, datetime], set[datetime]] = {}
+    sources = (("reminder", reminder_instants(due, zone, offsets, (), task.due_local), True),
+               ("reminder", reminder_instants(None, zone, (), list(task.remind_at or ())),
+                False),
+               ("overdue", overdue_instants(due, task.repeat), True))
+    for kind, instants, movable in sources:
+        for instant in instants:
+            moved = defer(instant, zone, quiet) if movable else None
+            origins = groups.setdefault((kind, moved or instant), set())
+            if moved is not None:
+                origins.add(instant)
+    if task.snooze is not None:
+        groups.setdefault(("snooze", task.snooze), set())
+    return sorted(Slot(at, kind, tuple(sorted(origins)))  # type: ignore[arg-type]
+                  for (kind, at), origins in groups.items())
 
 
 def _entries(name: str, value: list[Any] | None, parse: Callable[[Any], T],
@@ -244,51 +343,72 @@ def _entries(name: str, value: list[Any] | None, parse: Callable[[Any], T],
 
 
 def _wanted_jobs(
-    event: TaskEvent, task: Task, old_jobs: dict[str, datetime], now: datetime,
+    event: TaskEvent, task: Task, old_jobs: dict[str, Slot], now: datetime,
     config: PlanConfig,
-) -> tuple[dict[str, datetime], list[str]]:
-    zone = load_zone(task.timezone)
-    due = task.due_at
-    offsets = (config.default_offsets if task.offsets is None and due is not None
-               else task.offsets or ())
+) -> tuple[dict[str, Slot], list[Slot]]:
+    """(job name -> slot) the task wants now, and the reminders missed."""
     try:
-        instants = reminder_instants(due, zone, offsets, list(task.remind_at or ()),
-                                     task.due_local)
+        slots = wanted_slots(task, config)
     except (ValueError, OverflowError) as exc:
         raise InvalidEvent(f"payload: reminder instants out of range: {exc}") from None
-    live = {at: name for name, at in old_jobs.items()}  # instant -> the job that has it
-    order = order_of(event).to_json()
-    wanted: dict[str, datetime] = {}
-    skipped: list[str] = []
-    for instant in instants:
-        name = live.get(instant)
-        if instant > now:
-            wanted[name or job_name(event.user_id, event.task_id, instant, order)] = instant
+    grace = grace_of(task, config)
+    live = {slot: name for name, slot in old_jobs.items()}  # slot -> the job that has it
+    order = order_of(event)
+    wanted: dict[str, Slot] = {}
+    missed: list[Slot] = []
+    late_overdue: list[Slot] = []
+    for slot in slots:
+        name = live.get(slot)
+        if slot.at > now:
+            wanted[name or slot_job_name(event.user_id, event.task_id, slot, order)] = slot
         elif name is not None:
             # Scheduled earlier and due by now: it fired or is retrying; keep it
             # live for a while, never schedule it twice.
-            if instant > now - FIRED_RETENTION:
-                wanted[name] = instant
-        elif due is not None and due > now:
-            # late but still useful: fires at once
-            wanted[job_name(event.user_id, event.task_id, instant, order)] = instant
+            if slot.at > now - FIRED_RETENTION:
+                wanted[name] = slot
+        elif judge(slot.at, task.due_at, now, grace).publish:
+            if slot.kind == "overdue":  # only the latest past repetition: no burst
+                late_overdue.append(slot)
+            else:  # late but still useful: fires at once
+                wanted[slot_job_name(event.user_id, event.task_id, slot, order)] = slot
         else:
-            skipped.append(format_utc(instant))
-    return wanted, skipped
+            missed.append(slot)
+    missed += late_overdue[:-1]
+    if late_overdue:
+        last = late_overdue[-1]
+        wanted[slot_job_name(event.user_id, event.task_id, last, order)] = last
+    return wanted, missed
 
 
-def job_spec(user_id: str, task_id: int | str, name: str, at: datetime, order: Order,
+def _by_kind(missed: list[Slot]) -> dict[str, int]:
+    by_kind: dict[str, int] = {}
+    for slot in missed:
+        by_kind[slot.kind] = by_kind.get(slot.kind, 0) + slot.count
+    return by_kind
+
+
+def slot_job_name(user_id: str, task_id: int | str, slot: Slot, order: Order) -> str:
+    """The job name of one slot; a plain reminder's is what it was before kinds."""
+    key = slot.key()
+    plain = key == format_utc(slot.at)
+    return job_name(user_id, task_id, slot.at, order.to_json(), slot=None if plain else key)
+
+
+def job_spec(user_id: str, task_id: int | str, name: str, slot: Slot, order: Order,
              now: datetime) -> JobSpec:
-    """The job of one reminder instant `at`, scheduled by the event of `order`.
+    """The job of one reminder `slot`, scheduled by the event of `order`.
 
     daprd holds job data as a protobuf Value: every number comes back as a float64
     (a 64-bit id returns changed), so the data holds strings only, and the task
     id's JSON type beside it so `reminder.due` can echo the id as it came.
     """
-    data = {"user_id": user_id, "task_id": str(task_id),
-            "task_id_type": "string" if isinstance(task_id, str) else "number",
-            "remind_at": format_utc(at), "order": order.to_json()}
-    return JobSpec(name, max(at, now + AT_ONCE_GRACE), data)
+    data: dict[str, Any] = {
+        "user_id": user_id, "task_id": str(task_id),
+        "task_id_type": "string" if isinstance(task_id, str) else "number",
+        "remind_at": format_utc(slot.at), "order": order.to_json()}
+    if slot.key() != data["remind_at"]:
+        data["slot"] = slot.key()  # not a plain reminder: the name is derived from the slot
+    return JobSpec(name, max(slot.at, now + AT_ONCE_GRACE), data)
 
 
 def _next(event: TaskEvent, task: Task, rec: Recurrence) -> NextOccurrence | None:
@@ -299,9 +419,17 @@ def _next(event: TaskEvent, task: Task, rec: Recurrence) -> NextOccurrence | Non
     # "Now" for this purpose is when the task was completed, never when the event
     # happens to be handled: a redelivery hours later asks for the same occurrence
     # with the same idempotency key (contract §4).
-    nxt = next_occurrence(rec, zone, current_wall, max(current, event.timestamp))
-    if nxt is None:
-        return None
+    if rec.anchor == "completion":  # contract §8: the series restarts at the completion
+        restarted = next_from_completion(rec, zone, task.due_local, event.timestamp)
+        if restarted is None:
+            return None
+        nxt, series = restarted
+        rec, current_wall = series, wall_clock(nxt, zone)  # sent with dtstart = next
+    else:
+        found = next_occurrence(rec, zone, current_wall, max(current, event.timestamp))
+        if found is None:
+            return None
+        nxt = found
     key = occurrence_key(event.user_id, event.task_id, nxt)
     return NextOccurrence(key, nxt.astimezone(UTC), next_occurrence_body(
         event.user_id, event.task_id, task, rec, zone, nxt, current_wall, key))

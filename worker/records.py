@@ -22,18 +22,28 @@ inside a DST gap, where `due_at` follows the DST policy). Version 1 records (no
 `due_at` in the record's zone. `offsets` are ISO 8601 durations, "+PT15M"
 meaning after the due time; absent means "never given" (the configured default
 offsets apply), `[]` means "none".
+
+Contract §8 adds to `task`, each written only when set: `misfire_grace` (a
+duration; null = no limit; absent = the setting), `quiet_hours` ("HH:MM-HH:MM";
+null = none; absent = the setting), `repeat` ({"every", "max"}), `floating` (true),
+`snooze` (the instant of the last `task.snoozed`). The values of `jobs` are slot
+keys (`kinds.Slot.key`): a plain reminder's key is its instant, as before, so
+records without §8 read and write unchanged.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, time, timedelta
 from functools import cached_property
 from typing import Any, Final, Literal
 
 from worker.errors import InvalidEvent
+from worker.kinds import Slot, parse_duration
+from worker.quiet import QuietHours, parse_quiet_hours
 from worker.recurrence import Recurrence
+from worker.repeat import Repeat, parse_repeat
 from worker.schedule import Offset, format_utc, load_zone, parse_offset, wall_clock
 
 RECORD_VERSION: Final = 2  # 2: `due_local`, signed offsets; version 1 records still load
@@ -41,6 +51,10 @@ READABLE_VERSIONS: Final = frozenset({1, 2})
 
 Status = Literal["active", "completed", "deleted"]
 STATUSES: Final[frozenset[str]] = frozenset({"active", "completed", "deleted"})
+# A task's own "no limit" / "none" (JSON null), as opposed to "not given" (None: the
+# setting applies). An unbounded grace and an empty window need no special case.
+NO_GRACE_LIMIT: Final = timedelta.max
+NO_QUIET_HOURS: Final = QuietHours(time(0), time(0))
 
 
 @dataclass(frozen=True, order=True)
@@ -80,6 +94,12 @@ class Task:
     offsets: tuple[Offset, ...] | None = None  # None: never given, the defaults apply
     remind_at: tuple[datetime, ...] | None = None  # aware
     recurrence: Recurrence | None = None
+    # contract §8
+    misfire_grace: timedelta | None = None  # None: the setting; NO_GRACE_LIMIT: no limit
+    quiet_hours: QuietHours | None = None  # None: the setting; NO_QUIET_HOURS: none
+    repeat: Repeat | None = None
+    floating: bool = False
+    snooze: datetime | None = None  # aware
 
 
 @dataclass(frozen=True)
@@ -89,7 +109,7 @@ class TaskRecord:
     order: Order
     status: Status
     task: Task
-    jobs: Mapping[str, datetime] = field(default_factory=dict)  # live job name -> instant
+    jobs: Mapping[str, Slot] = field(default_factory=dict)  # live job name -> its reminder
     retired: tuple[str, ...] = ()  # sorted
 
 
@@ -108,10 +128,21 @@ def dump_record(record: TaskRecord) -> dict[str, Any]:
         task["remind_at"] = [format_utc(a) for a in t.remind_at]
     if t.recurrence is not None:
         task["recurrence"] = t.recurrence.to_record()
+    if t.misfire_grace is not None:
+        task["misfire_grace"] = (None if t.misfire_grace == NO_GRACE_LIMIT
+                                 else f"PT{int(t.misfire_grace.total_seconds())}S")
+    if t.quiet_hours is not None:
+        task["quiet_hours"] = None if t.quiet_hours == NO_QUIET_HOURS else t.quiet_hours.text()
+    if t.repeat is not None:
+        task["repeat"] = t.repeat.to_record()
+    if t.floating:
+        task["floating"] = True
+    if t.snooze is not None:
+        task["snooze"] = format_utc(t.snooze)
     doc: dict[str, Any] = {
         "v": RECORD_VERSION, "user_id": record.user_id, "task_id": record.task_id,
         "order": record.order.to_json(), "status": record.status, "task": task,
-        "jobs": {name: format_utc(at) for name, at in record.jobs.items()},
+        "jobs": {name: slot.key() for name, slot in record.jobs.items()},
     }
     if record.retired:
         doc["retired"] = list(record.retired)
@@ -142,7 +173,7 @@ def _load(doc: object) -> TaskRecord:
     return TaskRecord(
         user_id=user_id, task_id=task_id, order=Order.from_json(doc["order"]), status=status,
         task=_load_task(doc["task"]),
-        jobs={str(name): _instant(at) for name, at in doc["jobs"].items()},
+        jobs={str(name): Slot.parse(key) for name, key in doc["jobs"].items()},
         retired=tuple(doc.get("retired") or ()),
     )
 
@@ -165,6 +196,14 @@ def _load_task(raw: Mapping[str, Any]) -> Task:
         offsets=None if offsets is None else tuple(parse_offset(o) for o in offsets),
         remind_at=None if remind_at is None else tuple(_instant(a) for a in remind_at),
         recurrence=None if not recurrence else Recurrence.from_record(recurrence, zone),
+        misfire_grace=(None if "misfire_grace" not in raw else NO_GRACE_LIMIT
+                       if raw["misfire_grace"] is None
+                       else parse_duration(raw["misfire_grace"], "misfire_grace")),
+        quiet_hours=(None if "quiet_hours" not in raw else NO_QUIET_HOURS
+                     if raw["quiet_hours"] is None else parse_quiet_hours(raw["quiet_hours"])),
+        repeat=parse_repeat(raw["repeat"]) if raw.get("repeat") else None,
+        floating=raw.get("floating") is True,
+        snooze=_instant(raw["snooze"]) if raw.get("snooze") else None,
     )
 
 

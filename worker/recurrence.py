@@ -283,3 +283,41 @@ def next_occurrence(
         if best is not None:  # offsets in use near the best instant must be scanned too
             todo |= zone_offsets(zone, best) - done
     return best
+
+
+SUBDAILY_FREQS = frozenset({"HOURLY", "MINUTELY"})
+_COUNT_PART = re.compile(r";?COUNT=\d+")
+
+
+def next_from_completion(
+    rec: Recurrence, zone: ZoneInfo, due_wall: datetime | None, completed: datetime
+) -> tuple[datetime, Recurrence] | None:
+    """The next occurrence of a completion-anchored series (`anchor: "completion"`), and
+    the series to send downstream with it; None when the series has ended.
+
+    The series restarts at the completion (contract §8): for daily and coarser rules
+    at the completion's local date with `due_wall`'s time of day (DAILY;INTERVAL=3,
+    due 09:00, done Monday 20:00 -> Thursday 09:00); for hourly and finer rules at the
+    completion's wall-clock time. UNTIL ends the series as usual; EXDATEs still apply;
+    RDATEs have no meaning without a fixed grid and are not used.
+    COUNT counts the task instances left, this one included: each next occurrence is
+    sent with COUNT one less, and completing the instance of COUNT=1 ends the series.
+    Depends only on the record and the completion's timestamp.
+    """
+    if due_wall is not None and due_wall.tzinfo is not None:
+        raise ValueError("due_wall must be a naive wall-clock time")
+    rule = parse_rule(rec.rrule)
+    if rule.count is not None and rule.count <= 1:
+        return None
+    done_wall = wall_clock(to_utc(completed, "completed"), zone).replace(microsecond=0)
+    if rule.freq in SUBDAILY_FREQS or due_wall is None:
+        start = done_wall
+    else:
+        start = datetime.combine(done_wall.date(), due_wall.time().replace(microsecond=0))
+    uncounted = _COUNT_PART.sub("", rule.text)
+    nxt = next_occurrence(Recurrence(uncounted, start, rec.exdates), zone, start, completed)
+    if nxt is None:
+        return None
+    text = parse_rule(uncounted if rule.count is None
+                      else f"{uncounted};COUNT={rule.count - 1}").text
+    return nxt, Recurrence(text, None, rec.exdates, (), "completion")

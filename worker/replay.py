@@ -137,7 +137,8 @@ class Report:
 def plan_only(lines: Iterable[tuple[int, bytes]], settings: Settings, out: IO[str], err: IO[str],
               clock: Clock = system_clock, report: Report | None = None) -> int:
     """Plan every event against in-memory records; print each plan as one JSON line."""
-    config = PlanConfig(settings.all_day_time, settings.default_reminders)
+    config = PlanConfig(settings.all_day_time, settings.default_reminders,
+                        settings.misfire_grace_delta, settings.default_quiet_hours)
     records: dict[str, TaskRecord] = {}
     report = report or Report(err)
     now = clock()

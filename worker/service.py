@@ -66,7 +66,8 @@ class Service:
         self.sidecar = sidecar
         self.metrics = metrics
         self.clock = clock
-        self.config = PlanConfig(settings.all_day_time, settings.default_reminders)
+        self.config = PlanConfig(settings.all_day_time, settings.default_reminders,
+                                 settings.misfire_grace_delta, settings.default_quiet_hours)
 
     # -- pub/sub ------------------------------------------------------------
     async def handle_delivery(self, body: bytes, trace_id: str | None = None) -> Status:
@@ -188,6 +189,9 @@ class Service:
             self.metrics.next_occurrences.labels("ended").inc()
         if plan.skipped:
             self.metrics.reminders.labels("skipped").inc(plan.skipped)
+            for kind, n in plan.missed.items():
+                self.metrics.missed.labels(kind).inc(n)
+            log.info("reminders missed", missed=plan.missed, reason="past the misfire grace")
         if rejected is not None:
             raise InvalidEvent(
                 f"task service rejected the next occurrence (HTTP {rejected.status}); "
@@ -324,20 +328,30 @@ class Service:
                     instant: datetime, order: Order) -> None:
         got = await self.sidecar.state_get(self.settings.state_store, task_key(user_id, task_id))
         record = load_record(got[0]) if got else None
-        decision = decide(record, name, order)
+        fired_at = self.clock()
+        decision = decide(record, name, order, fired_at, self.config.misfire_grace)
         if decision == "behind":
             raise Conflict("the event that scheduled this job is not saved yet")
         if decision == "skip" or record is None:
             bound.info("reminder skipped", status=record and record.status, reason="superseded")
             self.metrics.reminders.labels("skipped").inc()
             return
-        fired_at = self.clock()
-        envelope = reminder_due(self.settings.app_id, user_id, task_id, record.task, instant,
+        slot = record.jobs[name]
+        if decision == "missed":  # contract §8: too late to be useful
+            bound.warning("reminder missed", kind=slot.kind, remind_at=format_utc(slot.at),
+                          late_seconds=round((fired_at - slot.at).total_seconds()),
+                          reason="past the misfire grace")
+            self.metrics.reminders.labels("skipped").inc()
+            self.metrics.missed.labels(slot.kind).inc(slot.count)
+            return
+        envelope = reminder_due(self.settings.app_id, user_id, task_id, record.task, slot,
                                 fired_at)
         if (trace := tracing.current.get()) is not None:  # CloudEvents distributed tracing
             envelope["traceparent"] = trace
         await self.sidecar.publish(self.settings.pubsub, self.settings.reminder_topic, envelope)
         self.metrics.reminders.labels("published").inc()
+        if slot.deferred_from:
+            self.metrics.deferred.labels(slot.kind).inc(slot.count)
         self.metrics.lateness.observe(max(0.0, (fired_at - instant).total_seconds()))
         bound.info("reminder published", reminder_id=envelope["id"])
 

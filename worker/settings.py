@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from datetime import time
+from datetime import time, timedelta
 from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from worker.errors import SettingsError
+from worker.kinds import parse_duration
+from worker.quiet import QuietHours, parse_quiet_hours
 from worker.schedule import Offset, parse_offset
 
 SECRET_PREFIX = "secret:"
@@ -63,6 +65,9 @@ class Settings(BaseSettings):
     default_reminders: Annotated[tuple[Offset, ...], NoDecode] = Field(
         (), validation_alias=_env("REMINDER_DEFAULT_REMINDERS")
     )
+    # contract §8; kept as text (validated here) so a copy re-validates unchanged
+    misfire_grace: str = Field("PT1H", validation_alias=_env("REMINDER_MISFIRE_GRACE"))
+    quiet_hours: str = Field("", validation_alias=_env("REMINDER_QUIET_HOURS"))
     handler_deadline: float = Field(DEFAULT_HANDLER_DEADLINE, gt=0, le=600,
                                     validation_alias=_env("REMINDER_HANDLER_DEADLINE"))
     sidecar_timeout: float = Field(MAX_SIDECAR_TIMEOUT, gt=0, le=MAX_SIDECAR_TIMEOUT,
@@ -131,6 +136,27 @@ class Settings(BaseSettings):
             parts = [p.strip() for p in value.split(",") if p.strip()]
             return tuple(parse_offset(p) for p in parts)
         return value
+
+    @field_validator("misfire_grace")
+    @classmethod
+    def _grace(cls, value: str) -> str:
+        parse_duration(value.strip(), "misfire grace")
+        return value.strip()
+
+    @field_validator("quiet_hours")
+    @classmethod
+    def _quiet(cls, value: str) -> str:
+        if value.strip():
+            parse_quiet_hours(value)
+        return value.strip()
+
+    @property
+    def misfire_grace_delta(self) -> timedelta:
+        return parse_duration(self.misfire_grace, "misfire grace")
+
+    @property
+    def default_quiet_hours(self) -> QuietHours | None:
+        return parse_quiet_hours(self.quiet_hours) if self.quiet_hours else None
 
     @field_validator("log_format", "log_level", mode="before")
     @classmethod
