@@ -25,6 +25,7 @@ import httpx
 from devsidecar import DevSidecar, ManualClock, SidecarConfig, serve_sidecar
 from tests.harness import START, free_port
 from worker.daemon import Running, run_daemon
+from worker.errors import StartupError
 from worker.settings import Settings, load_settings
 
 _ids = itertools.count(1)
@@ -82,13 +83,15 @@ class Cluster:
         return replica
 
     async def _restart(self, index: int) -> None:
-        for _ in range(100):  # a killed server's port can take a moment to be free
+        last: Exception | None = None
+        for _ in range(200):  # a killed server's port can take a moment to be free
             try:
                 await self.start_replica(index)
                 return
-            except OSError:
+            except (OSError, StartupError) as exc:  # listen() says "port ... in use"
+                last = exc
                 await anyio.sleep(0.05)
-        raise AssertionError(f"replica {index} could not be restarted")
+        raise AssertionError(f"replica {index} could not be restarted: {last}")
 
     async def kill_all(self) -> None:
         """kill -9 of every replica: each stops wherever it is (no drain, no further
