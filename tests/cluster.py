@@ -218,7 +218,11 @@ class Cluster:
                 return
             await self.fire_until(self.clock() + timedelta(seconds=11),
                                   timedelta(seconds=11), wait)
-        raise AssertionError(f"jobs never drained: {list(self.sidecar.jobs())[:5]}")
+        left = {name: (job.due_time_text, job.data,
+                       [(t.outcome, t.status) for t in self.sidecar.job_triggers
+                        if t.name == name][-3:])
+                for name, job in list(self.sidecar.jobs().items())[:3]}
+        raise AssertionError(f"jobs never drained (now {self.clock()}): {left}")
 
     def retrying(self) -> list[str]:
         """Jobs whose last trigger failed and that wait for their failure policy."""
