@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
@@ -29,29 +30,57 @@ class BodyTooLarge(Exception):
     pass
 
 
-class CallerGone(Exception):
-    """The caller closed the connection while its request was being handled."""
+# A delivery answered sooner than this never gets a disconnect watcher (a task per
+# request would cost more than the handling); a caller that leaves earlier has its
+# handler cancelled this much later.
+WATCH_AFTER: Final = 0.05
 
 
-async def until_disconnect(receive: Receive, work: Callable[[], Awaitable[Any]]) -> Any:
-    """Run `work` (the body already read); cancel it and raise CallerGone when the
-    caller disconnects meanwhile, so an abandoned handler makes no late sidecar calls."""
-    result: list[Any] = []
-    gone = False
-    async with anyio.create_task_group() as tg:
-        async def watch() -> None:
-            nonlocal gone
-            while (await receive())["type"] != "http.disconnect":
-                pass  # nothing else can arrive once the body is read
-            gone = True
-            tg.cancel_scope.cancel()
+class _Guard:
+    """Cancels one handler's task where it stands: at its deadline ("deadline"), when
+    its caller goes away ("gone"), or when the worker is killed ("stopped").
 
-        tg.start_soon(watch)
-        result.append(await work())
-        tg.cancel_scope.cancel()
-    if gone and not result:
-        raise CallerGone
-    return result[0]
+    Plain asyncio, not anyio scopes: uvicorn runs only on asyncio, and two cancel
+    scopes and a task group per request were a fifth of the worker's own CPU per
+    event (bench/RESULTS.md). The task's CancelledError is caught in `_handle`,
+    which uncancels it when the reason is ours.
+    """
+
+    __slots__ = ("closed", "later", "reason", "task", "timer", "watcher")
+
+    def __init__(self, deadline: float) -> None:
+        self.task = asyncio.current_task()
+        self.reason: str | None = None
+        self.closed = False
+        loop = asyncio.get_running_loop()
+        self.timer = loop.call_later(deadline, self.stop, "deadline")
+        self.later: asyncio.TimerHandle | None = None
+        self.watcher: asyncio.Task[None] | None = None
+
+    def stop(self, reason: str) -> None:
+        if not self.closed and self.reason is None and self.task is not None:
+            self.reason = reason
+            self.task.cancel()
+
+    def watch_soon(self, receive: Receive) -> None:
+        self.later = asyncio.get_running_loop().call_later(WATCH_AFTER, self._watch, receive)
+
+    def _watch(self, receive: Receive) -> None:
+        if not self.closed:
+            self.watcher = asyncio.ensure_future(self._until_gone(receive))
+
+    async def _until_gone(self, receive: Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass  # nothing else can arrive once the body is read
+        self.stop("gone")
+
+    def close(self) -> None:
+        self.closed = True
+        self.timer.cancel()
+        if self.later is not None:
+            self.later.cancel()
+        if self.watcher is not None:
+            self.watcher.cancel()
 
 
 async def read_body(receive: Receive, limit: int = MAX_BODY) -> bytes:
@@ -107,7 +136,7 @@ class WorkerApp:
             "deadLetterTopic": settings.dead_letter_topic,
         }])
         self.accepting = True  # false while draining: new work is refused and redelivered
-        self._inflight: set[anyio.CancelScope] = set()
+        self._inflight: set[_Guard] = set()
         self.deadline = settings.handler_deadline
 
     def _authorized(self, scope: Scope) -> bool:
@@ -146,31 +175,35 @@ class WorkerApp:
         answer: int | Status | None = None
         trace = _header(scope, b"traceparent")
         tracing.current.set(tracing.valid(trace))  # this request's task only
-        with anyio.move_on_after(self.deadline):
+        guard = _Guard(self.deadline)
+        self._inflight.add(guard)
+        try:
             try:
                 body = await read_body(receive)
             except BodyTooLarge:
-                return await respond(send, 413, _json({"error": "body over 1 MiB"}))
+                answer = 413
             except anyio.EndOfStream:
                 return None
-            with anyio.CancelScope() as work:
-                self._inflight.add(work)
-                try:
-                    if path == TASK_ROUTE:
-                        answer = await until_disconnect(
-                            receive, lambda: self.service.handle_delivery(body, trace))
-                    else:
-                        answer = await until_disconnect(
-                            receive, lambda: self.service.handle_job(path[len(JOB_PREFIX):],
-                                                                     body, trace))
-                except CallerGone:
-                    log.warning("caller went away; handler cancelled", route=path[:100],
-                                trace_id=trace)
-                    return None
-                finally:
-                    self._inflight.discard(work)
-            if work.cancelled_caught:
-                return None  # stopped where it stood: no answer, the sidecar delivers again
+            else:
+                guard.watch_soon(receive)
+                if path == TASK_ROUTE:
+                    answer = await self.service.handle_delivery(body, trace)
+                else:
+                    answer = await self.service.handle_job(path[len(JOB_PREFIX):], body, trace)
+        except asyncio.CancelledError:
+            # Ours (deadline, caller gone, killed) or the server's; only ours is answered.
+            if guard.reason is None or (guard.task is not None and guard.task.uncancel()):
+                raise
+        finally:
+            guard.close()
+            self._inflight.discard(guard)
+        if guard.reason == "gone":
+            log.warning("caller went away; handler cancelled", route=path[:100], trace_id=trace)
+            return None
+        if guard.reason == "stopped":
+            return None  # stopped where it stood: no answer, the sidecar delivers again
+        if answer == 413:
+            return await respond(send, 413, _json({"error": "body over 1 MiB"}))
         if answer is None:
             log.warning("handler deadline passed; answered for a retry", route=path[:100],
                         deadline=self.deadline, trace_id=trace)
@@ -181,8 +214,8 @@ class WorkerApp:
 
     def cancel_inflight(self) -> None:
         """Stop every handler where it stands (no further sidecar call is made)."""
-        for work in list(self._inflight):
-            work.cancel()
+        for guard in list(self._inflight):
+            guard.stop("stopped")
 
 
 class OpsApp:

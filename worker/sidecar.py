@@ -7,6 +7,7 @@ Errors map onto worker.errors: no answer / 5xx -> SidecarUnavailable
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import random
 import re
@@ -28,6 +29,7 @@ from worker.errors import (
     SidecarUnavailable,
     StartupError,
 )
+from worker.http1 import Http1Transport
 from worker.metrics import Metrics
 from worker.schedule import format_utc
 from worker.settings import MAX_SIDECAR_TIMEOUT
@@ -57,15 +59,16 @@ def make_client(
 ) -> httpx2.AsyncClient:
     """The process's one HTTP client for the sidecar.
 
-    httpx2 (the maintained fork of httpx, same API) on aiohttp's connection pool:
-    stock httpx/httpcore spends most of a small request in pool scans and anyio
-    locks (bench/RESULTS.md: about 3.5x the CPU per event). A transport passed in
-    (tests) replaces aiohttp's.
+    httpx2 (the maintained fork of httpx, same API) on worker.http1's keep-alive
+    transport for plain http, with aiohttp's pool behind it for the rest (https
+    endpoints): stock httpx/httpcore spends most of a small request in pool scans
+    and anyio locks, aiohttp a quarter of the worker's CPU per event
+    (bench/RESULTS.md). A transport passed in (tests) replaces both.
     """
     limits = httpx2.Limits(max_connections=DEFAULT_CONCURRENCY * 2,
                            max_keepalive_connections=DEFAULT_CONCURRENCY * 2)
     if transport is None:
-        transport = AiohttpTransport(limits=limits)
+        transport = Http1Transport(AiohttpTransport(limits=limits))
     if timeout is not None and timeout < DEFAULT_TIMEOUT.read:  # type: ignore[operator]
         client_timeout = httpx2.Timeout(timeout, connect=min(timeout, 2.0))
     else:
@@ -102,7 +105,9 @@ class Sidecar:
         self.client = client
         self.metrics = metrics
         self.headers: dict[str, str] = {"dapr-api-token": api_token} if api_token else {}
-        self.gate = anyio.CapacityLimiter(concurrency)
+        # asyncio's semaphore takes a free slot without a checkpoint; anyio's limiter
+        # cost a scheduling round per call (the worker runs on asyncio only: uvicorn).
+        self.gate = asyncio.Semaphore(concurrency)
         self.jobs_prefix = "/v1.0-alpha1/jobs"  # works on every daprd >= 1.14
         self._sleep = sleep
         self._observe = {

@@ -1,0 +1,167 @@
+"""A lean HTTP/1.1 keep-alive transport under httpx2, for plain-http sidecar calls.
+
+Why our own: a sidecar call is a small request and a small answer on a local
+keep-alive connection, and the worker makes two to five of them per event. On
+aiohttp's pool (the transport before this one) about a quarter of the worker's
+CPU per task event went into aiohttp's request and response machinery; here a
+request is one buffer written to an asyncio transport and the answer is parsed
+by httptools (uvicorn's parser, already a dependency), with no task, lock or
+stream object per call (bench/RESULTS.md has the figures).
+
+What it does not do it hands to `fallback` (aiohttp): https, HEAD (an answer's
+length cannot be known without the method), and streamed request bodies.
+Errors are httpx2's, so callers see the same exceptions from either transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Final
+
+import httptools
+import httpx2
+
+MAX_IDLE: Final = 64  # kept-alive connections per host; more are closed after use
+DEFAULT_TIMEOUT: Final = 6.0
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection: at most one request in flight."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.waiter: asyncio.Future[httpx2.Response] | None = None
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body: list[bytes] = []
+        self.closed = False
+        self.reusable = True
+
+    # -- asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self.waiter is None:  # nothing was asked: a server speaking out of turn
+            self.close()
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(httpx2.RemoteProtocolError(f"bad answer from the sidecar: {exc}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._fail(httpx2.RemoteProtocolError(
+            "the server closed the connection before answering"
+            + (f": {exc}" if exc else "")))
+
+    # -- httptools callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.reusable = self.parser.should_keep_alive()
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            return
+        status = self.parser.get_status_code()
+        if status < 200:  # 1xx: an interim answer, the real one follows
+            self.headers, self.body = [], []
+            return
+        waiter.set_result(httpx2.Response(
+            status, headers=self.headers, stream=httpx2.ByteStream(b"".join(self.body)),
+            extensions={"http_version": b"HTTP/1.1"}))
+
+    # --
+    def _fail(self, exc: Exception) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(exc)
+        self.close()
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    async def send(self, head: bytes, body: bytes, read_timeout: float | None) -> httpx2.Response:
+        loop = asyncio.get_running_loop()
+        self.waiter = waiter = loop.create_future()
+        self.headers, self.body = [], []
+        assert self.transport is not None
+        self.transport.write(head + body if len(body) < 16384 else head)
+        if len(body) >= 16384:
+            self.transport.write(body)
+        timer = None
+        if read_timeout is not None:
+            timer = loop.call_later(read_timeout, self._fail,
+                                    httpx2.ReadTimeout(f"no answer within {read_timeout:g} s"))
+        try:
+            response: httpx2.Response = await waiter
+            return response
+        except BaseException:
+            self.close()  # cancelled or failed mid-request: its state is unknown
+            raise
+        finally:
+            self.waiter = None
+            if timer is not None:
+                timer.cancel()
+
+
+class Http1Transport(httpx2.AsyncBaseTransport):
+    def __init__(self, fallback: httpx2.AsyncBaseTransport) -> None:
+        self.fallback = fallback
+        self._idle: dict[tuple[str, int], list[_Connection]] = {}
+        self._closed = False
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        url = request.url
+        if (url.scheme != "http" or request.method == "HEAD"
+                or not isinstance(request.stream, httpx2.ByteStream)):
+            return await self.fallback.handle_async_request(request)
+        if self._closed:
+            raise RuntimeError("the transport is closed")
+        timeouts: dict[str, Any] = request.extensions.get("timeout", {})
+        host, port = url.host, url.port or 80
+        head = b"".join((request.method.encode(), b" ", url.raw_path, b" HTTP/1.1\r\n",
+                         *(b"%s: %s\r\n" % kv for kv in request.headers.raw), b"\r\n"))
+        body = request.content
+        conn = await self._connection(host, port, timeouts.get("connect", DEFAULT_TIMEOUT))
+        response = await conn.send(head, body, timeouts.get("read", DEFAULT_TIMEOUT))
+        idle = self._idle.setdefault((host, port), [])
+        if conn.reusable and not conn.closed and not self._closed and len(idle) < MAX_IDLE:
+            idle.append(conn)
+        else:
+            conn.close()
+        response.request = request
+        return response
+
+    async def _connection(self, host: str, port: int, patience: float | None) -> _Connection:
+        idle = self._idle.get((host, port))
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                return conn
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(patience):
+                _, conn = await loop.create_connection(_Connection, host, port)
+        except TimeoutError:
+            raise httpx2.ConnectTimeout(f"no connection to {host}:{port} within {patience} s") \
+                from None
+        except OSError as exc:
+            raise httpx2.ConnectError(f"cannot connect to {host}:{port}: {exc}") from exc
+        return conn
+
+    async def aclose(self) -> None:
+        self._closed = True
+        for idle in self._idle.values():
+            for conn in idle:
+                conn.close()
+        self._idle.clear()
+        await self.fallback.aclose()
