@@ -139,7 +139,7 @@ def parse_document(doc: object) -> TaskEvent | Ignored:
         raise InvalidEvent("event_type missing or not a string")
     if event_type not in TASK_EVENT_TYPES:
         return Ignored(event_type[:100])
-    changes, rejected = _changes(data.get("payload"))
+    changes, rejected, ignored = _changes(data.get("payload"))
     return TaskEvent(
         event_type=event_type,
         task_id=_task_id(data.get("task_id")),
@@ -150,7 +150,7 @@ def parse_document(doc: object) -> TaskEvent | Ignored:
         changes=changes,
         rejected=rejected,
         ce_id=ce_id,
-        ignored=ignored_fields(data.get("payload")),
+        ignored=ignored,
     )
 
 
@@ -196,16 +196,20 @@ def _timestamp(value: object) -> datetime:
     return ts.astimezone(UTC)
 
 
-def _changes(payload: object) -> tuple[dict[str, Any], dict[str, str]]:
+def _changes(payload: object) -> tuple[dict[str, Any], dict[str, str], tuple[str, ...]]:
+    """The fields read (normalized), the fields rejected with why, and the payload's
+    fields no alias reads or that an earlier alias shadows (sorted: `ignored`)."""
     if payload is None:
-        return {}, {}
+        return {}, {}, ()
     if not isinstance(payload, dict):
         raise InvalidEvent("payload is not a JSON object")
     changes: dict[str, Any] = {}
     rejected: dict[str, str] = {}
+    read: set[str] = set()
     for name, names in ALIASES.items():
         for alias in names:
             if alias in payload:
+                read.add(alias)
                 try:
                     changes[name] = _checked(name, payload[alias])
                 except ValueError as exc:
@@ -213,16 +217,10 @@ def _changes(payload: object) -> tuple[dict[str, Any], dict[str, str]]:
                         raise InvalidEvent(f"payload.{alias}: {exc}") from None
                     rejected[name] = f"payload.{alias}: {exc}"
                 break
-    return changes, rejected
-
-
-def ignored_fields(payload: object) -> tuple[str, ...]:
-    """Payload fields no alias reads, and aliases shadowed by an earlier one (sorted)."""
-    if not isinstance(payload, dict):
-        return ()
-    read = {next(a for a in names if a in payload)
-            for names in ALIASES.values() if any(a in payload for a in names)}
-    return tuple(sorted(str(k)[:100] for k in payload if k not in read))[:MAX_LIST]
+    ignored: tuple[str, ...] = ()
+    if len(read) < len(payload):
+        ignored = tuple(sorted(str(k)[:100] for k in payload if k not in read))[:MAX_LIST]
+    return changes, rejected, ignored
 
 
 def is_blank(value: object) -> bool:

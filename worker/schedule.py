@@ -263,7 +263,9 @@ def reminder_instants(
 
 def format_utc(dt: datetime) -> str:
     """RFC 3339 UTC with "Z"; microseconds only when there are any."""
-    return to_utc(dt, "instant").replace(tzinfo=None).isoformat() + "Z"
+    if dt.tzinfo is not UTC:  # most instants here are UTC already: no conversion
+        dt = to_utc(dt, "instant")
+    return dt.isoformat()[:-6] + "Z"  # "+00:00" -> "Z"
 
 
 def format_local(dt: datetime, zone: ZoneInfo) -> str:

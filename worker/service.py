@@ -10,6 +10,7 @@ jobs this attempt touched, so the jobs end as the newest record says.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -143,10 +144,11 @@ class Service:
             record, etag = (load_record(got[0]), got[1]) if got else (None, None)
             now = self.clock()
             plan = make_plan(record, event, now, self.config)
-            log.debug("event planned", now=format_utc(now), changes=event.changes,
-                      record_before=record, record_after=plan.record,
-                      schedule=[[j.name, format_utc(j.due_time)] for j in plan.schedule],
-                      delete=plan.delete)
+            if log.is_enabled_for(logging.DEBUG):  # its fields cost more than the check
+                log.debug("event planned", now=format_utc(now), changes=event.changes,
+                          record_before=record, record_after=plan.record,
+                          schedule=[[j.name, format_utc(j.due_time)] for j in plan.schedule],
+                          delete=plan.delete)
             if plan.outcome != "processed":
                 # plan.delete: a duplicate's retired jobs (its deletes failed after its
                 # save). And jobs an earlier attempt scheduled that the record, now at

@@ -77,8 +77,10 @@ class LimitedConfig(uvicorn.Config):
 
     def __init__(self, app: Any, limits: Limits, **kwargs: Any) -> None:
         self.limits = limits
+        # proxy_headers off: no X-Forwarded-* rewriting; nothing here reads the
+        # client's address, and the callers are the local sidecar and probes.
         for name, value in (("lifespan", "off"), ("access_log", False), ("ws", "none"),
-                            ("log_level", "warning")):
+                            ("log_level", "warning"), ("proxy_headers", False)):
             kwargs.setdefault(name, value)
         # log_config None: uvicorn's records go to the root logger, which worker.logs
         # renders with structlog (uvicorn's own config would print plain text).
