@@ -7,6 +7,7 @@ records are JSON like every other line."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import resource
@@ -206,10 +207,15 @@ async def test_slowloris_and_idle_connections_are_closed_within_seconds(tmp_path
 
 
 async def open_idle(port: int, count: int) -> list[socket.socket]:
+    """`count` connected, silent sockets; connected without blocking the loop that
+    serves `port` (the blocking-call guard caught the old blocking connect)."""
+    loop = asyncio.get_running_loop()
     socks = []
     for _ in range(count):
-        s = socket.create_connection(("127.0.0.1", port), timeout=2)
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         s.setblocking(False)
+        with anyio.fail_after(2):
+            await loop.sock_connect(s, ("127.0.0.1", port))
         socks.append(s)
     return socks
 
