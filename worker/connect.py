@@ -53,7 +53,7 @@ async def connect(
     transport: httpx2.AsyncBaseTransport | None = None,
 ) -> AsyncIterator[Connection]:
     """The one place the worker is wired. `registry` None: a private one without the
-    process collectors (replay); `transport` None: aiohttp's pool (tests pass one)."""
+    process collectors (replay); `transport` None: worker.http1's (tests pass one)."""
     metrics = (Metrics.create(CollectorRegistry(), process=False) if registry is None
                else Metrics.create(registry))
     token = settings.dapr_api_token.get_secret_value() if settings.dapr_api_token else None
@@ -63,8 +63,8 @@ async def connect(
         sidecar = Sidecar(settings.sidecar_url, client, metrics, api_token=token)
         yield Connection(settings, sidecar, metrics, clock)
     finally:
-        # Shielded: a cancelled worker still closes its connection pool (an unclosed
-        # aiohttp session leaks sockets and warns when collected); bounded, so a close
+        # Shielded: a cancelled worker still closes its connection pool (unclosed
+        # sockets leak and warn when collected); bounded, so a close
         # that waits on a peer can never hold a cancelled worker.
         with anyio.move_on_after(CLOSE_PATIENCE, shield=True):
             await client.__aexit__(None, None, None)

@@ -68,7 +68,7 @@ async def run_daemon(
 ) -> None:
     """Serve until `running.stop` is set, then drain in-flight requests and return.
 
-    `transport`: the sidecar client's (tests); None for aiohttp's pool.
+    `transport`: the sidecar client's (tests); None for worker.http1's.
     """
     running = running or Running()
     install_accept_error_filter()

@@ -19,7 +19,6 @@ from urllib.parse import quote
 
 import anyio
 import httpx2
-from httpx_aiohttp.httpx2 import AiohttpTransport
 
 from worker import jsoncodec, tracing
 from worker.errors import (
@@ -60,15 +59,16 @@ def make_client(
     """The process's one HTTP client for the sidecar.
 
     httpx2 (the maintained fork of httpx, same API) on worker.http1's keep-alive
-    transport for plain http, with aiohttp's pool behind it for the rest (https
-    endpoints): stock httpx/httpcore spends most of a small request in pool scans
-    and anyio locks, aiohttp a quarter of the worker's CPU per event
-    (bench/RESULTS.md). A transport passed in (tests) replaces both.
+    transport for plain http; httpx2's own transport behind it for the rest (an
+    https endpoint), where per-call CPU matters less than TLS done right. Stock
+    httpx/httpcore spent most of a small request in pool scans and anyio locks,
+    aiohttp's pool a quarter of the worker's CPU per event (bench/RESULTS.md).
+    A transport passed in (tests) replaces both.
     """
     limits = httpx2.Limits(max_connections=DEFAULT_CONCURRENCY * 2,
                            max_keepalive_connections=DEFAULT_CONCURRENCY * 2)
     if transport is None:
-        transport = Http1Transport(AiohttpTransport(limits=limits))
+        transport = Http1Transport(httpx2.AsyncHTTPTransport(limits=limits))
     if timeout is not None and timeout < DEFAULT_TIMEOUT.read:  # type: ignore[operator]
         client_timeout = httpx2.Timeout(timeout, connect=min(timeout, 2.0))
     else:
