@@ -128,6 +128,17 @@ async def test_interim_100_answer_is_skipped() -> None:
         await c.aclose()
 
 
+async def test_answer_without_length_ends_with_the_connection() -> None:
+    unframed = b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n[1, 2]"
+    async with serving(lambda s, n: unframed) as (server, url):
+        server.hang_up = True
+        c, _ = client()
+        assert (await c.get(url + "/")).json() == [1, 2]
+        assert (await c.get(url + "/")).json() == [1, 2]
+        assert server.connections == 2
+        await c.aclose()
+
+
 async def test_connection_close_answer_is_not_reused() -> None:
     close = b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\n{}"
     async with serving(lambda s, n: close) as (server, url):

@@ -37,6 +37,8 @@ class _Connection(asyncio.Protocol):
         self.body: list[bytes] = []
         self.closed = False
         self.reusable = True
+        self.framed = False  # the answer has a length or chunks; else it ends at EOF
+        self.headed = False  # the answer's head is complete
 
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -53,6 +55,8 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if exc is None and self.headed and not self.framed:
+            self.on_message_complete()  # an answer without length ends where the stream ends
         self._fail(httpx2.RemoteProtocolError(
             "the server closed the connection before answering"
             + (f": {exc}" if exc else "")))
@@ -60,9 +64,15 @@ class _Connection(asyncio.Protocol):
     # -- httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
+        if name.lower() in (b"content-length", b"transfer-encoding"):
+            self.framed = True
 
     def on_headers_complete(self) -> None:
         self.reusable = self.parser.should_keep_alive()
+        status = self.parser.get_status_code()
+        self.headed = status >= 200
+        if status in (204, 304):
+            self.framed = True  # never a body
 
     def on_body(self, body: bytes) -> None:
         self.body.append(body)
@@ -73,7 +83,7 @@ class _Connection(asyncio.Protocol):
             return
         status = self.parser.get_status_code()
         if status < 200:  # 1xx: an interim answer, the real one follows
-            self.headers, self.body = [], []
+            self.headers, self.body, self.framed = [], [], False
             return
         waiter.set_result(httpx2.Response(
             status, headers=self.headers, stream=httpx2.ByteStream(b"".join(self.body)),
@@ -93,7 +103,7 @@ class _Connection(asyncio.Protocol):
     async def send(self, head: bytes, body: bytes, read_timeout: float | None) -> httpx2.Response:
         loop = asyncio.get_running_loop()
         self.waiter = waiter = loop.create_future()
-        self.headers, self.body = [], []
+        self.headers, self.body, self.framed, self.headed = [], [], False, False
         assert self.transport is not None
         self.transport.write(head + body if len(body) < 16384 else head)
         if len(body) >= 16384:
