@@ -9,11 +9,12 @@ newest event, one reminder.due id per instant, ids never raw in a URL or key.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import re
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -29,6 +30,10 @@ from worker.errors import StartupError
 from worker.settings import Settings, load_settings
 
 _ids = itertools.count(1)
+REPLICA_EXIT_SECONDS = 25.0  # a killed replica's exit
+# After a kill, dead servers are swept until this many sweeps in a row (a few loop
+# iterations apart) find nothing open.
+SOCKET_SWEEPS = 3
 # What the worker may put into a sidecar URL or a state key: digests, never raw ids.
 SAFE_KEY = re.compile(r"rw-(task|occ)-[0-9a-f]{16}-[0-9a-f]{32}")
 SAFE_JOB = re.compile(r"rw-[0-9a-f]{40}")
@@ -62,6 +67,20 @@ class Cluster:
     app_ports: list[int]
     replicas: dict[int, Replica] = field(default_factory=dict)
     kills: int = 0
+    _dead_servers: list[Any] = field(default_factory=list)  # of killed replicas
+
+    async def wait_until(self, predicate: Callable[[], bool], within: float, what: str,
+                         detail: Callable[[], str] | None = None) -> None:
+        """Poll `predicate` until true. TimeoutError naming `what` (and `detail()`) after
+        `within` seconds."""
+        deadline = anyio.current_time() + within
+        delay = 0.002
+        while not predicate():
+            if anyio.current_time() >= deadline:
+                extra = f": {detail()}" if detail is not None else ""
+                raise TimeoutError(f"waited {within:.0f}s for {what}{extra}")
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 0.02)
 
     async def start_replica(self, index: int) -> Replica:
         settings = load_settings({
@@ -95,19 +114,61 @@ class Cluster:
 
     async def kill_all(self) -> None:
         """kill -9 of every replica: each stops wherever it is (no drain, no further
-        effect: a cancelled handler never reaches its next sidecar call)."""
-        for replica in self.replicas.values():
+        effect: a cancelled handler never reaches its next sidecar call), and from this
+        moment nothing of it answers: a dead process holds no socket."""
+        killed = list(self.replicas.values())
+        for replica in killed:
+            self._dead_servers += replica.running.servers
+        # Sockets first, before anything awaits. The harness once closed them only after
+        # the cancelled worker had unwound: meanwhile its listener accepted the sidecar's
+        # new connections, and one set up after the sweep stayed served by the dead app
+        # (its sidecar client closed: RETRY and 500 on every call the sidecar's pool
+        # sent over it, for the rest of the run).
+        loop = asyncio.get_running_loop()
+        for server in self._dead_servers:
+            for listener in server.servers:
+                for sock in listener.sockets:
+                    loop.remove_reader(sock.fileno())  # accepts no more from here on
+        self._abort_dead_connections()
+        for replica in killed:
             if replica.running.app is not None:
                 replica.running.app.cancel_inflight()
             replica.scope.cancel()
-        for replica in self.replicas.values():
-            with anyio.fail_after(25):
-                await replica.done.wait()
-            for server in replica.running.servers:  # a dead process holds no socket
-                for listener in server.servers:
-                    listener.close()
-                for conn in list(server.server_state.connections):
-                    conn.transport.abort()  # nor keep-alive connections
+        for replica in killed:
+            await self.wait_until(replica.done.is_set, REPLICA_EXIT_SECONDS,
+                                  f"killed replica {replica.index} to exit")
+        # A connection accepted just before gets its protocol (and a place among the
+        # server's connections) a loop iteration or two later; only then may the
+        # listener close (asyncio drops, unclosed, a connection still being set up
+        # when its server closes: the caller would wait for its own timeout).
+        quiet = 0
+
+        def swept_clean() -> bool:
+            nonlocal quiet
+            quiet = quiet + 1 if self._abort_dead_connections() == 0 else 0
+            return quiet >= SOCKET_SWEEPS
+
+        await self.wait_until(swept_clean, REPLICA_EXIT_SECONDS,
+                              "every connection of the killed replicas to close")
+        for server in self._dead_servers:
+            for listener in server.servers:
+                listener.close()
+
+    def _abort_dead_connections(self) -> int:
+        """Abort the connections of every killed replica's servers; how many were open."""
+        dropped = 0
+        for server in self._dead_servers:
+            for conn in list(server.server_state.connections):
+                if not conn.transport.is_closing():
+                    conn.transport.abort()
+                    dropped += 1
+        return dropped
+
+    def dead_connections(self) -> int:
+        """Connections a killed replica's server still holds open (0 after `kill_all`)."""
+        return sum(1 for server in self._dead_servers
+                   for conn in server.server_state.connections
+                   if not conn.transport.is_closing())
 
     def restart_on_kill(self, advance: timedelta = timedelta(seconds=61)) -> None:
         """Make the sidecar's `kill` faults kill every replica; they come back on their
