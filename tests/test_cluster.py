@@ -51,6 +51,26 @@ async def test_a_connection_accepted_as_the_replica_is_killed_is_closed_too() ->
             assert await _read_until_closed(sock, within=5.0) == b""
 
 
+async def test_a_wait_that_runs_out_names_what_it_waited_for() -> None:
+    async with cluster(1) as c:
+        started = anyio.current_time()
+        with pytest.raises(TimeoutError, match=r"1 deliveries to settle: 1 unsettled.*never-sent"):
+            await c.wait_settled(["never-sent"], wait=0.2)
+        assert anyio.current_time() - started < 5
+
+
+async def test_a_failure_in_the_kill_hook_fails_the_next_wait_at_once() -> None:
+    # The hook runs inside the sidecar's request handler, where uvicorn would only log
+    # what it raises; the run must not go on (or wait out its deadlines) without replicas.
+    async with cluster(1) as c:
+        c.failure = AssertionError("replica 0 could not be restarted")
+        started = anyio.current_time()
+        with pytest.raises(AssertionError, match=r"kill hook failed.*could not be restarted"):
+            await c.wait_settled(["never-sent"], wait=30)
+        assert anyio.current_time() - started < 5
+        c.failure = None
+
+
 async def _read_until_closed(sock: socket.socket, within: float) -> bytes:
     """What arrives on `sock` until its peer closes it (without blocking the loop);
     AssertionError when it is still open after `within` seconds."""
