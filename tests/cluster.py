@@ -9,11 +9,12 @@ newest event, one reminder.due id per instant, ids never raw in a URL or key.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import re
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -29,6 +30,14 @@ from worker.errors import StartupError
 from worker.settings import Settings, load_settings
 
 _ids = itertools.count(1)
+# Every wait of the harness has a deadline and, when it passes, says what it waited for.
+REPLICA_START_SECONDS = 30.0  # a replica's start-up: sidecar checks, its ports free again
+REPLICA_EXIT_SECONDS = 25.0  # a killed or stopped replica's exit (a drain takes <= 20 s)
+PUBLISH_SECONDS = 60.0  # one task event into the sidecar, across injected publish faults
+DRAIN_SECONDS = 120.0  # drain_jobs / drain_retries in all (each step has its own wait too)
+# After a kill, dead servers are swept until this many sweeps in a row (a few loop
+# iterations apart) find nothing open.
+SOCKET_SWEEPS = 3
 # What the worker may put into a sidecar URL or a state key: digests, never raw ids.
 SAFE_KEY = re.compile(r"rw-(task|occ)-[0-9a-f]{16}-[0-9a-f]{32}")
 SAFE_JOB = re.compile(r"rw-[0-9a-f]{40}")
@@ -62,6 +71,29 @@ class Cluster:
     app_ports: list[int]
     replicas: dict[int, Replica] = field(default_factory=dict)
     kills: int = 0
+    # What broke inside the sidecar's kill hook: uvicorn would only log it, and the run
+    # would go on with dead replicas; every wait of the harness raises it instead.
+    failure: BaseException | None = None
+    _dead_servers: list[Any] = field(default_factory=list)  # of killed replicas
+
+    async def wait_until(self, predicate: Callable[[], bool], within: float, what: str,
+                         detail: Callable[[], str] | None = None) -> None:
+        """Poll `predicate` until true. TimeoutError naming `what` (and `detail()`) after
+        `within` seconds; AssertionError at once when the kill hook broke."""
+        deadline = anyio.current_time() + within
+        delay = 0.002
+        while not predicate():
+            self.check_hook()
+            if anyio.current_time() >= deadline:
+                extra = f": {detail()}" if detail is not None else ""
+                raise TimeoutError(f"waited {within:.0f}s for {what}{extra}")
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 0.02)
+        self.check_hook()
+
+    def check_hook(self) -> None:
+        if self.failure is not None:
+            raise AssertionError(f"the kill hook failed: {self.failure!r}") from self.failure
 
     async def start_replica(self, index: int) -> Replica:
         settings = load_settings({
@@ -77,37 +109,87 @@ class Cluster:
             finally:
                 done.set()
 
-        running = await self.tg.start(daemon)
+        try:
+            with anyio.fail_after(REPLICA_START_SECONDS):  # it waits for its sidecar unboundedly
+                running = await self.tg.start(daemon)
+        except TimeoutError:
+            raise AssertionError(f"replica {index} did not start within "
+                                 f"{REPLICA_START_SECONDS:.0f}s (sidecar health, metadata, "
+                                 "its ports)") from None
         replica = Replica(index, running.settings or settings, running, done, scope)
         self.replicas[index] = replica
         return replica
 
     async def _restart(self, index: int) -> None:
         last: Exception | None = None
-        for _ in range(200):  # a killed server's port can take a moment to be free
+        deadline = anyio.current_time() + REPLICA_START_SECONDS
+        while anyio.current_time() < deadline:  # a killed server's port can take a moment
             try:
                 await self.start_replica(index)
                 return
             except (OSError, StartupError) as exc:  # listen() says "port ... in use"
                 last = exc
                 await anyio.sleep(0.05)
-        raise AssertionError(f"replica {index} could not be restarted: {last}")
+        raise AssertionError(f"replica {index} could not be restarted within "
+                             f"{REPLICA_START_SECONDS:.0f}s: {last}")
 
     async def kill_all(self) -> None:
         """kill -9 of every replica: each stops wherever it is (no drain, no further
-        effect: a cancelled handler never reaches its next sidecar call)."""
-        for replica in self.replicas.values():
+        effect: a cancelled handler never reaches its next sidecar call), and from this
+        moment nothing of it answers: a dead process holds no socket."""
+        killed = list(self.replicas.values())
+        for replica in killed:
+            self._dead_servers += replica.running.servers
+        # Sockets first, before anything awaits. The harness once closed them only after
+        # the cancelled worker had unwound: meanwhile its listener accepted the sidecar's
+        # new connections, and one set up after the sweep stayed served by the dead app
+        # (its sidecar client closed: RETRY and 500 on every call the sidecar's pool
+        # sent over it, for the rest of the run).
+        loop = asyncio.get_running_loop()
+        for server in self._dead_servers:
+            for listener in server.servers:
+                for sock in listener.sockets:
+                    loop.remove_reader(sock.fileno())  # accepts no more from here on
+        self._abort_dead_connections()
+        for replica in killed:
             if replica.running.app is not None:
                 replica.running.app.cancel_inflight()
             replica.scope.cancel()
-        for replica in self.replicas.values():
-            with anyio.fail_after(25):
-                await replica.done.wait()
-            for server in replica.running.servers:  # a dead process holds no socket
-                for listener in server.servers:
-                    listener.close()
-                for conn in list(server.server_state.connections):
-                    conn.transport.abort()  # nor keep-alive connections
+        for replica in killed:
+            await self.wait_until(replica.done.is_set, REPLICA_EXIT_SECONDS,
+                                  f"killed replica {replica.index} to exit")
+        # A connection accepted just before gets its protocol (and a place among the
+        # server's connections) a loop iteration or two later; only then may the
+        # listener close (asyncio drops, unclosed, a connection still being set up
+        # when its server closes: the caller would wait for its own timeout).
+        quiet = 0
+
+        def swept_clean() -> bool:
+            nonlocal quiet
+            quiet = quiet + 1 if self._abort_dead_connections() == 0 else 0
+            return quiet >= SOCKET_SWEEPS
+
+        await self.wait_until(swept_clean, REPLICA_EXIT_SECONDS,
+                              "every connection of the killed replicas to close")
+        for server in self._dead_servers:
+            for listener in server.servers:
+                listener.close()
+
+    def _abort_dead_connections(self) -> int:
+        """Abort the connections of every killed replica's servers; how many were open."""
+        dropped = 0
+        for server in self._dead_servers:
+            for conn in list(server.server_state.connections):
+                if not conn.transport.is_closing():
+                    conn.transport.abort()
+                    dropped += 1
+        return dropped
+
+    def dead_connections(self) -> int:
+        """Connections a killed replica's server still holds open (0 after `kill_all`)."""
+        return sum(1 for server in self._dead_servers
+                   for conn in server.server_state.connections
+                   if not conn.transport.is_closing())
 
     def restart_on_kill(self, advance: timedelta = timedelta(seconds=61)) -> None:
         """Make the sidecar's `kill` faults kill every replica; they come back on their
@@ -127,6 +209,9 @@ class Cluster:
                 self.clock.advance(advance)
                 for index in list(self.replicas):
                     await self._restart(index)
+            except Exception as exc:  # raised in the sidecar's handler: only logged there
+                self.failure = self.failure or exc
+                raise
             finally:
                 killing = False
 
@@ -135,8 +220,8 @@ class Cluster:
     async def stop_replica(self, index: int) -> None:
         replica = self.replicas.pop(index)
         replica.running.stop.set()
-        with anyio.fail_after(25):
-            await replica.done.wait()
+        await self.wait_until(replica.done.is_set, REPLICA_EXIT_SECONDS,
+                              f"stopped replica {index} to drain and exit")
 
     # -- input ----------------------------------------------------------------
     async def publish(self, event: Any, ce_id: str | None = None,
@@ -151,15 +236,20 @@ class Cluster:
         if token:
             headers["dapr-api-token"] = token
         url = f"{self.sidecar_url}/v1.0/publish/kafka-pubsub/task-events"
-        for _ in range(100):  # a publish fault meant for the worker may hit us first
-            try:
-                resp = await self.client.post(url, content=json.dumps(envelope),
-                                              headers=headers)
-            except httpx.TransportError:
-                continue
-            if resp.status_code == 204:
-                return ce_id
-        raise AssertionError(f"could not publish {ce_id}")
+        last = "nothing tried"
+        with anyio.move_on_after(PUBLISH_SECONDS):
+            while True:  # a publish fault meant for the worker may hit us first
+                self.check_hook()
+                try:
+                    resp = await self.client.post(url, content=json.dumps(envelope),
+                                                  headers=headers)
+                except httpx.TransportError as exc:
+                    last = repr(exc)
+                    continue
+                if resp.status_code == 204:
+                    return ce_id
+                last = f"HTTP {resp.status_code} {resp.text[:200]}"
+        raise AssertionError(f"could not publish {ce_id} within {PUBLISH_SECONDS:.0f}s: {last}")
 
     async def publish_all(self, events: Iterable[Any], concurrency: int = 16) -> list[str]:
         """Publish concurrently (so deliveries interleave); ids in the order given."""
@@ -184,10 +274,16 @@ class Cluster:
     async def wait_settled(self, ce_ids: list[str], wait: float = 30.0) -> None:
         wanted = set(ce_ids)
 
-        def all_settled() -> bool:
-            return self.settled(wanted)
+        def unsettled() -> str:
+            final = {d.event_id for d in self.sidecar.deliveries
+                     if d.outcome in ("done", "drop")}
+            left = sorted(wanted - final)
+            answers = {i: [(d.attempt, d.answer) for d in self.sidecar.deliveries
+                           if d.event_id == i][-3:] for i in left[:5]}
+            return f"{len(left)} unsettled, e.g. (attempt, answer): {answers}"
 
-        await self.sidecar.wait_for(all_settled, wait)
+        await self.wait_until(lambda: self.settled(wanted), wait,
+                              f"{len(wanted)} deliveries to settle", unsettled)
 
     def final_answers(self, ce_ids: Iterable[str]) -> Counter[str]:
         wanted = set(ce_ids)
@@ -209,20 +305,37 @@ class Cluster:
         unfired (a failed trigger is rescheduled by its failure policy, i.e. later)."""
         while self.clock() < until:
             self.clock.set(min(self.clock() + step, until))
-            await self.sidecar.wait_for(lambda: not self.due_jobs(), wait)
+            await self.wait_until(lambda: not self.due_jobs(), wait,
+                                  f"every job due at {self.clock()} to fire",
+                                  lambda: f"due: {self.describe_jobs(self.due_jobs())}")
+
+    def describe_jobs(self, names: Iterable[str], limit: int = 3) -> str:
+        """A few jobs, each with its due time, data and last triggers (outcome, status)."""
+        jobs = self.sidecar.jobs()
+        triggers = self.sidecar.job_triggers
+        shown = {name: (jobs[name].due_time_text, jobs[name].data,
+                        [(t.outcome, t.status_code) for t in triggers if t.name == name][-3:])
+                 for name in list(names)[:limit] if name in jobs}
+        return f"{len(list(names))} jobs, e.g. {shown}"
 
     async def drain_jobs(self, wait: float = 60.0) -> None:
         """Advance past every retry until no job is left (all fired, or lost)."""
+        await self._drain(lambda: list(self.sidecar.jobs()), "every job to fire", wait)
+
+    async def _drain(self, left: Callable[[], list[str]], what: str, wait: float) -> None:
+        """Move the clock 11 s at a time (the jobs' retry interval is 10 s) until `left()`
+        is empty; TimeoutError naming the jobs left after DRAIN_SECONDS (or 200 steps)."""
+        deadline = anyio.current_time() + DRAIN_SECONDS
         for _ in range(200):
-            if not self.sidecar.jobs():
+            if not left():
                 return
+            if anyio.current_time() >= deadline:
+                break
             await self.fire_until(self.clock() + timedelta(seconds=11),
                                   timedelta(seconds=11), wait)
-        left = {name: (job.due_time_text, job.data,
-                       [(t.outcome, t.status) for t in self.sidecar.job_triggers
-                        if t.name == name][-3:])
-                for name, job in list(self.sidecar.jobs().items())[:3]}
-        raise AssertionError(f"jobs never drained (now {self.clock()}): {left}")
+        if left():
+            raise TimeoutError(f"waited {DRAIN_SECONDS:.0f}s (or 200 steps of 11 s) for "
+                               f"{what}; now {self.clock()}: {self.describe_jobs(left())}")
 
     def retrying(self) -> list[str]:
         """Jobs whose last trigger failed and that wait for their failure policy."""
@@ -231,12 +344,8 @@ class Cluster:
 
     async def drain_retries(self, wait: float = 60.0) -> None:
         """Advance 11 s at a time (the policy's interval is 10 s) until no retry waits."""
-        for _ in range(200):
-            if not self.retrying():
-                return
-            await self.fire_until(self.clock() + timedelta(seconds=11),
-                                  timedelta(seconds=11), wait)
-        raise AssertionError(f"retries never drained: {self.retrying()[:5]}")
+        await self._drain(self.retrying, "every retrying job trigger to succeed or be lost",
+                          wait)
 
     def check_no_raw_ids(self) -> None:
         """State keys and job names are digests (no user text reaches a URL or a key)."""
@@ -292,7 +401,8 @@ async def cluster(replicas: int = 2, env: dict[str, str] | None = None,
             if start:
                 for i in range(replicas):
                     await c.start_replica(i)
-                await sidecar.wait_for(lambda: sidecar.app_ready)
+                await c.wait_until(lambda: sidecar.app_ready, 5.0,
+                                   "the sidecar to discover the app's subscriptions")
             yield c
         finally:
             for i in list(c.replicas):

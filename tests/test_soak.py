@@ -22,3 +22,10 @@ async def test_short_seeded_soak_keeps_every_promise() -> None:
     # contract §8 in the mix: every kind published, completions raced their triggers
     assert all(figures.by_kind.get(k, 0) > 3 for k in ("reminder", "overdue", "snooze"))
     assert figures.races > 3
+
+
+@pytest.mark.timeout(60)
+async def test_a_soak_that_runs_out_of_time_says_so_and_what_it_was_doing() -> None:
+    figures = await run_soak(seed=1, n_tasks=300, budget=0.5)
+    assert len(figures.violations) == 1
+    assert figures.violations[0].startswith("no result within 0.5s: still delivering phase 1")
