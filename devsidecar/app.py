@@ -479,9 +479,12 @@ class DevSidecar:
             return
         data = envelope.get("data") if isinstance(envelope.get("data"), dict) else {}
         title = f" {data['title']!r}" if data.get("title") else ""
+        kind = f" kind={data['kind']}" if data.get("kind") else ""
+        deferred = (f" deferred_from={data['deferred_from']} count={data.get('count', 1)}"
+                    if data.get("deferred_from") else "")
         echo(
-            f"reminder.due task={data.get('task_id')} user={data.get('user_id')}{title} "
-            f"remind_at={data.get('remind_at')} due_at={data.get('due_at')}"
+            f"reminder.due task={data.get('task_id')} user={data.get('user_id')}{title}{kind} "
+            f"remind_at={data.get('remind_at')}{deferred} due_at={data.get('due_at')}"
         )
 
 

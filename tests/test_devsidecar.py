@@ -826,9 +826,19 @@ async def test_echo_summarises_reminders_and_invocations() -> None:
         )
         await h.client.post("/v1.0/publish/kafka-pubsub/reminders", json={"other": 1})
         await h.client.post("/v1.0/invoke/todo-backend/method/api/tasks/create-next", json={})
-        assert len(lines) == 2
-        assert "t1" in lines[0] and "Pay rent" in lines[0]
+        deferred = {**event, "id": "r2", "data": {
+            **event["data"], "kind": "reminder", "remind_at": "2026-03-01T07:00:00Z",
+            "deferred_from": "2026-03-01T02:00:00Z", "count": 3}}
+        await h.client.post(
+            "/v1.0/publish/kafka-pubsub/reminders",
+            content=json.dumps(deferred),
+            headers={"content-type": "application/cloudevents+json"},
+        )
+        assert len(lines) == 3
+        assert "t1" in lines[0] and "Pay rent" in lines[0] and "kind=" not in lines[0]
         assert lines[1].startswith("invoke todo-backend POST /api/tasks/create-next")
+        assert ("kind=reminder remind_at=2026-03-01T07:00:00Z "
+                "deferred_from=2026-03-01T02:00:00Z count=3") in lines[2]
 
 
 # ---------------------------------------------------------------- pure parts
