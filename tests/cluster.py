@@ -74,22 +74,27 @@ class Cluster:
     # What broke inside the sidecar's kill hook: uvicorn would only log it, and the run
     # would go on with dead replicas; every wait of the harness raises it instead.
     failure: BaseException | None = None
+    killing: bool = False  # the kill hook is at work (killing, then restarting)
+    closing: bool = False  # the cluster is being torn down: no more restarts
     _dead_servers: list[Any] = field(default_factory=list)  # of killed replicas
 
     async def wait_until(self, predicate: Callable[[], bool], within: float, what: str,
-                         detail: Callable[[], str] | None = None) -> None:
+                         detail: Callable[[], str] | None = None, *,
+                         hook: bool = True) -> None:
         """Poll `predicate` until true. TimeoutError naming `what` (and `detail()`) after
-        `within` seconds; AssertionError at once when the kill hook broke."""
+        `within` seconds; AssertionError at once when the kill hook broke (`hook`)."""
         deadline = anyio.current_time() + within
         delay = 0.002
         while not predicate():
-            self.check_hook()
+            if hook:
+                self.check_hook()
             if anyio.current_time() >= deadline:
                 extra = f": {detail()}" if detail is not None else ""
                 raise TimeoutError(f"waited {within:.0f}s for {what}{extra}")
             await anyio.sleep(delay)
             delay = min(delay * 2, 0.02)
-        self.check_hook()
+        if hook:
+            self.check_hook()
 
     def check_hook(self) -> None:
         if self.failure is not None:
@@ -155,25 +160,33 @@ class Cluster:
             if replica.running.app is not None:
                 replica.running.app.cancel_inflight()
             replica.scope.cancel()
-        for replica in killed:
-            await self.wait_until(replica.done.is_set, REPLICA_EXIT_SECONDS,
-                                  f"killed replica {replica.index} to exit")
-        # A connection accepted just before gets its protocol (and a place among the
-        # server's connections) a loop iteration or two later; only then may the
-        # listener close (asyncio drops, unclosed, a connection still being set up
-        # when its server closes: the caller would wait for its own timeout).
-        quiet = 0
+        try:
+            for replica in killed:
+                await self.wait_until(replica.done.is_set, REPLICA_EXIT_SECONDS,
+                                      f"killed replica {replica.index} to exit")
+            # A connection accepted just before gets its protocol (and a place among the
+            # server's connections) a loop iteration or two later; only then may the
+            # listener close (asyncio drops, unclosed, a connection still being set up
+            # when its server closes: the caller would wait for its own timeout).
+            quiet = 0
 
-        def swept_clean() -> bool:
-            nonlocal quiet
-            quiet = quiet + 1 if self._abort_dead_connections() == 0 else 0
-            return quiet >= SOCKET_SWEEPS
+            def swept_clean() -> bool:
+                nonlocal quiet
+                quiet = quiet + 1 if self._abort_dead_connections() == 0 else 0
+                return quiet >= SOCKET_SWEEPS
 
-        await self.wait_until(swept_clean, REPLICA_EXIT_SECONDS,
-                              "every connection of the killed replicas to close")
+            await self.wait_until(swept_clean, REPLICA_EXIT_SECONDS,
+                                  "every connection of the killed replicas to close")
+        finally:  # also when the kill itself is cut short (the run torn down meanwhile)
+            self.close_dead_servers()
+
+    def close_dead_servers(self) -> None:
+        """Close the listeners of every killed replica's servers and abort what they
+        still hold open."""
         for server in self._dead_servers:
             for listener in server.servers:
                 listener.close()
+        self._abort_dead_connections()
 
     def _abort_dead_connections(self) -> int:
         """Abort the connections of every killed replica's servers; how many were open."""
@@ -196,24 +209,22 @@ class Cluster:
         ports (as Kubernetes restarts a killed pod) after the clock moved `advance`,
         so leases of the dead ones can expire. `kills` counts them."""
 
-        killing = False
-
         async def on_kill() -> None:
-            nonlocal killing
-            if killing:  # a second kill while the replicas are down or starting
+            if self.killing or self.closing:  # replicas down or starting; or torn down
                 return
-            killing = True
+            self.killing = True
             try:
                 self.kills += 1
                 await self.kill_all()
                 self.clock.advance(advance)
                 for index in list(self.replicas):
-                    await self._restart(index)
+                    if not self.closing:
+                        await self._restart(index)
             except Exception as exc:  # raised in the sidecar's handler: only logged there
                 self.failure = self.failure or exc
                 raise
             finally:
-                killing = False
+                self.killing = False
 
         self.sidecar.on_kill = on_kill
 
@@ -221,7 +232,7 @@ class Cluster:
         replica = self.replicas.pop(index)
         replica.running.stop.set()
         await self.wait_until(replica.done.is_set, REPLICA_EXIT_SECONDS,
-                              f"stopped replica {index} to drain and exit")
+                              f"stopped replica {index} to drain and exit", hook=False)
 
     # -- input ----------------------------------------------------------------
     async def publish(self, event: Any, ce_id: str | None = None,
@@ -405,6 +416,13 @@ async def cluster(replicas: int = 2, env: dict[str, str] | None = None,
                                    "the sidecar to discover the app's subscriptions")
             yield c
         finally:
+            # A kill hook at work restarts replicas: let it finish first (restarted after
+            # the stops below, they would be cancelled, not stopped, and leave their
+            # listening sockets open).
+            c.closing = True
+            await c.wait_until(lambda: not c.killing,
+                               REPLICA_EXIT_SECONDS + 2 * REPLICA_START_SECONDS,
+                               "the kill hook to finish", hook=False)
             for i in list(c.replicas):
                 await c.stop_replica(i)
             tg.cancel_scope.cancel()

@@ -51,7 +51,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dev", action="store_true",
                    help="run beside an embedded development sidecar (never in production)")
     p.add_argument("--demo", action="store_true",
-                   help="with --dev: publish a demo task whose reminder fires within a minute")
+                   help="with --dev: publish demo tasks that show the reminder rules within 30 s")
     p.add_argument("--check", action="store_true",
                    help="ask the sidecar whether this worker can run there; one line per "
                         "check, exit 0 when all pass, 1 otherwise (with --dev: the embedded one)")
