@@ -454,6 +454,29 @@ async def run_soak(seed: int, n_tasks: int, *, replicas: int = 2, batch: int = 4
     return figures
 
 
+def _story(c: Cluster, tasks: list[Task], key: tuple[Any, ...]) -> str:
+    """What the run did with the task of reminder `key`: its events as generated, each
+    delivery of them (clock, answer) and when the reminder was published."""
+    user, task_id = key[0], json.loads(key[1])
+    task = next(t for t in tasks if (t.user, t.task_id) == (user, task_id))
+    lines = [f"    task {user}/{task_id}: events " + ", ".join(
+        f"{_z(ts)} {etype}" for ts, etype, _ in sorted(task.events, key=lambda e: e[0]))]
+    for p in c.sidecar.published:
+        data = p.envelope.get("data")
+        if not isinstance(data, dict) or data.get("user_id") != user \
+                or data.get("task_id") != task_id:
+            continue
+        if p.topic == "reminders":
+            lines.append(f"    published at clock {_z(p.time)}: reminder.due "
+                         f"{data.get('kind')} {data.get('remind_at')}")
+            continue
+        ce = p.envelope.get("id")
+        tries = [f"{_z(d.time)} {d.answer}" for d in c.sidecar.deliveries if d.event_id == ce]
+        lines.append(f"    published at clock {_z(p.time)}: {data.get('event_type')} "
+                     f"ts={data.get('timestamp')}; deliveries: {', '.join(tries) or 'none'}")
+    return "\n".join(lines)
+
+
 def _listed(c: Cluster) -> set[str]:
     """Every job name the records list once a delivery phase has settled."""
     return {name for record in c.records().values() for name in record["jobs"]}
@@ -493,6 +516,7 @@ def _check(c: Cluster, tasks: list[Task], model: Model, ids: list[str],
         v.append(f"{len(missing)} reminders missing, e.g. {missing[:3]}")
     if unexpected:
         v.append(f"{len(unexpected)} reminders not expected, e.g. {unexpected[:3]}")
+        v += [_story(c, tasks, key) for key in unexpected[:3]]
     if many_ids:
         v.append(f"{len(many_ids)} reminder instants with several ids")
     # At least once per completion, and always the same occurrence with the same key:
