@@ -105,9 +105,7 @@ class _Connection(asyncio.Protocol):
         self.waiter = waiter = loop.create_future()
         self.headers, self.body, self.framed, self.headed = [], [], False, False
         assert self.transport is not None
-        self.transport.write(head + body if len(body) < 16384 else head)
-        if len(body) >= 16384:
-            self.transport.write(body)
+        self.transport.write(head + body)  # one send; sidecar bodies are small
         timer = None
         if read_timeout is not None:
             timer = loop.call_later(read_timeout, self._fail,
