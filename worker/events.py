@@ -25,6 +25,7 @@ import structlog
 
 from worker import jsoncodec
 from worker.errors import InvalidEvent
+from worker.records import Order
 from worker.schedule import MAX_YEAR, MIN_YEAR, UTC
 
 TASK_EVENT_TYPES: Final = frozenset(
@@ -37,7 +38,7 @@ MAX_LIST: Final = 100  # reminders per task: enough for people, bounded for the 
 MAX_TITLE: Final = 2000
 log = structlog.get_logger("worker")
 
-_FINGERPRINT_ENCODER: Final = json.JSONEncoder(sort_keys=True, default=str)
+_FINGERPRINT_ENCODE: Final = jsoncodec.stable_encoder(sort_keys=True, default=str)
 
 # Payload field -> accepted names, first wins when several are present.
 ALIASES: Final[dict[str, tuple[str, ...]]] = {
@@ -84,8 +85,14 @@ class TaskEvent:
         parts: list[object] = [self.event_type, self.event_id, self.changes]
         if self.rejected:  # only when present, so digests of clean events stay as they were
             parts.append(self.rejected)
-        blob = _FINGERPRINT_ENCODER.encode(parts)
+        blob = _FINGERPRINT_ENCODE(parts)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    @cached_property
+    def order(self) -> Order:
+        """Where the event stands among its task's events (one instance: its text is
+        formatted once for the job names, the job data and the record)."""
+        return Order(self.timestamp, self.fingerprint)
 
 
 @dataclass(frozen=True)

@@ -8,20 +8,19 @@ every release, so a redelivery finds what the first delivery made.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
 from datetime import datetime
 from functools import lru_cache
 
+from worker.jsoncodec import stable_encoder
 from worker.schedule import format_utc
 
-# Built once: json.dumps with non-default options builds a new encoder on every call.
-_ID_ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))
+_ID_ENCODE = stable_encoder(ensure_ascii=True, separators=(",", ":"))
 
 
 def _digest(*parts: object) -> str:
     # JSON keeps types and boundaries apart: 1 vs "1", ("a|b", "c") vs ("a", "b|c").
-    return hashlib.sha256(_ID_ENCODER.encode(parts).encode()).hexdigest()
+    return hashlib.sha256(_ID_ENCODE(parts).encode()).hexdigest()
 
 
 @lru_cache(maxsize=4096)

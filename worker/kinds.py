@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import Final, Literal
 
 from worker.schedule import format_utc, parse_offset, to_utc
@@ -27,8 +28,17 @@ class Slot:
     deferred_from: tuple[datetime, ...] = ()  # quiet hours moved these here (sorted)
 
     def key(self) -> str:
+        return self._key
+
+    @property
+    def plain(self) -> bool:
+        """A plain reminder (not deferred): its key is its instant's text."""
+        return self.kind == "reminder" and not self.deferred_from
+
+    @cached_property  # the record, the job name and the job data each need it
+    def _key(self) -> str:
         at = format_utc(self.at)
-        if self.kind == "reminder" and not self.deferred_from:
+        if self.plain:
             return at
         key = f"{self.kind}@{at}"
         if self.deferred_from:

@@ -138,7 +138,7 @@ class Plan:
 
 
 def order_of(event: TaskEvent) -> Order:
-    return Order(event.timestamp, event.fingerprint)
+    return event.order
 
 
 def compare(record: TaskRecord | None, event: TaskEvent) -> Outcome:
@@ -389,9 +389,8 @@ def _by_kind(missed: list[Slot]) -> dict[str, int]:
 
 def slot_job_name(user_id: str, task_id: int | str, slot: Slot, order: Order) -> str:
     """The job name of one slot; a plain reminder's is what it was before kinds."""
-    key = slot.key()
-    plain = key == format_utc(slot.at)
-    return job_name(user_id, task_id, slot.at, order.to_json(), slot=None if plain else key)
+    # A plain reminder's key is its instant's text: the same digest as before kinds.
+    return job_name(user_id, task_id, slot.at, order.to_json(), slot=slot.key())
 
 
 def job_spec(user_id: str, task_id: int | str, name: str, slot: Slot, order: Order,
@@ -402,12 +401,14 @@ def job_spec(user_id: str, task_id: int | str, name: str, slot: Slot, order: Ord
     (a 64-bit id returns changed), so the data holds strings only, and the task
     id's JSON type beside it so `reminder.due` can echo the id as it came.
     """
+    key = slot.key()
+    plain = slot.plain
     data: dict[str, Any] = {
         "user_id": user_id, "task_id": str(task_id),
         "task_id_type": "string" if isinstance(task_id, str) else "number",
-        "remind_at": format_utc(slot.at), "order": order.to_json()}
-    if slot.key() != data["remind_at"]:
-        data["slot"] = slot.key()  # not a plain reminder: the name is derived from the slot
+        "remind_at": key if plain else format_utc(slot.at), "order": order.to_json()}
+    if not plain:
+        data["slot"] = key  # not a plain reminder: the name is derived from the slot
     return JobSpec(name, max(slot.at, now + AT_ONCE_GRACE), data)
 
 
