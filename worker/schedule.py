@@ -22,7 +22,7 @@ import re
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import date, datetime, time, timedelta
 from functools import lru_cache
 from typing import NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -132,20 +132,21 @@ def parse_when_wall(value: str, zone: ZoneInfo, all_day_time: time) -> When:
             naive = datetime.combine(date(int(year), int(month), int(day)), all_day_time)
             naive = naive.replace(tzinfo=None)
         else:
-            micro = int((fraction or "0").ljust(6, "0")[:6])
-            y, mo, d, h, mi, s = (int(f) for f in (year, month, day, hour, minute, second or 0))
-            naive = datetime(y, mo, d, h, mi, s, micro)  # noqa: DTZ001
+            micro = int(fraction[:6].ljust(6, "0")) if fraction else 0
+            naive = datetime(int(year), int(month), int(day), int(hour),  # noqa: DTZ001
+                             int(minute), int(second) if second else 0, micro)
     except ValueError as exc:
         raise ValueError(f"invalid date-time {value!r}: {exc}") from None
     check_window(naive)
     if zulu:
         instant = naive.replace(tzinfo=UTC)
     elif sign:
-        if int(off_h) > 23 or int(off_m) > 59:
+        hours, minutes = int(off_h), int(off_m)
+        if hours > 23 or minutes > 59:
             raise ValueError(f"invalid UTC offset in {value!r}")
-        delta = timedelta(hours=int(off_h), minutes=int(off_m))
-        fixed = timezone(-delta if sign == "-" else delta)
-        instant = naive.replace(tzinfo=fixed).astimezone(UTC)
+        # UTC = the local reading minus its offset (check_window keeps this in range).
+        delta = timedelta(hours=hours, minutes=minutes)
+        instant = (naive - delta if sign == "+" else naive + delta).replace(tzinfo=UTC)
     else:
         return When(resolve_local(naive, zone), naive)
     return When(instant, wall_clock(instant, zone))
