@@ -14,6 +14,7 @@ import pytest
 import structlog
 
 from tests.harness import START, stack
+from worker.logs import merge_bound
 from worker.schedule import format_utc
 
 pytestmark = pytest.mark.anyio
@@ -34,7 +35,7 @@ async def test_the_line_of_an_applied_event_says_what_changed() -> None:
     future = format_utc(START + timedelta(days=1))
     past = format_utc(START - timedelta(days=1))
     with structlog.testing.capture_logs(
-            processors=[structlog.contextvars.merge_contextvars]) as logs:
+            processors=[merge_bound]) as logs:
         async with stack() as s:
             ce_ids = await s.deliver(
                 created(1, future, reminders=["PT1H"]),

@@ -268,12 +268,13 @@ async def test_secret_settings_are_resolved_through_the_secrets_api(tmp_path: An
 
 
 async def test_log_lines_of_an_event_carry_its_ids() -> None:
-    from structlog.contextvars import merge_contextvars
     from structlog.testing import capture_logs
+
+    from worker.logs import merge_bound
 
     async with stack() as s:
         await s.deliver(created(recurrence="daily"))
-        with capture_logs(processors=[merge_contextvars]) as logs:
+        with capture_logs(processors=[merge_bound]) as logs:
             done = event("task.completed", 1)
             done["event_id"] = "ev-77"
             await s.deliver(done)

@@ -8,10 +8,60 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
+from collections.abc import MutableMapping
+from contextvars import ContextVar, Token
+from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 
 from worker import jsoncodec
+
+# The fields of the event being handled, added to every line logged while it is
+# (one ContextVar: structlog.contextvars keeps one per key and its merge walks the
+# whole context on every line).
+_bound: ContextVar[dict[str, Any] | None] = ContextVar("worker_log_fields", default=None)
+
+
+def bind(**fields: Any) -> Token[dict[str, Any] | None]:
+    """Add `fields` to the lines logged in this task until `unbind(token)`."""
+    outer = _bound.get()
+    return _bound.set({**outer, **fields} if outer else fields)
+
+
+def unbind(token: Token[dict[str, Any] | None]) -> None:
+    _bound.reset(token)
+
+
+def merge_bound(_: Any, __: str, event_dict: MutableMapping[str, Any]
+                ) -> MutableMapping[str, Any]:
+    """Processor: the bound fields; a field given to the call itself wins."""
+    bound = _bound.get()
+    if bound:
+        for key, value in bound.items():
+            event_dict.setdefault(key, value)
+    return event_dict
+
+
+class _Stamper:
+    """Processor: "timestamp", RFC 3339 UTC with microseconds, e.g.
+    "2026-11-29T18:47:17.377877Z". The text up to the second is formatted once a
+    second (structlog's TimeStamper formats a datetime per line)."""
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.prefix = ""
+
+    def __call__(self, _: Any, __: str, event_dict: MutableMapping[str, Any]
+                 ) -> MutableMapping[str, Any]:
+        now = time.time_ns() // 1000
+        second, micro = divmod(now, 1_000_000)
+        if second != self.second:
+            self.prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+            self.second = second
+        event_dict["timestamp"] = f"{self.prefix}{micro:06d}Z"
+        return event_dict
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR}
@@ -28,10 +78,10 @@ def configure(fmt: str = "json", level: str = "info") -> None:
     )
     text_renderer: structlog.types.Processor = (
         renderer if console else structlog.processors.JSONRenderer())
-    timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
+    timestamper = _Stamper()
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
+            merge_bound,
             structlog.processors.add_log_level,
             timestamper,
             structlog.processors.format_exc_info,

@@ -18,7 +18,7 @@ from typing import Any, Final
 import anyio
 import structlog
 
-from worker import applied, jsoncodec, tracing
+from worker import applied, jsoncodec, logs, tracing
 from worker.clock import Clock, system_clock
 from worker.errors import (
     JOB_ANSWER,
@@ -89,15 +89,12 @@ class Service:
             log.info("event ignored", event_type=parsed.event_type[:100])
             return Status.SUCCESS
         # Every line logged while handling the event (here and below) carries its ids.
-        tokens = structlog.contextvars.bind_contextvars(
-            event_id=parsed.event_id or parsed.ce_id, task_id=parsed.task_id,
-            event_type=parsed.event_type,
-            trace_id=parsed.trace_id or trace_id,
-        )
+        token = logs.bind(event_id=parsed.event_id or parsed.ce_id, task_id=parsed.task_id,
+                          event_type=parsed.event_type, trace_id=parsed.trace_id or trace_id)
         try:
             return await self._answer(parsed)
         finally:
-            structlog.contextvars.reset_contextvars(**tokens)
+            logs.unbind(token)
 
     async def _answer(self, parsed: TaskEvent) -> Status:
         try:
