@@ -456,11 +456,20 @@ async def run_soak(seed: int, n_tasks: int, *, replicas: int = 2, batch: int = 4
 
 def _story(c: Cluster, tasks: list[Task], key: tuple[Any, ...]) -> str:
     """What the run did with the task of reminder `key`: its events as generated, each
-    delivery of them (clock, answer) and when the reminder was published."""
+    write of its record (clock, status, the event applied), each delivery of its events
+    (clock, answer) and when the reminder was published."""
+    from worker.keys import task_key
+
     user, task_id = key[0], json.loads(key[1])
     task = next(t for t in tasks if (t.user, t.task_id) == (user, task_id))
     lines = [f"    task {user}/{task_id}: events " + ", ".join(
         f"{_z(ts)} {etype}" for ts, etype, _ in sorted(task.events, key=lambda e: e[0]))]
+    record_key = task_key(user, task_id)
+    for w in c.sidecar.state_writes:
+        if w.key == record_key:
+            value = w.value or {}
+            lines.append(f"    record written at clock {_z(w.time)}: {value.get('status')} "
+                         f"(event {(value.get('order') or ['?'])[0]})")
     for p in c.sidecar.published:
         data = p.envelope.get("data")
         if not isinstance(data, dict) or data.get("user_id") != user \
