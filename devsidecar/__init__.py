@@ -21,7 +21,16 @@ from worker.clock import Clock, ManualClock
 from .app import DevSidecar, SidecarConfig
 from .asgi import ASGIApp
 from .faults import Faults
-from .records import Delivery, FailurePolicy, Invocation, Job, Published, StateItem, Trigger
+from .records import (
+    Delivery,
+    FailurePolicy,
+    Invocation,
+    Job,
+    Published,
+    StateItem,
+    StateWrite,
+    Trigger,
+)
 from .server import serve_asgi, serve_sidecar
 
 __all__ = [
@@ -37,6 +46,7 @@ __all__ = [
     "Published",
     "SidecarConfig",
     "StateItem",
+    "StateWrite",
     "Trigger",
     "serve_asgi",
     "serve_sidecar",

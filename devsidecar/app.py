@@ -41,7 +41,7 @@ from .asgi import (
 from .faults import APIS, Decision, Faults
 from .jobs import Jobs
 from .pubsub import PubSub
-from .records import Delivery, Invocation, Job, Published, StateItem, Trigger
+from .records import Delivery, Invocation, Job, Published, StateItem, StateWrite, Trigger
 from .secretstores import SecretStores
 from .state import StateStores
 
@@ -111,6 +111,7 @@ class DevSidecar:
         self._deliveries: list[Delivery] = []
         self._triggers: list[Trigger] = []
         self._invocations: list[Invocation] = []
+        self._state_writes: list[StateWrite] = []
         # (api, traceparent) of every API call that carried one: what daprd would join
         # to the caller's trace.
         self.traced: list[tuple[str, str]] = []
@@ -123,7 +124,7 @@ class DevSidecar:
         self._state = StateStores(
             config.state_stores, config.app_id, self.clock,
             first_write_conflict_status=config.first_write_conflict_status,
-            capabilities=config.state_capabilities,
+            capabilities=config.state_capabilities, writes=self._state_writes,
         )
         self._secrets = SecretStores(config.secret_stores)
         self._jobs = Jobs(
@@ -174,6 +175,11 @@ class DevSidecar:
     @property
     def invocations(self) -> list[Invocation]:
         return list(self._invocations)
+
+    @property
+    def state_writes(self) -> list[StateWrite]:
+        """Every state write that landed, in order, with the clock when it did."""
+        return list(self._state_writes)
 
     @property
     def subscriptions(self) -> list[dict[str, Any]]:
@@ -348,6 +354,7 @@ class DevSidecar:
             "deliveries": lambda: [d.to_json() for d in self._deliveries],
             "invocations": lambda: [i.to_json() for i in self._invocations],
             "job-triggers": lambda: [t.to_json() for t in self._triggers],
+            "state-writes": lambda: [w.to_json() for w in self._state_writes],
             "jobs": lambda: {n: j.to_json() for n, j in self.jobs().items()},
             "counts": lambda: {
                 **self.counts,
@@ -356,6 +363,7 @@ class DevSidecar:
                 "deadLetters": len(self._dead_letters),
                 "jobTriggers": len(self._triggers),
                 "invocations": len(self._invocations),
+                "stateWrites": len(self._state_writes),
                 "jobs": len(self._jobs.snapshot()),
             },
             "subscriptions": lambda: self.subscriptions,

@@ -201,6 +201,34 @@ class Job:
 
 
 @dataclass(frozen=True, slots=True)
+class StateWrite:
+    """One key saved or deleted by a state call that succeeded (a transaction: one per key).
+
+    `time` is the clock when the write landed: a test can tell what a reader that
+    came before it could have seen.
+    """
+
+    store: str
+    key: str  # as the app gave it, without the app id prefix
+    value_json: bytes | None  # None: deleted
+    etag: str | None  # None: deleted
+    time: datetime
+
+    @property
+    def value(self) -> Any:
+        return None if self.value_json is None else json.loads(self.value_json)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "store": self.store,
+            "key": self.key,
+            "value": self.value,
+            "etag": self.etag,
+            "time": format_rfc3339(self.time),
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class StateItem:
     value_json: bytes
     etag: str

@@ -15,7 +15,7 @@ from typing import Any
 from worker.clock import Clock
 
 from .asgi import ApiError, Request, Response, empty, json_response
-from .records import StateItem
+from .records import StateItem, StateWrite
 from .timeparse import format_rfc3339
 
 _STORE_TYPE = "state.in-memory"
@@ -34,7 +34,8 @@ class _Write:
 class StateStores:
     def __init__(self, names: tuple[str, ...], app_id: str, clock: Clock, *,
                  first_write_conflict_status: int = 409,
-                 capabilities: tuple[str, ...] = ("ETAG", "TRANSACTIONAL", "TTL")) -> None:
+                 capabilities: tuple[str, ...] = ("ETAG", "TRANSACTIONAL", "TTL"),
+                 writes: list[StateWrite] | None = None) -> None:
         self._first_write_status = first_write_conflict_status
         self._capabilities = capabilities
         self._stores: dict[str, dict[str, StateItem]] = {name: {} for name in names}
@@ -42,6 +43,7 @@ class StateStores:
         self._prefix = f"{app_id}||"
         self._clock = clock
         self._etags = itertools.count(1)
+        self.writes: list[StateWrite] = [] if writes is None else writes  # in the order applied
 
     # ---- inspection
 
@@ -66,7 +68,7 @@ class StateStores:
             )
         writes = [self._parse_write(entry, upsert=True) for entry in body]
         try:
-            self._apply(items, writes)
+            self._apply(store, items, writes)
         except _Mismatch as exc:
             raise ApiError(
                 self._status(exc), "ERR_STATE_SAVE",
@@ -104,7 +106,7 @@ class StateStores:
         etag = request.headers.get("if-match") or None
         write = _Write(self._full_key(key), None, etag, first_write=False, ttl=None)
         try:
-            self._apply(items, [write])
+            self._apply(store, items, [write])
         except _Mismatch as exc:
             raise ApiError(
                 409, "ERR_STATE_DELETE", f"failed deleting state with key {key}: {exc}"
@@ -132,7 +134,7 @@ class StateStores:
                 )
             writes.append(self._parse_write(op["request"], upsert=kind == "upsert"))
         try:
-            self._apply(items, writes)
+            self._apply(store, items, writes)
         except _Mismatch as exc:
             raise ApiError(
                 self._status(exc), "ERR_STATE_TRANSACTION",
@@ -189,8 +191,9 @@ class StateStores:
         )
         return _Write(full_key, value_json, etag, first_write, ttl)
 
-    def _apply(self, items: dict[str, StateItem], writes: list[_Write]) -> None:
-        """Check every write against the current (staged) values, then apply all or none."""
+    def _apply(self, store: str, items: dict[str, StateItem], writes: list[_Write]) -> None:
+        """Check every write against the current (staged) values, then apply all or none
+        (and log what was applied in `writes`)."""
         now = self._clock()
         staged: dict[str, StateItem | None] = {}
         for write in writes:
@@ -206,11 +209,14 @@ class StateStores:
             else:
                 expiry = None if write.ttl is None else now + write.ttl
                 staged[write.key] = StateItem(write.value_json, str(next(self._etags)), expiry)
+        plen = len(self._prefix)
         for key, item in staged.items():
             if item is None:
                 items.pop(key, None)
+                self.writes.append(StateWrite(store, key[plen:], None, None, now))
             else:
                 items[key] = item
+                self.writes.append(StateWrite(store, key[plen:], item.value_json, item.etag, now))
 
     def describe(self) -> list[dict[str, Any]]:
         return [

@@ -18,8 +18,12 @@ after the due time), some end phase 1 snoozed (a `task.snoozed` event, the newes
 the task, carrying the full payload as every event here does). While the clock runs
 to END, some active tasks with repetitions are completed *racing* their triggers: the
 completion is published while the step that fires a repetition runs. For those, the
-reminders of that step may or may not be published (the race), the earlier ones must
-be, the later ones must not.
+reminders due before the step must be published; those due after the clock at which
+the completion's save landed (the sidecar logs each state write with its clock) must
+not: their triggers read the task completed; those in between may or may not be (the
+race). The save lands by the step's end, unless a kill cut the completion's delivery
+off: the replicas come back with the clock 11 minutes on, and a repetition due in
+those minutes races the redelivery.
 
 Invariant: every expected (kind, instant) got exactly one reminder.due id; none was
 published for one not expected (completed, deleted, superseded); every event
@@ -135,6 +139,8 @@ class Figures:
     next_repeated: int = 0  # same key and occurrence again (a kill before the claim)
     overdue_completions: int = 0
     races: int = 0  # completions published while their repetitions fired
+    races_saved_late: int = 0  # of those, saved after their step's end (a kill cut them off)
+    races_published_late: int = 0  # reminders due after such a step, published before the save
     by_kind: dict[str, int] = field(default_factory=dict)  # published, by kind
     kills: int = 0
     orphan_jobs: int = 0  # scheduled by an attempt no record kept; fired, published nothing
@@ -154,6 +160,8 @@ class Figures:
                 f"requested={self.next_requested} (repeats {self.next_repeated}, "
                 f"overdue {self.overdue_completions}) orphan_jobs={self.orphan_jobs} "
                 f"kinds={self.by_kind} races={self.races} "
+                f"(saved after their step {self.races_saved_late}, reminders due after "
+                f"it published first {self.races_published_late}) "
                 f"events_not_success="
                 f"{self.events_not_success} in {self.seconds:.1f}s")
 
@@ -188,6 +196,7 @@ class Model:
         self.state: dict[int, tuple[str, Spec]] = {}  # task index -> (status, spec)
         self.fired: dict[tuple[Any, ...], None] = {}  # expected reminder keys
         self.allowed: set[tuple[Any, ...]] = set()  # may be published or not (a race)
+        self.late: set[tuple[Any, ...]] = set()  # of those, due after their race's step
         self.next_expected: set[int] = set()
 
     def apply_newest(self, i: int, etype: str, spec: Spec) -> None:
@@ -205,15 +214,23 @@ class Model:
                     t = tasks[i]
                     self.fired[(t.user, json.dumps(t.task_id), kind, at)] = None
 
-    def raced(self, t: Task, spec: Spec, before: datetime, after: datetime) -> None:
-        """`t` was completed while the clock ran from `before` to `after`."""
+    def raced(self, t: Task, spec: Spec, before: datetime, saved: datetime) -> None:
+        """`t` was completed in the step that began at clock `before`; the completion's
+        save landed at clock `saved` (usually the step's end, later when a kill cut its
+        delivery off and the replicas came back with the clock moved on).
+
+        A reminder due by `before` fired in an earlier step: expected. One due after
+        `saved`: its trigger came after the save and reads the task completed: never.
+        One due in between: its trigger may have read the record before the save (the
+        race): published or not.
+        """
         for kind, at in spec.instants():
             key = (t.user, json.dumps(t.task_id), kind, at)
-            if at > _z(after):
-                self.fired.pop(key, None)  # after the completion: never
+            if at > _z(saved):
+                self.fired.pop(key, None)  # after the completion's save: never
             elif at > _z(before) and key in self.fired:
                 del self.fired[key]
-                self.allowed.add(key)  # fired in the very step of the completion
+                self.allowed.add(key)  # may have fired before the save
 
 
 def published_counts(reminders: list[dict[str, Any]]) -> dict[tuple[Any, ...], set[str]]:
@@ -359,13 +376,34 @@ async def _drive(c: Cluster, rng: random.Random, tasks: list[Task], model: Model
 
     figures.phase = "running the clock to END, completions racing their triggers"
     ids += await _advance(c, rng, END, step, race)
+    saved = completions_saved(c, tasks, raced)
     for i, (t0, t1) in raced.items():
-        model.raced(tasks[i], model.state[i][1], t0, t1)
+        # never saved: the record check reports it; the model then allows nothing
+        spec, done = model.state[i][1], saved.get(i, t0)
+        model.raced(tasks[i], spec, t0, done)
+        figures.races_saved_late += done > t1
+        model.late |= {(tasks[i].user, json.dumps(tasks[i].task_id), kind, at)
+                       for kind, at in spec.instants() if _z(t1) < at <= _z(done)}
     figures.races = len(raced)
     figures.events += len(raced)
     figures.phase = "draining the jobs left"
     await c.drain_jobs()
     return ids, listed
+
+
+def completions_saved(c: Cluster, tasks: list[Task],
+                      indices: Iterable[int]) -> dict[int, datetime]:
+    """Task index -> the clock when the first write saying `completed` of its record
+    landed (the sidecar's log of state writes), for those of `indices` that have one."""
+    from worker.keys import task_key  # the key function: where to look, not the oracle
+
+    wanted = {task_key(tasks[i].user, tasks[i].task_id): i for i in indices}
+    saved: dict[int, datetime] = {}
+    for w in c.sidecar.state_writes:
+        i = wanted.get(w.key)
+        if i is not None and i not in saved and (w.value or {}).get("status") == "completed":
+            saved[i] = w.time
+    return saved
 
 
 def soak_budget(n_tasks: int) -> float:
@@ -456,11 +494,20 @@ async def run_soak(seed: int, n_tasks: int, *, replicas: int = 2, batch: int = 4
 
 def _story(c: Cluster, tasks: list[Task], key: tuple[Any, ...]) -> str:
     """What the run did with the task of reminder `key`: its events as generated, each
-    delivery of them (clock, answer) and when the reminder was published."""
+    write of its record (clock, status, the event applied), each delivery of its events
+    (clock, answer) and when the reminder was published."""
+    from worker.keys import task_key
+
     user, task_id = key[0], json.loads(key[1])
     task = next(t for t in tasks if (t.user, t.task_id) == (user, task_id))
     lines = [f"    task {user}/{task_id}: events " + ", ".join(
         f"{_z(ts)} {etype}" for ts, etype, _ in sorted(task.events, key=lambda e: e[0]))]
+    record_key = task_key(user, task_id)
+    for w in c.sidecar.state_writes:
+        if w.key == record_key:
+            value = w.value or {}
+            lines.append(f"    record written at clock {_z(w.time)}: {value.get('status')} "
+                         f"(event {(value.get('order') or ['?'])[0]})")
     for p in c.sidecar.published:
         data = p.envelope.get("data")
         if not isinstance(data, dict) or data.get("user_id") != user \
@@ -511,6 +558,7 @@ def _check(c: Cluster, tasks: list[Task], model: Model, ids: list[str],
     missing = [k for k in model.fired if k not in published]
     unexpected = [k for k in published if k not in model.fired and k not in model.allowed]
     many_ids = [k for k, s in published.items() if len(s) != 1]
+    figures.races_published_late = len(model.late & set(published))
     figures.reminders_missing, figures.reminders_unexpected = len(missing), len(unexpected)
     if missing:
         v.append(f"{len(missing)} reminders missing, e.g. {missing[:3]}")

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -280,3 +281,41 @@ async def test_only_sidecar_and_network_failures_are_retried(exc: Exception) -> 
     name = job_name("u1", 1, datetime.fromisoformat(PT1H), order)
     code = await service.handle_job(name, json.dumps(data).encode())
     assert code == (500 if exc in RETRYABLE else 200)
+
+
+REPEATING = {"title": "x", "due_at": DUE, "timezone": "UTC",
+             "repeat": {"every": "PT10M", "max": 3}}  # overdue at 14:10, 14:20, 14:30
+
+
+@pytest.mark.parametrize(("kill_after", "published"), [
+    (0, ["2026-11-28T14:10:00Z"]),  # killed after its GET: the record stays active
+    (1, []),  # killed after its save: the record says completed from then on
+])
+async def test_completion_cut_off_by_a_kill_races_the_repetition_the_restart_made_due(
+        kill_after: int, published: list[str]) -> None:
+    """The soak's rare extra overdue reminder (seed 2): a completion's delivery is cut off
+    by a kill, the replicas come back 11 minutes later (clock moved), past a repetition.
+    Its trigger publishes only if the completion's save had not landed when it read the
+    record: a repetition is published if and only if it is due at or before the clock
+    when the save landed, whichever comes first, the trigger or the redelivery."""
+    async with cluster(1) as c:
+        c.restart_on_kill(timedelta(minutes=11))
+        assert await deliver(c, event("task.created", 0, **REPEATING)) == "SUCCESS"
+        await c.fire_until(datetime.fromisoformat("2026-11-28T14:05:00Z"), timedelta(hours=6))
+        completed = event("task.completed", 1, **REPEATING)
+        c.sidecar.faults.kill("state", times=1, after=kill_after)
+        with pytest.raises(httpx.RemoteProtocolError):  # the kill: no answer, ever
+            await deliver(c, completed)
+        await c.wait_until(lambda: not c.killing, 60, "the replica to be back")
+        assert c.clock() == datetime.fromisoformat("2026-11-28T14:16:00Z")
+        # (fired while the replica was down, it is retried 10 s later)
+        await c.wait_until(lambda: not c.due_jobs(), 30, "the 14:10 repetition to fire")
+        await c.drain_retries()
+        assert published_instants(c) == published
+        assert await deliver(c, completed) == "SUCCESS"  # the redelivery
+        await c.fire_until(datetime.fromisoformat("2026-11-28T15:00:00Z"), timedelta(minutes=10))
+        await c.drain_jobs()
+        assert published_instants(c) == published and c.sidecar.jobs() == {}
+        saved = next(w.time for w in c.sidecar.state_writes
+                     if (w.value or {}).get("status") == "completed")
+        assert all(datetime.fromisoformat(at) <= saved for at in published)

@@ -241,6 +241,30 @@ async def test_state_bulk_delete_transaction_and_ttl() -> None:
 
 
 @pytest.mark.anyio
+async def test_state_writes_are_logged_in_order_with_the_clock_when_they_landed() -> None:
+    clock = ManualClock(START)
+    async with running(clock=clock) as h:
+        c = h.client
+        url = "/v1.0/state/statestore"
+        await c.post(url, json=[{"key": "a", "value": {"status": "active"}}])
+        clock.advance(timedelta(minutes=11))
+        etag = (await c.get(f"{url}/a")).headers["etag"]
+        await c.post(url, json=[{"key": "a", "value": {"status": "completed"}, "etag": etag}])
+        r = await c.post(url, json=[{"key": "a", "value": {"status": "lost"}, "etag": etag}])
+        assert r.status_code == 409  # refused: not logged
+        await c.delete(f"{url}/a")
+        writes = h.sidecar.state_writes
+        assert [(w.key, w.value, w.time - START) for w in writes] == [
+            ("a", {"status": "active"}, timedelta(0)),
+            ("a", {"status": "completed"}, timedelta(minutes=11)),
+            ("a", None, timedelta(minutes=11)),
+        ]
+        assert writes[1].etag == (await c.get("/dev/state-writes")).json()[1]["etag"] != etag
+        assert writes[2].etag is None
+        assert (await c.get("/dev/counts")).json()["stateWrites"] == 3
+
+
+@pytest.mark.anyio
 async def test_state_ttl_0_and_minus_1_mean_no_expiry_below_is_refused() -> None:
     """As PostgreSQL v2 reads ttlInSeconds (components-contrib ParseTTL)."""
     clock = ManualClock(START)
