@@ -42,32 +42,51 @@ class _Guard:
 
     Plain asyncio, not anyio scopes: uvicorn runs only on asyncio, and two cancel
     scopes and a task group per request were a fifth of the worker's own CPU per
-    event (bench/RESULTS.md). The task's CancelledError is caught in `_handle`,
-    which uncancels it when the reason is ours.
+    event (bench/RESULTS.md). One timer per request: it first fires at WATCH_AFTER,
+    starts the disconnect watcher (once the body is read) and is then set again for
+    the rest of the deadline; most deliveries are answered before it ever fires.
+    The task's CancelledError is caught in `_handle`, which uncancels it when the
+    reason is ours.
     """
 
-    __slots__ = ("closed", "later", "reason", "task", "timer", "watcher")
+    __slots__ = ("closed", "deadline", "loop", "reason", "receive", "task", "ticked",
+                 "timer", "watcher")
 
     def __init__(self, deadline: float) -> None:
         self.task = asyncio.current_task()
         self.reason: str | None = None
         self.closed = False
-        loop = asyncio.get_running_loop()
-        self.timer = loop.call_later(deadline, self.stop, "deadline")
-        self.later: asyncio.TimerHandle | None = None
+        self.ticked = False
+        self.deadline = deadline
+        self.receive: Receive | None = None  # set once the body is read
         self.watcher: asyncio.Task[None] | None = None
+        self.loop = asyncio.get_running_loop()
+        self.timer = self.loop.call_later(min(WATCH_AFTER, deadline), self._tick)
 
     def stop(self, reason: str) -> None:
         if not self.closed and self.reason is None and self.task is not None:
             self.reason = reason
             self.task.cancel()
 
-    def watch_soon(self, receive: Receive) -> None:
-        self.later = asyncio.get_running_loop().call_later(WATCH_AFTER, self._watch, receive)
+    def watch(self, receive: Receive) -> None:
+        """The body is read: watch for the caller going away (now, if WATCH_AFTER passed)."""
+        self.receive = receive
+        if self.ticked:
+            self._start_watcher()
 
-    def _watch(self, receive: Receive) -> None:
-        if not self.closed:
-            self.watcher = asyncio.ensure_future(self._until_gone(receive))
+    def _tick(self) -> None:
+        self.ticked = True
+        if self.closed:
+            return
+        if self.deadline <= WATCH_AFTER:
+            self.stop("deadline")
+            return
+        self.timer = self.loop.call_later(self.deadline - WATCH_AFTER, self.stop, "deadline")
+        self._start_watcher()
+
+    def _start_watcher(self) -> None:
+        if self.receive is not None and self.watcher is None and not self.closed:
+            self.watcher = asyncio.ensure_future(self._until_gone(self.receive))
 
     async def _until_gone(self, receive: Receive) -> None:
         while (await receive())["type"] != "http.disconnect":
@@ -77,8 +96,6 @@ class _Guard:
     def close(self) -> None:
         self.closed = True
         self.timer.cancel()
-        if self.later is not None:
-            self.later.cancel()
         if self.watcher is not None:
             self.watcher.cancel()
 
@@ -185,7 +202,7 @@ class WorkerApp:
             except anyio.EndOfStream:
                 return None
             else:
-                guard.watch_soon(receive)
+                guard.watch(receive)
                 if path == TASK_ROUTE:
                     answer = await self.service.handle_delivery(body, trace)
                 else:
