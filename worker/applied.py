@@ -59,7 +59,7 @@ def summary(event: TaskEvent, plan: Plan, outcome: str) -> dict[str, Any]:
 
 def _scheduled(job: JobSpec) -> dict[str, Any]:
     """One scheduled job; a kind other than a plain reminder is named (its slot)."""
-    out: dict[str, Any] = {"job": job.name, "at": format_utc(job.due_time)}
+    out: dict[str, Any] = {"job": job.name, "at": job.due_text}
     slot = job.data.get("slot")
     if isinstance(slot, str):
         kind, _, _ = slot.partition("@")

@@ -90,6 +90,8 @@ class JobSpec:
     due_time: datetime
     data: dict[str, Any]
 
+    due_text: str  # due_time as RFC 3339 UTC, formatted once (log line, --dry-run)
+
 
 @dataclass(frozen=True)
 class NextOccurrence:
@@ -126,7 +128,7 @@ class Plan:
             "task_id": event.task_id,
             "user_id": event.user_id,
             "outcome": self.event_outcome,
-            "schedule": [{"name": j.name, "due_time": format_utc(j.due_time)}
+            "schedule": [{"name": j.name, "due_time": j.due_text}
                          for j in self.schedule],
             "delete": self.delete,
             "skipped": self.skipped,
@@ -409,7 +411,8 @@ def job_spec(user_id: str, task_id: int | str, name: str, slot: Slot, order: Ord
         "remind_at": key if plain else format_utc(slot.at), "order": order.to_json()}
     if not plain:
         data["slot"] = key  # not a plain reminder: the name is derived from the slot
-    return JobSpec(name, max(slot.at, now + AT_ONCE_GRACE), data)
+    due = max(slot.at, now + AT_ONCE_GRACE)
+    return JobSpec(name, due, data, data["remind_at"] if due == slot.at else format_utc(due))
 
 
 def _next(event: TaskEvent, task: Task, rec: Recurrence) -> NextOccurrence | None:

@@ -23,7 +23,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -172,6 +172,10 @@ class Offset:
 
     def iso(self) -> str:
         """Canonical ISO 8601 duration: "P1DT2H" before, "+PT15M" after, "PT0S" (weeks as days)."""
+        return self._iso
+
+    @cached_property  # every record save writes it; parse_offset hands out shared instances
+    def _iso(self) -> str:
         hours, rest = divmod(abs(self.seconds), 3600)
         minutes, secs = divmod(rest, 60)
         day_part = f"{abs(self.days)}D" if self.days else ""

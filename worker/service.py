@@ -204,28 +204,39 @@ class Service:
     async def _job_ops(self, schedule: list[JobSpec], delete: set[str]) -> None:
         if not schedule and not delete:
             return
+        if len(schedule) + len(delete) == 1:  # the common case: no task group, no closure
+            if schedule:
+                job = schedule[0]
+                await self._job_op("schedule", self.sidecar.job_schedule(
+                    job.name, job.due_time, job.data))
+            else:
+                await self._job_op("delete", self.sidecar.job_delete(next(iter(delete))))
+            return
         errors: list[Exception] = []
 
         async def one(op: str, call: Awaitable[None]) -> None:
             try:
-                await call
+                await self._job_op(op, call)
             except Exception as exc:
-                self.metrics.jobs.labels(op, "error").inc()
                 errors.append(exc)
-            else:
-                self.metrics.jobs.labels(op, "ok").inc()
 
         calls = [("schedule", self.sidecar.job_schedule(job.name, job.due_time, job.data))
                  for job in schedule]
         calls += [("delete", self.sidecar.job_delete(name)) for name in delete]
-        if len(calls) == 1:  # the common case: a task group would cost more than the call
-            await one(*calls[0])
-        else:
-            async with anyio.create_task_group() as tg:
-                for op, call in calls:
-                    tg.start_soon(one, op, call)
+        async with anyio.create_task_group() as tg:
+            for op, call in calls:
+                tg.start_soon(one, op, call)
         if errors:
             raise errors[0]
+
+    async def _job_op(self, op: str, call: Awaitable[None]) -> None:
+        """One job call, counted by outcome; raises its error."""
+        try:
+            await call
+        except Exception:
+            self.metrics.jobs.labels(op, "error").inc()
+            raise
+        self.metrics.jobs.labels(op, "ok").inc()
 
     async def _retry_rejected(self, nxt: NextOccurrence, now: datetime) -> None:
         """A completion seen again: ask again only if the task service rejected it before."""
