@@ -131,7 +131,7 @@ class Figures:
     faults_injected: int = 0
     reminders_expected: int = 0
     reminders_published: int = 0
-    reminders_duplicated: int = 0
+    reminders_duplicated: int = 0  # at-least-once: a key published again with its one id
     reminders_missing: int = 0
     reminders_unexpected: int = 0
     next_expected: int = 0
@@ -154,7 +154,7 @@ class Figures:
                 f"(+{self.duplicates_sent} duplicates, {self.deliveries} deliveries) "
                 f"faults={self.faults_injected} kills={self.kills} "
                 f"reminders expected={self.reminders_expected} "
-                f"published={self.reminders_published} duplicated={self.reminders_duplicated} "
+                f"published={self.reminders_published} (same id again {self.reminders_duplicated}) "
                 f"missing={self.reminders_missing} unexpected={self.reminders_unexpected} "
                 f"next_occurrence expected={self.next_expected} "
                 f"requested={self.next_requested} (repeats {self.next_repeated}, "
