@@ -50,17 +50,18 @@ class _Stamper:
     second (structlog's TimeStamper formats a datetime per line)."""
 
     def __init__(self) -> None:
-        self.second = -1
-        self.prefix = ""
+        # One attribute, replaced whole: a line logged from another thread (the
+        # standard library's records) never pairs one second with another's text.
+        self.last: tuple[int, str] = (-1, "")
 
     def __call__(self, _: Any, __: str, event_dict: MutableMapping[str, Any]
                  ) -> MutableMapping[str, Any]:
-        now = time.time_ns() // 1000
-        second, micro = divmod(now, 1_000_000)
-        if second != self.second:
-            self.prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
-            self.second = second
-        event_dict["timestamp"] = f"{self.prefix}{micro:06d}Z"
+        second, micro = divmod(time.time_ns() // 1000, 1_000_000)
+        last = self.last
+        if last[0] != second:
+            last = self.last = (second, datetime.fromtimestamp(second, UTC).strftime(
+                "%Y-%m-%dT%H:%M:%S."))
+        event_dict["timestamp"] = f"{last[1]}{micro:06d}Z"
         return event_dict
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
