@@ -62,3 +62,17 @@ def test_bound_fields_are_on_every_line_until_unbound(lines: io.BytesIO) -> None
     assert three["event_id"] == "ev-1" and "trace_id" not in three
     assert three["level"] == "warning"
     assert not {"event_id", "task_id", "trace_id"} & set(four)
+
+
+def test_the_timestamp_follows_the_clock_across_a_second(
+        lines: io.BytesIO, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The text up to the second is cached: a line in the next second must not reuse it.
+    readings = iter([1_700_000_000_999_999_000, 1_700_000_001_000_001_000,
+                     1_700_000_001_500_000_000])
+    monkeypatch.setattr(logs.time, "time_ns", lambda: next(readings))
+    log = structlog.get_logger("worker")
+    for _ in range(3):
+        log.info("tick")
+    assert [line["timestamp"] for line in _read(lines)] == [
+        "2023-11-14T22:13:20.999999Z", "2023-11-14T22:13:21.000001Z",
+        "2023-11-14T22:13:21.500000Z"]
