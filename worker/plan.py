@@ -89,7 +89,6 @@ class JobSpec:
     name: str
     due_time: datetime
     data: dict[str, Any]
-
     due_text: str  # due_time as RFC 3339 UTC, formatted once (log line, --dry-run)
 
 
