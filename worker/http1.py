@@ -4,13 +4,13 @@ Why our own: a sidecar call is a small request and a small answer on a local
 keep-alive connection, and the worker makes two to five of them per event. On
 aiohttp's pool (the transport before this one; httpx's own was slower still)
 about a quarter of the worker's CPU per task event went into its request and
-response machinery; here a
-request is one buffer written to an asyncio transport and the answer is parsed
-by httptools (uvicorn's parser, already a dependency), with no task, lock or
-stream object per call (bench/RESULTS.md has the figures).
+response machinery; here a request is one buffer written to an asyncio transport
+and the answer is parsed by httptools (uvicorn's parser, already a dependency),
+with no task, lock or stream object per call (bench/RESULTS.md has the figures).
 
-What it does not do it hands to `fallback` (httpx2's own transport): https, HEAD (an answer's
-length cannot be known without the method), and streamed request bodies.
+What it does not do it hands to `fallback` (httpx2's own transport): https, HEAD
+(an answer's length cannot be known without the method), and streamed request
+bodies.
 Errors are httpx2's, so callers see the same exceptions from either transport.
 """
 
