@@ -8,12 +8,18 @@
   given HTTP client (the client comparison passes its candidates here).
 - `noop_worker_app` (R0): the same worker with a sidecar client that answers
   204 without any I/O: the worker's own overhead.
+- `answer_app` (A): the real WorkerApp whose service answers SUCCESS at once
+  (nothing parsed): what the app layer adds to B.
+- `spin_app` (W): A whose service burns a given CPU time per delivery, allocating
+  nothing and calling nothing: a control for what a handler of R0's cost pays the
+  kernel (waking the idle load generator once per answer) whatever its code.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import time
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -23,6 +29,7 @@ from prometheus_client import CollectorRegistry
 
 from bench.fakesidecar import Receive, Scope, Send, _body
 from worker.app import WorkerApp
+from worker.errors import Status
 from worker.metrics import Metrics
 from worker.service import Service
 from worker.settings import Settings
@@ -93,3 +100,25 @@ def noop_worker_app(settings: Settings) -> WorkerApp:
     metrics = Metrics.create(CollectorRegistry())
     sidecar = NoopSidecar(settings.sidecar_url, httpx2.AsyncClient(), metrics)
     return WorkerApp(settings, Service(settings, sidecar, metrics))
+
+
+class _AnswerAtOnce(Service):
+    """A service that answers every delivery SUCCESS, after `spin` seconds of CPU."""
+
+    spin = 0.0
+
+    async def handle_delivery(self, body: bytes, trace_id: str | None = None) -> Status:
+        if self.spin:
+            until = time.perf_counter() + self.spin
+            while time.perf_counter() < until:
+                pass
+        return Status.SUCCESS
+
+
+def answer_app(settings: Settings, spin_us: float = 0.0) -> WorkerApp:
+    """A (spin_us 0) or W: the WorkerApp in front of a service that does no work."""
+    metrics = Metrics.create(CollectorRegistry())
+    sidecar = NoopSidecar(settings.sidecar_url, httpx2.AsyncClient(), metrics)
+    service = _AnswerAtOnce(settings, sidecar, metrics)
+    service.spin = spin_us / 1e6
+    return WorkerApp(settings, service)

@@ -64,9 +64,10 @@ def http(method: str, url: str, body: bytes | None = None,
         return int(resp.status), bytes(resp.read())
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds the process has used."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
+    return int(fields[11]) / TICKS, int(fields[12]) / TICKS  # utime, stime
 
 
 def rss_mb(pid: int) -> float:
@@ -77,10 +78,10 @@ def rss_mb(pid: int) -> float:
 
 
 @contextlib.contextmanager
-def serving(kind: str, port: int, sidecar_port: int, cpu: int,
-            client: str = "default") -> Iterator[subprocess.Popen[bytes]]:
+def serving(kind: str, port: int, sidecar_port: int, cpu: int, client: str = "default",
+            spin_us: float = 0.0) -> Iterator[subprocess.Popen[bytes]]:
     cmd = [PY, "-m", "bench.serve", kind, "--port", str(port), "--sidecar-port",
-           str(sidecar_port), "--cpu", str(cpu), "--client", client]
+           str(sidecar_port), "--cpu", str(cpu), "--client", client, "--spin-us", str(spin_us)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_port(port)
@@ -111,6 +112,8 @@ class Row:
     p50_ms: list[float] = field(default_factory=list)
     p99_ms: list[float] = field(default_factory=list)
     busy: list[float] = field(default_factory=list)
+    user_us: list[float] = field(default_factory=list)  # worker CPU per event
+    sys_us: list[float] = field(default_factory=list)
     calls: float | None = None
     errors: int = 0
 
@@ -132,21 +135,24 @@ class Bench:
         return dict(json.loads(http("GET", self.fake + "/bench/counts")[1]))
 
     def scenario(self, name: str, what: str, app: str, load: str, client: str = "default",
-                 probe: bool = True) -> Row:
+                 probe: bool = True, spin_us: float = 0.0) -> Row:
         print(f"  {name} ...", file=sys.stderr, flush=True)
         row = Row(name, what)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        with serving(app, port, self.fake_port, APP_CPU, client) as proc:
+        with serving(app, port, self.fake_port, APP_CPU, client, spin_us) as proc:
             http("POST", self.fake + "/bench/clear")
             extra = self.seed_job() if load == "job" else []
             wrk(url, 1, self.conns, load, f"{name}-warm", *extra)
             for r in range(self.repeats):
-                before = cpu_seconds(proc.pid)
+                user0, sys0 = cpu_times(proc.pid)
                 out = wrk(url, self.seconds, self.conns, load, f"{name}-{r}", *extra)
-                used = cpu_seconds(proc.pid) - before
+                user1, sys1 = cpu_times(proc.pid)
+                used = (user1 - user0) + (sys1 - sys0)
                 seconds = out["duration_us"] / 1e6
                 row.events_per_core.append(div(out["requests"], used))
+                row.user_us.append(div(1e6 * (user1 - user0), out["requests"]))
+                row.sys_us.append(div(1e6 * (sys1 - sys0), out["requests"]))
                 row.throughput.append(out["requests"] / seconds)
                 row.busy.append(used / seconds)
                 row.p50_ms.append(out["p50_us"] / 1000)
@@ -297,26 +303,27 @@ def report(b: Bench, started: str, load_before: float, waited: float, load_after
     base_b, base_s = med(r["B"].events_per_core), med(r["S"].events_per_core)
     lines = [
         "| scenario | what | events/s per worker core (min/med/max) | ratio (median) "
-        "| throughput/s (med) | worker core busy | p50 ms (med) | p99 ms (med) "
-        "| sidecar calls/event | errors |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| throughput/s (med) | worker core busy | worker CPU us/event, user + sys (med) "
+        "| p50 ms (med) | p99 ms (med) | sidecar calls/event | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in r.values():
         if row.name == "replay":
             continue
         ratio = ""
-        if row.name == "R0":
-            ratio = f"R0/B = {div(med(row.events_per_core), base_b):.2f}"
+        if row.name in ("R0", "A", "W"):
+            ratio = f"{row.name}/B = {div(med(row.events_per_core), base_b):.2f}"
         elif row.name not in ("B", "S"):
             ratio = f"{div(med(row.events_per_core), base_s):.1f}x S"
         lines.append(
             f"| {row.name} | {row.what} | {mmm(row.events_per_core)} | {ratio} "
-            f"| {med(row.throughput):.0f} | {med(row.busy):.0%} | {med(row.p50_ms):.1f} "
+            f"| {med(row.throughput):.0f} | {med(row.busy):.0%} "
+            f"| {med(row.user_us):.1f} + {med(row.sys_us):.1f} | {med(row.p50_ms):.1f} "
             f"| {med(row.p99_ms):.1f} | {'' if row.calls is None else f'{row.calls:.2f}'} "
             f"| {row.errors} |")
     rep = r["replay"]
     lines.append(f"| replay | {rep.what} | {mmm(rep.events_per_core)} (per CPU-s) | "
-                 f"| {mmm(rep.throughput)} (wall) | | | | 0 | {rep.errors} |")
+                 f"| {mmm(rep.throughput)} (wall) | | | | | 0 | {rep.errors} |")
     rss = b.extra.get("rss", {})
     rss_line = ", ".join(f"{k} {v:.1f} MB" for k, v in rss.items())
     task1 = med(r["task1"].events_per_core)
@@ -338,6 +345,7 @@ def report(b: Bench, started: str, load_before: float, waited: float, load_after
          0 < rss.get("after 100k", 999) <= T_RSS and growth <= 2.0),
     ]
     target_lines = ["| target | wanted | measured | met |", "|---|---|---|---|"]
+    split = r0_split(r, b.extra.get("spin_us", 0.0))
     target_lines += [f"| {n} | {w} | {m} | {'yes' if ok else '**no**'} |"
                      for n, w, m, ok in checks]
     return "\n".join([
@@ -358,11 +366,49 @@ def report(b: Bench, started: str, load_before: float, waited: float, load_after
         "",
         f"RSS of the worker (task.created, 1 reminder): {rss_line}",
         "",
+        *split,
         "## Targets (issue 4)",
         "",
         *target_lines,
         "",
     ])
+
+
+def r0_split(r: dict[str, Row], spin_us: float) -> list[str]:
+    """Where R0's CPU per event goes, from the B, A, W and R0 rows of this run.
+
+    Totals (user + sys), not the split: the kernel charges its time by ticks, and
+    the sys share of one 5 s run moves by several us per event from run to run.
+    """
+    if not all(name in r for name in ("B", "A", "W", "R0")):
+        return []
+
+    def total(name: str) -> float:
+        return med(r[name].user_us) + med(r[name].sys_us)
+
+    b, a, w, r0 = total("B"), total("A"), total("W"), total("R0")
+    rate = w - a - spin_us
+    service = r0 - a - rate
+    budget = b / T_R0_B
+    return [
+        "## Where R0's CPU per event goes (this run, medians, us per event)",
+        "",
+        "| part | us per event |",
+        "|---|---|",
+        f"| B: uvicorn and the loop (hello world) | {b:.1f} |",
+        f"| A - B: the app layer (routing, body, deadline guard, answer) | {a - b:.1f} |",
+        f"| W - A - {spin_us:.0f}: what a handler as slow as R0 costs beyond its own CPU "
+        f"(W spins {spin_us:.0f} us and calls nothing: the kernel waking the idle load "
+        f"generator for each answer, colder caches) | {rate:.1f} |",
+        f"| R0 - A - that: the service's own work (parsing, planning, digests, bodies, "
+        f"metrics, log line) | {service:.1f} |",
+        f"| R0 | {r0:.1f} |",
+        "",
+        f"R0/B >= {T_R0_B} means R0 <= {budget:.1f} us per event; with the app layer and "
+        f"the cost of the rate as measured, the service's own work would have to fit in "
+        f"about {budget - a - rate:.1f} us (today {service:.1f}).",
+        "",
+    ]
 
 
 def git_rev() -> str:
@@ -408,6 +454,12 @@ def main() -> int:
     with serving("fake", fake_port, fake_port, LOAD_CPU):
         b.scenario("B", "baseline: raw ASGI hello world", "hello", "task1", probe=False)
         b.scenario("R0", "worker, no-op sidecar client", "noop", "task1", probe=False)
+        b.scenario("A", "WorkerApp, service answers at once (the app layer)", "answer",
+                   "task1", probe=False)
+        spin = max(0.0, med(b.rows["R0"].user_us) - med(b.rows["A"].user_us))
+        b.extra["spin_us"] = spin
+        b.scenario("W", f"A, service burns {spin:.0f} us of CPU (R0's rate, no calls)",
+                   "spin", "task1", probe=False, spin_us=spin)
         b.scenario("S", "reference: client per call, GET+POST dedupe, job POST", "reference",
                    "task1")
         b.scenario("task1", "task.created, 1 reminder", "worker", "task1")

@@ -2,7 +2,8 @@
 
     python -m bench.serve KIND --port P --sidecar-port S --cpu N [--client C]
 
-KIND: fake (the fake daprd), hello (B), reference (S), noop (R0), worker.
+KIND: fake (the fake daprd), hello (B), reference (S), noop (R0), answer (A),
+spin (W, --spin-us), worker.
 The fake runs on uvloop with httptools so that it stays far cheaper than the
 worker; the others get the daemon's set-up (anyio.run, uvicorn's "auto" parser).
 --client picks the worker's HTTP client: default (worker.sidecar.make_client),
@@ -67,6 +68,10 @@ async def serve(args: argparse.Namespace) -> None:
         from bench.apps import reference_app
 
         app = reference_app(settings.sidecar_url)
+    elif args.kind in ("answer", "spin"):
+        from bench.apps import answer_app
+
+        app = answer_app(settings, args.spin_us if args.kind == "spin" else 0.0)
     elif args.kind == "noop":
         from bench.apps import noop_worker_app
 
@@ -83,11 +88,14 @@ async def serve(args: argparse.Namespace) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("kind", choices=("fake", "hello", "reference", "noop", "worker"))
+    p.add_argument("kind", choices=("fake", "hello", "reference", "noop", "answer", "spin",
+                                     "worker"))
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--sidecar-port", type=int, default=3500)
     p.add_argument("--cpu", type=int, default=0)
     p.add_argument("--client", choices=CLIENTS, default="default")
+    p.add_argument("--spin-us", type=float, default=0.0,
+                   help="spin: CPU microseconds the service burns per delivery")
     p.add_argument("--http", choices=("auto", "h11", "httptools"), default="auto",
                    help="uvicorn's HTTP parser (auto: what the daemon gets)")
     p.add_argument("--uvloop", action="store_true", help="run on uvloop (the fake always does)")
