@@ -8,11 +8,11 @@
   given HTTP client (the client comparison passes its candidates here).
 - `noop_worker_app` (R0): the same worker with a sidecar client that answers
   204 without any I/O: the worker's own overhead.
-- `answer_app` (A): the real WorkerApp whose service answers SUCCESS at once
-  (nothing parsed): what the app layer adds to B.
-- `spin_app` (W): A whose service burns a given CPU time per delivery, allocating
-  nothing and calling nothing: a control for what a handler of R0's cost pays the
-  kernel (waking the idle load generator once per answer) whatever its code.
+- `answer_app(settings)` (A): the real WorkerApp whose service answers SUCCESS
+  at once (nothing parsed): what the app layer adds to B.
+- `answer_app(settings, spin_us)` (W): A whose service first burns `spin_us` of
+  CPU, reading only the clock: a control for what a handler as slow as R0 pays
+  (the kernel waking the idle load generator once per answer), whatever its code.
 """
 
 from __future__ import annotations
