@@ -345,7 +345,6 @@ def report(b: Bench, started: str, load_before: float, waited: float, load_after
          0 < rss.get("after 100k", 999) <= T_RSS and growth <= 2.0),
     ]
     target_lines = ["| target | wanted | measured | met |", "|---|---|---|---|"]
-    split = r0_split(r, b.extra.get("spin_us", 0.0))
     target_lines += [f"| {n} | {w} | {m} | {'yes' if ok else '**no**'} |"
                      for n, w, m, ok in checks]
     return "\n".join([
@@ -366,7 +365,7 @@ def report(b: Bench, started: str, load_before: float, waited: float, load_after
         "",
         f"RSS of the worker (task.created, 1 reminder): {rss_line}",
         "",
-        *split,
+        *r0_split(r, b.extra.get("spin_us", 0.0)),
         "## Targets (issue 4)",
         "",
         *target_lines,
