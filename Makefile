@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench bench-rrule soak clean
+.PHONY: run test lint bench bench-rrule soak clean dapr e2e
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -25,11 +25,21 @@ soak: $(STAMP)
 		$(BIN)/python -m tests.soak
 
 lint: $(STAMP)
-	$(BIN)/ruff check worker devsidecar tests bench
+	$(BIN)/ruff check worker devsidecar tests bench e2e
 	$(BIN)/mypy worker devsidecar
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# The real daprd and scheduler of the pinned Dapr release, built with Go into
+# .dapr/bin (idempotent; uses ~/.dapr/bin's where `dapr init` put them).
+dapr:
+	e2e/dapr/build
+
+# The end-to-end suite: real scheduler, daprd, worker, Redis and PostgreSQL.
+e2e: $(STAMP) dapr
+	e2e/install-services
+	$(BIN)/pytest e2e -m e2e --timeout=300
 
 bench: $(STAMP)
 	$(BIN)/pip install -q -e '.[bench]'

@@ -84,6 +84,11 @@ class SidecarConfig:
     # first-write on an existing key: 409 like the in-memory store, 500 like Redis and
     # PostgreSQL v2 (both are "maybe present" to a client; it confirms with a GET).
     first_write_conflict_status: int = 409
+    # As Dapr's Redis state store: a key once saved with first-write concurrency (an
+    # insert-if-absent, or any save with an ETag) refuses later saves without an ETag
+    # (500). PostgreSQL v2 and the in-memory store accept them; a worker must work on
+    # all three, so the strict answer is the default.
+    sticky_first_write: bool = True
     # What /v1.0/metadata lists under each state store's `capabilities` (the features
     # components-contrib's state stores declare; the in-memory store has these three).
     state_capabilities: tuple[str, ...] = ("ETAG", "TRANSACTIONAL", "TTL")
@@ -124,6 +129,7 @@ class DevSidecar:
         self._state = StateStores(
             config.state_stores, config.app_id, self.clock,
             first_write_conflict_status=config.first_write_conflict_status,
+            sticky_first_write=config.sticky_first_write,
             capabilities=config.state_capabilities, writes=self._state_writes,
         )
         self._secrets = SecretStores(config.secret_stores)

@@ -233,6 +233,9 @@ class StateItem:
     value_json: bytes
     etag: str
     expiry: datetime | None
+    # Written with first-write concurrency (Dapr's Redis store keeps this in the key's
+    # hash, and from then on refuses a save without an ETag).
+    first_write: bool = False
 
     @property
     def value(self) -> Any:

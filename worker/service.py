@@ -52,6 +52,7 @@ MAX_CAS_ATTEMPTS: Final = 4
 # crashed replica); the task service dedupes the repeat by idempotency_key.
 CLAIM_LEASE: Final = timedelta(seconds=60)
 CLAIM_TTL_SECONDS: Final = 90 * 24 * 3600
+SETTLE_ATTEMPTS: Final = 3  # reads and ETag writes of a claim's outcome before RETRY
 # The task service's answers to a next-occurrence request that no retry can change
 # (the request itself is refused). 409 is success: it already has the occurrence.
 # 401/403/404 stay retried: a wrong deployment (token, app id, method) can be fixed.
@@ -281,9 +282,8 @@ class Service:
                 await self._release(key)
                 raise
             # Kept (not released): a replay of the completion finds it and asks again.
-            await self.sidecar.state_save(
-                store, key, {"state": "rejected", "at": format_utc(now), "status": exc.status},
-                ttl_seconds=CLAIM_TTL_SECONDS)
+            await self._settle_claim(
+                key, {"state": "rejected", "at": format_utc(now), "status": exc.status})
             log.error("task service rejected the next occurrence", status=exc.status,
                       error=str(exc), next_due_at=nxt.body["next_due_at"])
             raise
@@ -291,12 +291,33 @@ class Service:
             self.metrics.next_occurrences.labels("error").inc()
             await self._release(key)
             raise
-        await self.sidecar.state_save(store, key, {"state": "done", "at": format_utc(now)},
-                                      ttl_seconds=CLAIM_TTL_SECONDS)
+        await self._settle_claim(key, {"state": "done", "at": format_utc(now)})
         self.metrics.next_occurrences.labels("requested").inc()
         log.info("next occurrence requested", task_id=nxt.body["parent_task_id"],
                  next_due_at=nxt.body["next_due_at"],
                  already_there=status == 409)
+
+    async def _settle_claim(self, key: str, value: dict[str, Any]) -> None:
+        """Overwrite our claim with its outcome, by ETag.
+
+        Not a plain save: Dapr's Redis state store refuses a save without an ETag
+        to a key once written with first-write concurrency (the claim was), with
+        a 500, so the outcome is written against the claim's current ETag; a key
+        gone meanwhile (its TTL) is inserted again."""
+        store = self.settings.state_store
+        for _ in range(SETTLE_ATTEMPTS):
+            got = await self.sidecar.state_get(store, key)
+            try:
+                if got is None:
+                    await self.sidecar.state_save(store, key, value, first_write=True,
+                                                  ttl_seconds=CLAIM_TTL_SECONDS)
+                else:
+                    await self.sidecar.state_save(store, key, value, etag=got[1],
+                                                  ttl_seconds=CLAIM_TTL_SECONDS)
+                return
+            except Conflict:
+                continue  # another delivery took over the lease meanwhile: read again
+        raise Conflict(f"next-occurrence claim {key} kept changing; retry")
 
     async def _release(self, key: str) -> None:
         with anyio.CancelScope(shield=True):

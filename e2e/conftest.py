@@ -1,0 +1,204 @@
+"""Fixtures of the end-to-end suite: real Redis, PostgreSQL, scheduler, daprd and
+worker processes. `make e2e` runs it; see docs/development.md."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from e2e.procs import (
+    APP_ID,
+    TASK_SERVICE_PORT,
+    Daprd,
+    Postgres,
+    Redis,
+    Scheduler,
+    Worker,
+    port_open,
+    wait_until,
+)
+
+pytestmark = pytest.mark.e2e
+
+_pods = itertools.count(1)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("e2e")
+
+
+@pytest.fixture(scope="session")
+def redis(root: Path) -> Iterator[Redis]:
+    r = Redis(root)
+    r.start()
+    yield r
+    r.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres(root: Path) -> Iterator[Postgres]:
+    pg = Postgres(root)
+    try:
+        pg.start()
+        yield pg
+    finally:
+        pg.stop()
+
+
+@pytest.fixture(scope="session")
+def scheduler(root: Path) -> Iterator[Scheduler]:
+    s = Scheduler(root)
+    s.start()
+    yield s
+    s.stop()
+
+
+@dataclass
+class Call:
+    path: str
+    headers: dict[str, str]
+    body: Any
+
+
+@dataclass
+class TaskService:
+    """The stand-in task service behind the `todo-backend` HTTPEndpoint: records
+    every call; answers `fail_next` calls with 503, then 201."""
+
+    calls: list[Call] = field(default_factory=list)
+    fail_next: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def for_user(self, user_id: str) -> list[Call]:
+        with self.lock:
+            return [c for c in self.calls
+                    if isinstance(c.body, dict) and c.body.get("user_id") == user_id]
+
+
+@pytest.fixture(scope="session")
+def task_service() -> Iterator[TaskService]:
+    service = TaskService()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            raw = self.rfile.read(int(self.headers.get("content-length") or 0))
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                body = raw.decode(errors="replace")
+            with service.lock:
+                service.calls.append(Call(self.path, dict(self.headers), body))
+                failing = service.fail_next > 0
+                if failing:
+                    service.fail_next -= 1
+            self.send_response(503 if failing else 201)
+            self.send_header("content-type", "application/json")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    assert not port_open(TASK_SERVICE_PORT), f"port {TASK_SERVICE_PORT} is taken"
+    server = ThreadingHTTPServer(("127.0.0.1", TASK_SERVICE_PORT), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield service
+    server.shutdown()
+    server.server_close()
+
+
+@dataclass
+class Pod:
+    """One replica: a worker beside its own daprd (as in a Kubernetes pod)."""
+
+    daprd: Daprd
+    worker: Worker
+    store: str
+    topic: str
+
+    def start(self) -> None:
+        self.worker.start()  # waits for daprd on its own
+        self.daprd.start()  # waits for daprd's outbound health
+        self.worker.wait_ready()
+        wait_until(self.subscribed, 30, f"daprd {self.daprd.proc.name} to load the "
+                   "worker's subscription", self.daprd.proc.tail)
+
+    def subscribed(self) -> bool:
+        subs = self.daprd.metadata().get("subscriptions") or []
+        return any(s.get("topic") == self.topic for s in subs)
+
+    def stop(self) -> None:
+        self.worker.stop()
+        self.daprd.stop()
+
+
+class PodFactory:
+    def __init__(self, root: Path, scheduler: Scheduler) -> None:
+        self.root, self.scheduler = root, scheduler
+        self.pods: list[Pod] = []
+
+    def make(self, store: str = "redis", app_id: str | None = None, topic: str | None = None,
+             env: dict[str, str] | None = None, start: bool = True) -> Pod:
+        """A pod; by default of an app id and task topic of its own, so that it shares
+        neither the consumer group nor the jobs of any other pod."""
+        n = next(_pods)
+        app_id = app_id or f"rw-e2e-{n}"
+        topic = topic or f"task-events-{app_id}"
+        worker = Worker(self.root, f"worker-{n}", 0, {
+            "REMINDER_APP_ID": app_id, "REMINDER_TASK_TOPIC": topic, **(env or {})})
+        daprd = Daprd(self.root, f"daprd-{n}", worker.app_port, self.scheduler.address, store,
+                      app_id=app_id)
+        worker.env["DAPR_HTTP_PORT"] = str(daprd.http_port)
+        pod = Pod(daprd, worker, store, topic)
+        self.pods.append(pod)
+        if start:
+            pod.start()
+        return pod
+
+    def close(self) -> None:
+        for pod in self.pods:
+            pod.stop()
+
+
+@pytest.fixture
+def pods(root: Path, redis: Redis, postgres: Postgres, scheduler: Scheduler,
+         task_service: TaskService) -> Iterator[PodFactory]:
+    factory = PodFactory(root, scheduler)
+    yield factory
+    factory.close()
+
+
+@pytest.fixture(scope="session", params=["redis", "postgres"])
+def pod(request: pytest.FixtureRequest, root: Path, redis: Redis, postgres: Postgres,
+        scheduler: Scheduler, task_service: TaskService) -> Iterator[Pod]:
+    """The shared pod of one pass: the worker's default app id and topic, with the
+    Redis state store, then with the PostgreSQL v2 one."""
+    factory = PodFactory(root, scheduler)
+    p = factory.make(request.param, app_id=APP_ID, topic="task-events")
+    yield p
+    factory.close()
+
+
+_users = itertools.count(1)
+
+
+@pytest.fixture
+def user() -> str:
+    """A user id of this test's own, so tests sharing a pod never see each other."""
+    return f"e2e-{time.time_ns():x}-{next(_users)}"

@@ -1,0 +1,124 @@
+"""Faults with the real runtime: a worker killed mid-burst, a daprd restart, a Redis
+restart, a SIGTERM drain, and two replicas sharing the scheduler, the store and the
+consumer group. Each test has pods of its own (their own app id and task topic)."""
+
+from __future__ import annotations
+
+import signal
+from collections import Counter
+from datetime import timedelta
+
+import httpx
+
+from e2e.conftest import Pod, PodFactory
+from e2e.procs import Redis, wait_until
+from e2e.test_flow import event, now, reminders_for, z
+from worker.keys import task_key
+
+BURST = 200
+
+
+def burst(pod: Pod, user: str, n: int = BURST, hours: float = 12) -> None:
+    due = now() + timedelta(hours=hours)
+    for task in range(n):
+        pod.daprd.publish(event("task.created", user, task, due_at=z(due), reminders=["PT1H"]),
+                          ce_id=f"{user}-{task}", topic=pod.topic)
+
+
+def applied(pod: Pod, user: str, n: int = BURST) -> list[int]:
+    """Tasks of the burst whose record holds exactly one job."""
+    body = {"keys": [task_key(user, t) for t in range(n)]}
+    resp = pod.daprd.http.post("/v1.0/state/statestore/bulk", json=body)
+    resp.raise_for_status()
+    return [i for i, item in enumerate(resp.json())
+            if isinstance(item.get("data"), dict) and len(item["data"].get("jobs") or {}) == 1]
+
+
+def all_applied(pod: Pod, user: str, n: int = BURST, within: float = 120) -> None:
+    wait_until(lambda: len(applied(pod, user, n)) == n, within,
+               f"all {n} tasks applied with one job each",
+               lambda: f"{len(applied(pod, user, n))} of {n}\n{pod.worker.proc.tail()}")
+
+
+def test_kill_9_mid_burst_loses_and_doubles_nothing(pods: PodFactory, user: str) -> None:
+    pod = pods.make()
+    burst(pod, user)
+    wait_until(lambda: len(applied(pod, user)) >= 20, 60, "part of the burst applied")
+    pod.worker.proc.kill()
+    done_at_kill = len(applied(pod, user))
+    assert done_at_kill < BURST, "the burst finished before the kill: nothing was tested"
+    pod.worker.start()
+    pod.worker.wait_ready()
+    all_applied(pod, user)
+    # one job per task, and the scheduler has each of them
+    for t in range(0, BURST, 20):
+        [name] = pod.daprd.state(task_key(user, t))["jobs"]
+        assert pod.daprd.job(name) is not None
+
+
+def test_a_daprd_restart_is_ridden_out(pods: PodFactory, user: str, redis: Redis) -> None:
+    pod = pods.make()
+    at = now() + timedelta(seconds=25)
+    pod.daprd.publish(event("task.created", user, 1, due_at=z(at + timedelta(hours=1)),
+                            remind_at=[z(at)]), topic=pod.topic)
+    wait_until(lambda: pod.daprd.state(task_key(user, 1)), 30, "the task applied")
+    pod.daprd.proc.stop()
+    wait_until(lambda: httpx.get(f"{pod.worker.ops}/readyz", timeout=3).status_code == 503,
+               30, "the worker not ready while its sidecar is down", pod.worker.proc.tail)
+    pod.daprd.start()
+    pod.worker.wait_ready()
+    wait_until(pod.subscribed, 30, "the subscription back")
+    pod.daprd.publish(event("task.created", user, 2, due_at=z(now() + timedelta(hours=3)),
+                            reminders=["PT1H"]), topic=pod.topic)
+    wait_until(lambda: pod.daprd.state(task_key(user, 2)), 30, "an event after the restart")
+    [msg] = wait_until(lambda: reminders_for(redis, user), 60,
+                       "the reminder scheduled before the restart", pod.worker.proc.tail)
+    assert msg["data"]["task_id"] == 1
+
+
+def test_a_redis_restart_turns_the_worker_not_ready_then_it_recovers(
+        pods: PodFactory, user: str, redis: Redis) -> None:
+    pod = pods.make()
+    redis.stop()
+    try:
+        wait_until(lambda: httpx.get(f"{pod.worker.ops}/readyz", timeout=3).status_code == 503,
+                   60, "the worker not ready while Redis is down", pod.worker.proc.tail)
+    finally:
+        redis.proc.start()
+        wait_until(redis.ping, 20, "Redis back")
+    pod.worker.wait_ready(90)
+    pod.daprd.publish(event("task.created", user, 3, due_at=z(now() + timedelta(hours=2)),
+                            reminders=["PT1H"]), topic=pod.topic)
+    wait_until(lambda: pod.daprd.state(task_key(user, 3)), 60, "an event after Redis returned",
+               pod.worker.proc.tail)
+
+
+def test_sigterm_drains_and_loses_nothing(pods: PodFactory, user: str) -> None:
+    pod = pods.make()
+    burst(pod, user)
+    wait_until(lambda: len(applied(pod, user)) >= 10, 60, "part of the burst applied")
+    pod.worker.proc.signal(signal.SIGTERM)
+    assert pod.worker.proc.wait(30) == 0
+    drained = pod.worker.proc.lines()
+    assert any("drain" in line for line in drained)
+    pod.worker.start()
+    pod.worker.wait_ready()
+    all_applied(pod, user)
+
+
+def test_two_replicas_share_the_work(pods: PodFactory, user: str, redis: Redis) -> None:
+    a = pods.make(app_id="rw-e2e-pair", topic="task-events-pair")
+    b = pods.make(app_id="rw-e2e-pair", topic="task-events-pair")
+    n = 60
+    at = now() + timedelta(seconds=20)
+    for task in range(n):
+        (a if task % 2 else b).daprd.publish(
+            event("task.created", user, task, due_at=z(at + timedelta(hours=1)),
+                  remind_at=[z(at)]), ce_id=f"{user}-{task}", topic="task-events-pair")
+    msgs = wait_until(lambda: (m := reminders_for(redis, user)) and len(m) >= n and m, 90,
+                      f"{n} reminder.due", lambda: f"{len(reminders_for(redis, user))} of {n}")
+    ids = Counter(m["id"] for m in msgs)
+    assert len(ids) == n and max(ids.values()) == 1, ids.most_common(3)
+    processed = [p.worker.metric("reminder_worker_events_total", type="task.created",
+                                 outcome="processed") for p in (a, b)]
+    assert sum(processed) == n and min(processed) > 0, processed  # both worked, once each
