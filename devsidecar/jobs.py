@@ -194,7 +194,12 @@ class Jobs:
             raise ApiError(
                 500, "DAPR_SCHEDULER_GET_JOB", f"failed to get job due to: job not found: {name}"
             )
-        return json_response(entry.snapshot().to_api_json())
+        snapshot = entry.snapshot()
+        if snapshot.data_json is None:
+            # daprd 1.18.2 cannot encode a job without data (seen end to end)
+            raise ApiError(500, "ERR_INTERNAL", "failed to encode response as JSON: proto: "
+                           "google.protobuf.Value: none of the oneof fields is set")
+        return json_response(snapshot.to_api_json())
 
     def delete(self, request: Request, name: str) -> Response:
         self._jobs.pop(valid_name(name, "delete", "DAPR_SCHEDULER_DELETE_JOB"), None)

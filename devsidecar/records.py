@@ -189,7 +189,8 @@ class Job:
         if self.ttl is not None:
             out["ttl"] = format_rfc3339(self.ttl)
         if self.data_json is not None:
-            out["data"] = self.data
+            # daprd 1.18 answers the data as the Any it stores (seen end to end)
+            out["data"] = {"@type": VALUE_TYPE_URL, "value": self.data}
         out["failurePolicy"] = self.failure_policy.to_json()
         return out
 
@@ -198,6 +199,9 @@ class Job:
         out["nextFireTime"] = format_rfc3339(self.due_time)
         out["fired"] = self.fired
         return out
+
+
+VALUE_TYPE_URL = "type.googleapis.com/google.protobuf.Value"
 
 
 @dataclass(frozen=True, slots=True)

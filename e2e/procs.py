@@ -9,6 +9,7 @@ shows the end of the process's log.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import shutil
@@ -64,6 +65,15 @@ def wait_until(predicate: Callable[[], T | None], within: float, what: str,
         time.sleep(0.05)
 
 
+def _die_with_parent() -> None:
+    """In the child: SIGKILL when the suite's process dies, however it dies, so that
+    an aborted run leaves no server holding the suite's ports."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+PR_SET_PDEATHSIG = 1
+
+
 class Proc:
     """One child process, its output in `log`."""
 
@@ -78,7 +88,8 @@ class Proc:
             out.write(f"--- start {' '.join(self.argv)}\n".encode())
             out.flush()
             self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT,
-                                         env=self.env, cwd=self.cwd, start_new_session=True)
+                                         env=self.env, cwd=self.cwd, start_new_session=True,
+                                         preexec_fn=_die_with_parent)
 
     @property
     def alive(self) -> bool:

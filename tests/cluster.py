@@ -39,7 +39,7 @@ DRAIN_SECONDS = 120.0  # drain_jobs / drain_retries in all (each step has its ow
 # iterations apart) find nothing open.
 SOCKET_SWEEPS = 3
 # What the worker may put into a sidecar URL or a state key: digests, never raw ids.
-SAFE_KEY = re.compile(r"rw-(task|occ)-[0-9a-f]{16}-[0-9a-f]{32}")
+SAFE_KEY = re.compile(r"rw-(task|occ|fired)-[0-9a-f]{16}-[0-9a-f]{32}")
 SAFE_JOB = re.compile(r"rw-[0-9a-f]{40}")
 
 

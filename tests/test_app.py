@@ -55,6 +55,19 @@ async def test_subscription_delivery_and_job_trigger() -> None:
         assert resp.status_code == 200 and len(sidecar.published) == 1
 
 
+async def test_a_refired_job_publishes_nothing_more() -> None:
+    """The scheduler delivers at least once: the second trigger of one job finds the
+    mark the first left after publishing."""
+    async with app_client() as (client, sidecar):
+        await client.post("/task-events", content=envelope(created()),
+                          headers={"content-type": "application/cloudevents+json"})
+        name, job = next(iter(sidecar.jobs.items()))
+        for _ in range(3):
+            resp = await client.post(f"/job/{name}", content=json.dumps(job.data))
+            assert resp.status_code == 200
+        assert len(sidecar.published) == 1
+
+
 async def test_poison_is_dropped_and_an_unreachable_sidecar_retried() -> None:
     async with app_client() as (client, sidecar):
         resp = await client.post("/task-events", content=b"{not json")

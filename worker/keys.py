@@ -78,3 +78,9 @@ def occurrence_key(user_id: str, task_id: int | str, occurrence: datetime) -> st
     user, task = _ids(user_id, task_id)
     digest = _digest("occurrence", user, task, format_utc(occurrence))[:32]
     return f"rw-occ-{_user_digest(user)}-{digest}"
+
+
+def fired_key(user_id: str, job: str) -> str:
+    """State key marking that job `job`'s reminder.due was published:
+    "rw-fired-<16 hex of user>-<32 hex>". A re-fired job finds it and publishes nothing."""
+    return f"rw-fired-{_user_digest(user_id)}-{_digest('fired', user_id, job)[:32]}"

@@ -30,7 +30,7 @@ from worker.errors import (
 )
 from worker.events import Ignored, TaskEvent, parse_delivery
 from worker.firing import decide, parse_job_data
-from worker.keys import task_key
+from worker.keys import fired_key, task_key
 from worker.messages import reminder_due
 from worker.metrics import Metrics
 from worker.plan import (
@@ -52,6 +52,8 @@ MAX_CAS_ATTEMPTS: Final = 4
 # crashed replica); the task service dedupes the repeat by idempotency_key.
 CLAIM_LEASE: Final = timedelta(seconds=60)
 CLAIM_TTL_SECONDS: Final = 90 * 24 * 3600
+# How long a published reminder's mark is kept: far beyond the scheduler's retries.
+FIRED_TTL_SECONDS: Final = 7 * 24 * 3600
 SETTLE_ATTEMPTS: Final = 3  # reads and ETag writes of a claim's outcome before RETRY
 # The task service's answers to a next-occurrence request that no retry can change
 # (the request itself is refused). 409 is success: it already has the occurrence.
@@ -375,16 +377,38 @@ class Service:
             self.metrics.reminders.labels("skipped").inc()
             self.metrics.missed.labels(slot.kind).inc(slot.count)
             return
+        store, marker = self.settings.state_store, fired_key(user_id, name)
+        if await self.sidecar.state_get(store, marker) is not None:
+            bound.info("reminder skipped", reason="already published (a re-fired job)")
+            self.metrics.reminders.labels("skipped").inc()
+            return
         envelope = reminder_due(self.settings.app_id, user_id, task_id, record.task, slot,
                                 fired_at)
         if (trace := tracing.current.get()) is not None:  # CloudEvents distributed tracing
             envelope["traceparent"] = trace
         await self.sidecar.publish(self.settings.pubsub, self.settings.reminder_topic, envelope)
+        await self._mark_fired(bound, marker, fired_at)
         self.metrics.reminders.labels("published").inc()
         if slot.deferred_from:
             self.metrics.deferred.labels(slot.kind).inc(slot.count)
         self.metrics.lateness.observe(max(0.0, (fired_at - instant).total_seconds()))
         bound.info("reminder published", reminder_id=envelope["id"])
+
+
+    async def _mark_fired(self, bound: Any, marker: str, fired_at: datetime) -> None:
+        """Remember that this job's reminder was published, so a re-fire (the scheduler
+        delivers at least once) publishes nothing more. Best effort: the reminder is
+        out; without the mark a re-fire publishes it again under the same id, which
+        consumers dedupe. Two triggers racing within one publish both publish (same id):
+        claiming before publishing would lose the reminder to a crash in between."""
+        try:
+            await self.sidecar.state_save(self.settings.state_store, marker,
+                                          {"fired_at": format_utc(fired_at)},
+                                          first_write=True, ttl_seconds=FIRED_TTL_SECONDS)
+        except Conflict:
+            pass  # a racing trigger marked it
+        except Exception as exc:
+            bound.warning("could not mark the reminder published", error=str(exc))
 
 
 def _job_of(name: str, body: bytes) -> tuple[str, int | str, datetime, Order]:
