@@ -5,6 +5,7 @@ consumer group. Each test has pods of its own (their own app id and task topic).
 from __future__ import annotations
 
 import signal
+import threading
 from collections import Counter
 from datetime import timedelta
 
@@ -42,10 +43,12 @@ def all_applied(pod: Pod, user: str, n: int = BURST, within: float = 120) -> Non
 
 def test_kill_9_mid_burst_loses_and_doubles_nothing(pods: PodFactory, user: str) -> None:
     pod = pods.make()
-    burst(pod, user)
+    publisher = threading.Thread(target=burst, args=(pod, user))
+    publisher.start()  # the kill lands while events are still arriving
     wait_until(lambda: len(applied(pod, user)) >= 20, 60, "part of the burst applied")
     pod.worker.proc.kill()
     done_at_kill = len(applied(pod, user))
+    publisher.join(60)
     assert done_at_kill < BURST, "the burst finished before the kill: nothing was tested"
     pod.worker.start()
     pod.worker.wait_ready()
