@@ -24,10 +24,12 @@ from worker.clock import Clock, system_clock
 from worker.connect import SIDECAR_POLL, Connection, connect
 from worker.listen import listen
 from worker.serving import (
+    Limits,
     Server,
     connection_caps,
     install_accept_error_filter,
     make_server,
+    ops_limits,
     serve_socket,
 )
 from worker.settings import Settings
@@ -43,9 +45,11 @@ SECRETS_PATIENCE: Final = 30.0
 log = structlog.get_logger("worker")
 
 
-def make_worker_server(app: ASGIApp, max_connections: int) -> Server:
-    return make_server(app, max_connections, timeout_graceful_shutdown=DRAIN_SECONDS,
-                       server_header=False, date_header=False)
+def make_worker_server(app: ASGIApp, max_connections: int,
+                       limits: Limits | None = None) -> Server:
+    return make_server(app, max_connections, limits=limits,
+                       timeout_graceful_shutdown=DRAIN_SECONDS, server_header=False,
+                       date_header=False)
 
 
 @dataclass
@@ -80,7 +84,7 @@ async def run_daemon(
         ops_sock = listen(settings.ops_host, settings.ops_port, "REMINDER_OPS_HOST",
                           "REMINDER_OPS_PORT")
         running.ops_port = ops_sock.getsockname()[1]
-        ops_server = make_worker_server(ops, ops_cap)
+        ops_server = make_worker_server(ops, ops_cap, ops_limits(ops_cap))
         running.servers.append(ops_server)
         tg.start_soon(ops_server.serve, [ops_sock])
         try:
