@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -47,7 +48,7 @@ async def cli(port: int, *args: str, **env: str) -> tuple[int, str, str]:
 def lines_of(out: str) -> dict[str, str]:
     """check name -> its line."""
     return {line[6:].split(":")[0]: line for line in out.splitlines() if line[:4] in
-            ("ok  ", "FAIL", "skip")}
+            ("ok  ", "FAIL", "skip", "info")}
 
 
 async def test_check_passes_beside_a_running_worker() -> None:
@@ -75,7 +76,6 @@ async def test_check_passes_beside_a_running_worker() -> None:
     ({"state_capabilities": ("ETAG", "TRANSACTIONAL")}, {}, "state store 'statestore' features",
      "lacks TTL"),
     ({}, {"REMINDER_SECRET_STORE": "vault"}, "secret store 'vault'", "not loaded"),
-    ({}, {}, "subscription kafka-pubsub/task-events", "not registered"),
 ])
 async def test_check_names_what_is_wrong_and_exits_1(
         options: dict[str, Any], env: dict[str, str], failing: str, says: str) -> None:
@@ -84,6 +84,27 @@ async def test_check_names_what_is_wrong_and_exits_1(
     assert status == 1, out
     checks = lines_of(out)
     assert checks[failing].startswith(f"FAIL  {failing}: ") and says in checks[failing], out
+
+
+async def test_a_missing_subscription_fails_only_once_the_app_port_answers() -> None:
+    """Issue 20: daprd asks for the subscription once the app port is open, so a
+    pre-flight --check (nothing on the app port) says it is not checkable yet and
+    passes; with something listening there (the worker runs) its absence fails."""
+    name = "subscription kafka-pubsub/task-events"
+    with socket.socket() as app:
+        app.bind(("127.0.0.1", 0))
+        app_port = str(app.getsockname()[1])
+        async with bare_sidecar() as (port, _):
+            status, out, _err = await cli(port, "--check", REMINDER_PORT=app_port)
+            assert status == 0, out
+            assert lines_of(out)[name].startswith(f"info  {name}: not checkable yet: nothing "
+                                                  f"answers on the app port (127.0.0.1:"
+                                                  f"{app_port}"), out
+            assert out.rstrip().endswith("8 of 8 checks passed; 1 not checkable yet (see info)")
+            app.listen()  # the worker's port answers: daprd should have asked by now
+            status, out, _err = await cli(port, "--check", REMINDER_PORT=app_port)
+    assert status == 1, out
+    assert lines_of(out)[name].startswith(f"FAIL  {name}: not registered"), out
 
 
 async def test_check_probes_the_jobs_api_and_finds_no_sidecar() -> None:
@@ -152,3 +173,19 @@ async def test_explain_shows_reminders_and_what_the_scheduler_really_has() -> No
     assert f"{gone}  not scheduled (MISSING from the scheduler)" in human
     assert "next occurrence" in human and "if the task is completed now" in human
     assert (none_status, none_json_status) == (1, 1) and "no record of task 6" in none
+
+
+async def test_check_reads_secret_settings_first(tmp_path: Any) -> None:
+    """Issue 20: --check reads the secret: settings from the store and checks their
+    values (here the state store's name), with a line saying so."""
+    secrets = tmp_path / "secrets.json"
+    secrets.write_text(json.dumps({"rw": {"store": "tasks-db"}}))
+    async with bare_sidecar(state_stores=("tasks-db",), secret_stores={"vault": str(secrets)}
+                            ) as (port, _):
+        status, out, _err = await cli(port, "--check", REMINDER_SECRET_STORE="vault",
+                                      REMINDER_STATE_STORE="secret:rw/store")
+    checks = lines_of(out)
+    assert checks["secret settings"] == ("ok    secret settings: REMINDER_STATE_STORE read "
+                                          "from secret store 'vault'"), out
+    assert checks["state store 'tasks-db'"].startswith("ok  "), out
+    assert status == 0, out

@@ -6,7 +6,11 @@ secret store components named by the settings are loaded; the state store has
 the ETAG and TTL capabilities (names of components-contrib's state features, as
 daprd lists them under each component's `capabilities` in /v1.0/metadata); the
 jobs API schedules, reads back and deletes a probe job far in the future; the
-task topic's subscription is registered (metadata `subscriptions`).
+task topic's subscription is registered (metadata `subscriptions`). The `secret:`
+settings are read first (a line of their own), so the checks see their values. A
+missing subscription is a failure only while something answers on the app port:
+daprd asks the worker for it once the port is open, so before the worker starts
+(a pre-flight check) the line is `info`, not checkable yet.
 
 `metadata_checks` is pure (the metadata in, results out); `Readiness` runs those
 for /readyz from a cached metadata document, refreshed while the port is probed.
@@ -26,9 +30,9 @@ from typing import IO, Any, Final
 import anyio
 import structlog
 
-from worker.connect import connect
-from worker.errors import PermanentSidecarError, StartupError, TransientError
-from worker.settings import Settings
+from worker.connect import connect, resolve_secrets
+from worker.errors import PermanentSidecarError, SettingsError, StartupError, TransientError
+from worker.settings import Settings, env_name
 from worker.sidecar import Sidecar, runtime_release
 
 # State features the worker relies on: compare-and-set saves and expiring tombstones.
@@ -39,6 +43,7 @@ READY_REFRESH_OK: Final = 30.0
 READY_REFRESH_FAILING: Final = 1.0
 EXIT_OK, EXIT_FAILED = 0, 1
 DEV_DISCOVERY_PATIENCE: Final = 5.0  # --check --dev: the embedded sidecar asks the app
+APP_PORT_PATIENCE: Final = 1.0  # seconds to connect to the app port (is the worker up?)
 log = structlog.get_logger("worker")
 
 
@@ -47,11 +52,12 @@ class Result:
     """One check: passed or not, what was seen, and for a failure what to change."""
 
     name: str
-    ok: bool | None  # None: not run, an earlier check it depends on failed
+    ok: bool | None  # None: not run, an earlier check it depends on failed (or `info`)
     detail: str
+    info: bool = False  # not checkable yet (ok None): information, not a failure
 
     def line(self) -> str:
-        mark = {True: "ok  ", False: "FAIL", None: "skip"}[self.ok]
+        mark = "info" if self.info else {True: "ok  ", False: "FAIL", None: "skip"}[self.ok]
         return f"{mark}  {self.name}: {self.detail}"
 
 
@@ -110,7 +116,7 @@ def metadata_checks(settings: Settings, meta: dict[str, Any]) -> list[Result]:
     wanted = (settings.pubsub, settings.task_topic)
     found = isinstance(subs, list) and any(
         isinstance(s, dict) and (s.get("pubsubname"), s.get("topic")) == wanted for s in subs)
-    name = f"subscription {settings.pubsub}/{settings.task_topic}"
+    name = _subscription(settings)
     results.append(Result(name, True, "registered") if found else Result(
         name, False, "not registered; daprd asks the worker (GET /dapr/subscribe) once its app "
                      "port is open: start the worker, check the sidecar's app port "
@@ -161,19 +167,64 @@ async def run_checks(settings: Settings, sidecar: Sidecar, now: datetime) -> lis
         return [*results, Result("metadata", False, f"GET /v1.0/metadata failed: {exc}")]
     results.append(Result("DAPR_API_TOKEN", True, "accepted" if sidecar.headers
                           else "not set, and the sidecar asks for none"))
-    results += metadata_checks(settings, meta)
-    if results[2].ok:  # the version decides the jobs path
+    if refs := settings.secret_refs():
+        names = ", ".join(env_name(f) for f in refs)
+        try:
+            settings = await resolve_secrets(settings, sidecar)
+            results.append(Result("secret settings", True, f"{names} read from secret "
+                                  f"store {settings.secret_store!r}"))
+        except SettingsError as exc:  # the checks below see those settings' defaults
+            results.append(Result("secret settings", False, str(exc)))
+    checked = metadata_checks(settings, meta)
+    results += [await _subscription_now(settings, r) if r.name == _subscription(settings)
+                else r for r in checked]
+    if checked[0].ok:  # the version decides the jobs path
         await sidecar.choose_jobs_api()
     results.append(await _probe_jobs(sidecar, now))
     return results
+
+
+def _subscription(settings: Settings) -> str:
+    return f"subscription {settings.pubsub}/{settings.task_topic}"
+
+
+async def app_port_answers(settings: Settings) -> bool:
+    """Something accepts connections on the worker's app port (REMINDER_HOST:PORT)."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(settings.host,
+                                                                     settings.host)
+    with anyio.move_on_after(APP_PORT_PATIENCE):
+        try:
+            stream = await anyio.connect_tcp(host, settings.port)
+        except OSError:
+            return False
+        await stream.aclose()
+        return True
+    return False
+
+
+async def _subscription_now(settings: Settings, result: Result) -> Result:
+    """A missing subscription fails only while the worker runs: daprd asks the app
+    for it (GET /dapr/subscribe) once the app port answers, so before the worker
+    starts it cannot be checked yet."""
+    if result.ok is not False or await app_port_answers(settings):
+        return result
+    return Result(result.name, None, f"not checkable yet: nothing answers on the app port "
+                  f"({settings.host}:{settings.port}, REMINDER_HOST/REMINDER_PORT), and daprd "
+                  "asks the worker for its subscriptions (GET /dapr/subscribe) once it does; "
+                  "run --check again once the worker runs", info=True)
 
 
 def print_results(results: Sequence[Result], out: IO[str] = sys.stdout) -> int:
     for result in results:
         print(result.line(), file=out)
     failed = sum(1 for r in results if r.ok is False)
-    print(f"{len(results) - failed} of {len(results)} checks passed" if not failed
-          else f"{failed} check{'s' * (failed != 1)} failed", file=out)
+    later = sum(1 for r in results if r.info)
+    checked = len(results) - later
+    summary = (f"{checked - failed} of {checked} checks passed" if not failed
+               else f"{failed} check{'s' * (failed != 1)} failed")
+    if later:
+        summary += f"; {later} not checkable yet (see info)"
+    print(summary, file=out)
     return EXIT_FAILED if failed else EXIT_OK
 
 
@@ -235,9 +286,10 @@ async def check(settings: Settings, dev: bool, now: datetime) -> list[Result]:
     if not dev:
         async with open_sidecar(settings) as sidecar:
             return await run_checks(settings, sidecar, now)
-    from devsidecar.devrun import run_dev
+    from devsidecar.devrun import resolve_dev_secrets, run_dev
     from worker.daemon import Running
 
+    settings = resolve_dev_secrets(settings)
     running = Running()
     async with anyio.create_task_group() as tg:
         await tg.start(partial(run_dev, settings, running, tell=False))

@@ -21,7 +21,7 @@ from typing import IO, Any
 import anyio
 
 from worker.check import open_sidecar
-from worker.connect import check_sidecar
+from worker.connect import check_sidecar, resolve_secrets
 from worker.events import TaskEvent
 from worker.keys import task_key
 from worker.kinds import Slot
@@ -191,6 +191,7 @@ async def _explain(settings: Settings, user_id: str, task_id: str, now: datetime
             return (f"reminder-worker: no Dapr sidecar answers at {settings.sidecar_url}; start "
                     "daprd beside the worker, or set DAPR_HTTP_PORT / DAPR_HTTP_ENDPOINT")
         await check_sidecar(sidecar)  # token and version: a StartupError says what to change
+        settings = await resolve_secrets(settings, sidecar)  # the store's name may be one
         config = PlanConfig(settings.all_day_time, settings.default_reminders,
                             settings.misfire_grace_delta, settings.default_quiet_hours)
         return await explain(sidecar, settings.state_store, user_id, task_id, now, config)
