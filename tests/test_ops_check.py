@@ -6,6 +6,7 @@ the worker's back."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import socket
@@ -18,9 +19,14 @@ from typing import Any
 import anyio
 import pytest
 import structlog
+from prometheus_client import CollectorRegistry
 
 from devsidecar import DevSidecar, SidecarConfig, serve_sidecar
 from tests.harness import free_port, stack
+from worker.app import OpsApp
+from worker.check import READY_REFRESH_FAILING, READY_REFRESH_OK, Readiness
+from worker.errors import TransientError
+from worker.settings import load_settings
 
 pytestmark = pytest.mark.anyio
 
@@ -120,18 +126,93 @@ async def test_check_probes_the_jobs_api_and_finds_no_sidecar() -> None:
 
 
 async def test_readyz_is_503_with_the_reason_while_a_component_is_missing() -> None:
+    """Issue 20: the reason is logged at start-up without any probe (not `worker
+    ready`), and the /readyz body gives it."""
     with structlog.testing.capture_logs() as logs:
         async with stack(env={"REMINDER_PUBSUB": "pubsub"}) as s:
+            with anyio.fail_after(5):  # no probe yet: the worker tells by itself
+                for _ in itertools.count():
+                    if any(e["event"] == "worker started, not ready" for e in logs):
+                        break
+                    await anyio.sleep(0.02)
             start = anyio.current_time()
             answer = await s.client.get(f"{s.ops_url}/readyz")
             assert anyio.current_time() - start < 2
             assert answer.status_code == 503
+            assert answer.text.startswith("not ready: pub/sub component 'pubsub': not loaded")
             # cached: a second probe does not read the metadata again
             reads = s.sidecar.counts["metadata"]
             assert (await s.client.get(f"{s.ops_url}/readyz")).status_code == 503
             assert s.sidecar.counts["metadata"] == reads
-    reasons = [e["reason"] for e in logs if e["event"] == "not ready"]
-    assert len(reasons) == 1 and reasons[0].startswith("pub/sub component 'pubsub': not loaded")
+    told = [e for e in logs if e["event"] == "worker started, not ready"]
+    assert len(told) == 1 and told[0]["reason"].startswith("pub/sub component 'pubsub': "
+                                                           "not loaded"), told
+    assert told[0]["log_level"] == "warning" and told[0]["app_port"] == s.running.app_port
+    assert not any(e["event"] in ("worker ready", "not ready") for e in logs)
+
+
+async def test_readyz_says_why_while_starting_and_once_the_sidecar_is_gone() -> None:
+    async with stack() as s:
+        ops = OpsApp(CollectorRegistry(), s.running.app.service.sidecar)  # type: ignore[union-attr]
+        assert await ops.readiness() == ("starting: waiting for the Dapr sidecar, its checks "
+                                         "and the secrets")
+        ops.started = True
+        assert await ops.readiness() is None
+        s.sidecar.faults.fail("health", times=10, status=500)
+        assert await ops.readiness() == ("the Dapr sidecar's outbound health check fails "
+                                         "(GET /v1.0/healthz/outbound)")
+        answer = await s.client.get(f"{s.ops_url}/readyz")
+        assert (answer.status_code, answer.text) == (
+            503, "not ready: the Dapr sidecar's outbound health check fails "
+                 "(GET /v1.0/healthz/outbound)\n")
+
+
+class _Meta:
+    """A sidecar whose metadata is set by the test."""
+
+    def __init__(self, meta: dict[str, Any]) -> None:
+        self.meta: dict[str, Any] | Exception = meta
+
+    async def metadata(self) -> dict[str, Any]:
+        if isinstance(self.meta, Exception):
+            raise self.meta
+        return self.meta
+
+
+def test_readiness_logs_the_start_up_line_then_every_change() -> None:
+    settings = load_settings({})
+    good = {"runtimeVersion": "1.16.0", "subscriptions": [
+                {"pubsubname": "kafka-pubsub", "topic": "task-events"}],
+            "components": [{"name": "kafka-pubsub", "type": "pubsub.kafka"},
+                           {"name": "statestore", "type": "state.postgresql",
+                            "capabilities": ["ETAG", "TTL"]}]}
+    sidecar = _Meta(good)
+    now = [0.0]
+    readiness = Readiness(settings, sidecar, clock=lambda: now[0],  # type: ignore[arg-type]
+                          started={"app_port": 8080})
+
+    async def run() -> list[str | None]:
+        seen = [await readiness.not_ready()]
+        sidecar.meta = {**good, "subscriptions": []}
+        now[0] += READY_REFRESH_OK
+        seen.append(await readiness.not_ready())
+        sidecar.meta = TransientError("no answer")
+        now[0] += READY_REFRESH_FAILING
+        seen.append(await readiness.not_ready())
+        sidecar.meta = good
+        now[0] += READY_REFRESH_FAILING
+        seen.append(await readiness.not_ready())
+        return seen
+
+    with structlog.testing.capture_logs() as logs:
+        seen = anyio.run(run)
+    assert seen[0] is None and seen[3] is None
+    assert seen[1] is not None and seen[1].startswith("subscription kafka-pubsub/task-events")
+    assert seen[2] == "metadata: no answer"
+    assert [(e["event"], e.get("reason")) for e in logs] == [
+        ("worker ready", None), ("not ready", seen[1]), ("not ready", seen[2]),
+        ("ready: the sidecar has what the worker needs", None)]
+    assert logs[0]["app_port"] == 8080
 
 
 # -- --explain ---------------------------------------------------------------------

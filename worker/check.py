@@ -41,6 +41,7 @@ PROBE_AHEAD: Final = timedelta(days=3650)  # the probe job never fires: deleted 
 # /readyz re-reads the metadata this often while all is well, and this often while not.
 READY_REFRESH_OK: Final = 30.0
 READY_REFRESH_FAILING: Final = 1.0
+READY_GRACE: Final = 5.0  # seconds for daprd to find the subscription before it is told
 EXIT_OK, EXIT_FAILED = 0, 1
 DEV_DISCOVERY_PATIENCE: Final = 5.0  # --check --dev: the embedded sidecar asks the app
 APP_PORT_PATIENCE: Final = 1.0  # seconds to connect to the app port (is the worker up?)
@@ -230,37 +231,75 @@ def print_results(results: Sequence[Result], out: IO[str] = sys.stdout) -> int:
 
 class Readiness:
     """The metadata checks behind /readyz, from a cached /v1.0/metadata: at most one
-    read per refresh interval, so probes stay fast; the reason is logged on change."""
+    read per refresh interval, so probes stay fast. `watch` keeps it fresh without
+    probes and the reason is logged: at start-up, then whenever it changes."""
 
     def __init__(self, settings: Settings, sidecar: Sidecar,
-                 clock: Callable[[], float] = anyio.current_time) -> None:
+                 clock: Callable[[], float] = anyio.current_time,
+                 started: dict[str, Any] | None = None) -> None:
         self.settings = settings
         self.sidecar = sidecar
         self.clock = clock
         self.reason: str | None = "not checked yet"
+        self.started = started or {}  # the start-up line's fields
+        self.told = False  # the start-up line is logged
+        self.waits_for_subscription = False  # the subscription is all that is missing
         self._checked_at: float | None = None
+        self._lock = anyio.Lock()
 
     async def not_ready(self) -> str | None:
         """None when the sidecar has what the worker needs, else the first failure."""
-        now = self.clock()
-        every = READY_REFRESH_OK if self.reason is None else READY_REFRESH_FAILING
-        if self._checked_at is not None and now - self._checked_at < every:
-            return self.reason
-        self._checked_at = now
-        try:
-            meta = await self.sidecar.metadata()
-        except (TransientError, PermanentSidecarError) as exc:
-            reason: str | None = f"metadata: {exc}"
-        else:
-            failed = [r for r in metadata_checks(self.settings, meta) if r.ok is False]
-            reason = failed[0].line()[6:] if failed else None
-        if reason != self.reason:
-            if reason is None:
-                log.info("ready: the sidecar has what the worker needs")
+        async with self._lock:
+            now = self.clock()
+            every = READY_REFRESH_OK if self.reason is None else READY_REFRESH_FAILING
+            if self._checked_at is not None and now - self._checked_at < every:
+                return self.reason
+            self._checked_at = now
+            self.waits_for_subscription = False
+            try:
+                meta = await self.sidecar.metadata()
+            except (TransientError, PermanentSidecarError) as exc:
+                reason: str | None = f"metadata: {exc}"
             else:
-                log.warning("not ready", reason=reason)
-        self.reason = reason
-        return reason
+                failed = [r for r in metadata_checks(self.settings, meta) if r.ok is False]
+                reason = failed[0].line()[6:] if failed else None
+                self.waits_for_subscription = [r.name for r in failed] == [
+                    _subscription(self.settings)]
+            if reason != self.reason and self.told:
+                if reason is None:
+                    log.info("ready: the sidecar has what the worker needs")
+                else:
+                    log.warning("not ready", reason=reason)
+            self.reason = reason
+            if reason is None:
+                self.tell()
+            return reason
+
+    def tell(self) -> None:
+        """The start-up line, once: `worker ready`, or why it is not."""
+        if self.told:
+            return
+        self.told = True
+        if self.reason is None:
+            log.info("worker ready", **self.started)
+        else:
+            log.warning("worker started, not ready", reason=self.reason,
+                        hint="/readyz answers 503 until this is fixed", **self.started)
+
+    async def watch(self, stop: anyio.Event, grace: float = READY_GRACE) -> None:
+        """Refresh until `stop`: the start-up line once ready, or with the reason at
+        once, but for a missing subscription after `grace` seconds (daprd asks for it
+        only once the app port is open, so a first look may find none); then every
+        change."""
+        deadline = self.clock() + grace
+        while not stop.is_set():
+            await self.not_ready()
+            if not self.told and (not self.waits_for_subscription
+                                  or self.clock() >= deadline):
+                self.tell()
+            every = READY_REFRESH_OK if self.reason is None else READY_REFRESH_FAILING
+            with anyio.move_on_after(every):
+                await stop.wait()
 
 
 @asynccontextmanager

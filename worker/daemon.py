@@ -107,15 +107,18 @@ async def run_daemon(
         running.servers.append(app_server)
         async with anyio.create_task_group() as app_tg:
             await app_tg.start(serve_socket, app_server, app_sock)
-            ops.not_ready = Readiness(conn.settings, conn.sidecar).not_ready
+            readiness = Readiness(conn.settings, conn.sidecar, started=dict(
+                app_port=running.app_port, ops_port=running.ops_port, jobs_api=jobs_api,
+                sidecar=conn.settings.sidecar_url, app_max_connections=app_cap,
+                ops_max_connections=ops_cap))
+            ops.not_ready = readiness.not_ready
             ops.started = True
-            log.info("worker ready", app_port=running.app_port, ops_port=running.ops_port,
-                     jobs_api=jobs_api, sidecar=conn.settings.sidecar_url,
-                     app_max_connections=app_cap, ops_max_connections=ops_cap)
+            app_tg.start_soon(readiness.watch, running.stop)  # logs `worker ready` or why not
             task_status.started(running)
             await running.stop.wait()
-            log.info("draining", seconds=DRAIN_SECONDS)
+            log.info("draining", up_to_seconds=DRAIN_SECONDS)
             ops.started = False
+            ops.stopping = True
             app.accepting = False
             app_server.should_exit = True
         ops_server.should_exit = True  # the app server has drained
