@@ -438,6 +438,19 @@ def _next(event: TaskEvent, task: Task, rec: Recurrence) -> NextOccurrence | Non
         event.user_id, event.task_id, task, rec, zone, nxt, current_wall, key))
 
 
+def requested_next(record: TaskRecord) -> NextOccurrence | None:
+    """The next occurrence the completion that completed `record` requested (its last
+    applied event), None when the series ended there; planned again as a redelivery
+    of that completion would be (`_next` works from the completion's timestamp)."""
+    rec = record.task.recurrence
+    if record.status != "completed" or rec is None:
+        return None
+    event = TaskEvent(event_type="task.completed", task_id=record.task_id,
+                      user_id=record.user_id, timestamp=record.order.timestamp,
+                      event_id="explain")
+    return _next(event, record.task, rec)
+
+
 def record_ttl(old: TaskRecord | None, new: TaskRecord) -> int | None:
     """The ttlInSeconds to save `new` with: tombstones expire, a re-created task persists."""
     if new.status != "active":
