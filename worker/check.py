@@ -42,6 +42,7 @@ PROBE_AHEAD: Final = timedelta(days=3650)  # the probe job never fires: deleted 
 READY_REFRESH_OK: Final = 30.0
 READY_REFRESH_FAILING: Final = 1.0
 READY_GRACE: Final = 5.0  # seconds for daprd to find the subscription before it is told
+READY_RECHECK_STARTING: Final = 0.1  # ... meanwhile `watch` reads the metadata this often
 EXIT_OK, EXIT_FAILED = 0, 1
 DEV_DISCOVERY_PATIENCE: Final = 5.0  # --check --dev: the embedded sidecar asks the app
 APP_PORT_PATIENCE: Final = 1.0  # seconds to connect to the app port (is the worker up?)
@@ -251,8 +252,7 @@ class Readiness:
         """None when the sidecar has what the worker needs, else the first failure."""
         async with self._lock:
             now = self.clock()
-            every = READY_REFRESH_OK if self.reason is None else READY_REFRESH_FAILING
-            if self._checked_at is not None and now - self._checked_at < every:
+            if self._checked_at is not None and now - self._checked_at < self.every:
                 return self.reason
             self._checked_at = now
             self.waits_for_subscription = False
@@ -274,6 +274,15 @@ class Readiness:
             if reason is None:
                 self.tell()
             return reason
+
+    @property
+    def every(self) -> float:
+        """How long a reading holds. A failing one holds not at all while starting (the
+        start-up line not told yet): daprd is about to find the subscription, and a
+        probe must see it at once."""
+        if self.reason is None:
+            return READY_REFRESH_OK
+        return READY_REFRESH_FAILING if self.told else 0.0
 
     def tell(self) -> None:
         """The start-up line, once: `worker ready`, or why it is not."""
@@ -297,8 +306,7 @@ class Readiness:
             if not self.told and (not self.waits_for_subscription
                                   or self.clock() >= deadline):
                 self.tell()
-            every = READY_REFRESH_OK if self.reason is None else READY_REFRESH_FAILING
-            with anyio.move_on_after(every):
+            with anyio.move_on_after(self.every or READY_RECHECK_STARTING):
                 await stop.wait()
 
 
