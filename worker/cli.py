@@ -43,9 +43,11 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"reminder-worker {__version__}")
     p.add_argument("--replay", metavar="PATH",
-                   help="feed a JSON Lines file of task events ('-' = stdin), then exit")
+                   help="feed a file of task events ('-' = stdin): JSON Lines, a JSON "
+                        "array, or (pretty-printed) JSON objects one after another; then exit")
     p.add_argument("--from", dest="from_line", metavar="N", type=_line_number, default=1,
-                   help="with --replay: start at line N (after an interruption)")
+                   help="with --replay: start at line N (after an interruption, the "
+                        "line it names)")
     p.add_argument("--dry-run", action="store_true",
                    help="with --replay: call no sidecar, print the plan as JSON Lines")
     p.add_argument("--dev", action="store_true",
