@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import pytest
+import structlog
 from prometheus_client import CollectorRegistry
 
 from tests.factory import event, parsed
@@ -149,3 +150,20 @@ async def test_explain_of_a_completed_series_says_what_happened() -> None:
     render(found, out)
     assert ("next occurrence none: the series ended with the completion of "
             "2026-11-26T11:20:00Z") in out.getvalue()
+
+
+async def test_log_lines_leave_out_absent_fields() -> None:
+    """Issue 20: an event without an id or a trace, and the trigger of one of its jobs
+    without a trace, log no `event_id=None` or `trace_id=None`."""
+    sidecar = JobsSidecar()
+    service = Service(load_settings({}), sidecar,
+                      Metrics.create(CollectorRegistry(), process=False), lambda: START)
+    with structlog.testing.capture_logs() as logs:
+        doc = event("task.created", 0, due_at="2026-11-26T12:30:00Z", reminders=["PT1H"])
+        assert await service.handle_delivery(json.dumps(doc).encode()) == Status.SUCCESS
+        [name] = sidecar.jobs
+        assert await service.handle_job(name, json.dumps(sidecar.jobs[name].data).encode()
+                                        ) == 200
+    told = [e for e in logs if e["log_level"] != "debug"]
+    assert [e["event"] for e in told] == ["event handled", "reminder published"], told
+    assert all(None not in e.values() for e in told), told
