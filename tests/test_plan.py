@@ -392,3 +392,18 @@ def test_record_ttl(old: str | None, new: str, ttl: int | None) -> None:
     base = apply(ev("task.created", 0, due_at="2026-12-01T09:00:00Z")).record
     old_record = None if old is None else dataclasses.replace(base, status=old)
     assert record_ttl(old_record, dataclasses.replace(base, status=new)) == ttl
+
+
+@pytest.mark.parametrize(("rule", "says"), [
+    ("every second tuesday-ish", "malformed rule part: 'every second tuesday-ish'"),
+    ("freq=weekly;byday=mo,xx", "invalid BYDAY: mo,xx"),
+    ("freq=montly", "unknown FREQ: montly"),
+    ("Freq=Monthly; ByDay=+7mo", "BYDAY +7mo is not valid with FREQ=Monthly"),
+    ("freq=daily;until=2030", "invalid UNTIL: 2030"),
+    ("freq=daily;interval= 0x", "INTERVAL must be an integer from 1 to 10000: 0x"),
+])
+def test_a_bad_recurrence_is_told_as_it_was_typed(rule: str, says: str) -> None:
+    """Issue 20: not upper-cased and stripped of its blanks ('EVERYSECONDTUESDAY-ISH')."""
+    doc = event("task.created", 0, due_at="2031-01-01T09:00:00Z", recurrence=rule)
+    plan = make_plan(None, parsed(doc), datetime(2026, 1, 1, tzinfo=UTC), PlanConfig())
+    assert plan.problems == [f"payload.recurrence: {says}"]
