@@ -199,8 +199,7 @@ def test_readiness_logs_the_start_up_line_then_every_change() -> None:
         sidecar.meta = TransientError("no answer")
         now[0] += READY_REFRESH_FAILING
         seen.append(await readiness.not_ready())
-        sidecar.meta = good
-        now[0] += READY_REFRESH_FAILING
+        sidecar.meta = good  # back at once: a failed reading is not kept
         seen.append(await readiness.not_ready())
         return seen
 

@@ -260,6 +260,9 @@ class Readiness:
                 meta = await self.sidecar.metadata()
             except (TransientError, PermanentSidecarError) as exc:
                 reason: str | None = f"metadata: {exc}"
+                # not kept: the next probe asks again (a sidecar that is back must not
+                # wait out the interval; one that is down answers at once)
+                self._checked_at = None
             else:
                 failed = [r for r in metadata_checks(self.settings, meta) if r.ok is False]
                 reason = failed[0].line()[6:] if failed else None
