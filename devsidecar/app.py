@@ -496,9 +496,10 @@ class DevSidecar:
         kind = f" kind={data['kind']}" if data.get("kind") else ""
         deferred = (f" deferred_from={data['deferred_from']} count={data.get('count', 1)}"
                     if data.get("deferred_from") else "")
+        due = f" due_at={data['due_at']}" if data.get("due_at") else ""  # absent: not said
         echo(
             f"reminder.due task={data.get('task_id')} user={data.get('user_id')}{title}{kind} "
-            f"remind_at={data.get('remind_at')}{deferred} due_at={data.get('due_at')}"
+            f"remind_at={data.get('remind_at')}{deferred}{due}"
         )
 
 

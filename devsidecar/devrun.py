@@ -21,12 +21,14 @@ import httpx2
 import structlog
 
 from devsidecar import DevSidecar, SidecarConfig, serve_sidecar
+from devsidecar.asgi import ApiError
+from devsidecar.secretstores import SecretStores
 from worker.clock import Clock, system_clock
 from worker.daemon import Running, run_daemon
 from worker.errors import SettingsError
 from worker.listen import listen
 from worker.schedule import format_utc
-from worker.settings import Settings
+from worker.settings import Settings, env_name, with_secrets
 
 DEV_SECRETS_FILE: Final = "dev-secrets.json"  # read by the dev secret store, if present
 log = structlog.get_logger("worker")
@@ -34,6 +36,34 @@ log = structlog.get_logger("worker")
 
 def _echo(line: str) -> None:
     print(line, file=sys.stdout, flush=True)
+
+
+def resolve_dev_secrets(settings: Settings) -> Settings:
+    """`settings` with their `secret:NAME/KEY` values read from DEV_SECRETS_FILE (the
+    development sidecar's secret store) before anything starts, so the development
+    sidecar is configured with the values (its app token, component names, the app
+    port), never with the reference text. SettingsError naming the variable."""
+    refs = settings.secret_refs()
+    if not refs:
+        return settings
+    assert settings.secret_store is not None
+    first = env_name(next(iter(refs)))
+    if not Path(DEV_SECRETS_FILE).exists():
+        raise SettingsError(f"{first}: --dev reads secret: settings from {DEV_SECRETS_FILE} "
+                            f"in the current directory ({Path.cwd()}), which does not exist")
+    store = SecretStores({settings.secret_store: DEV_SECRETS_FILE})
+    resolved: dict[str, str] = {}
+    for field_name, (name, key) in refs.items():
+        try:
+            values = store.secret(settings.secret_store, name)
+        except ApiError as exc:
+            raise SettingsError(f"{env_name(field_name)}: cannot read secret {name} from "
+                                f"{DEV_SECRETS_FILE}: {exc.message}") from None
+        if key not in values:
+            raise SettingsError(f"{env_name(field_name)}: secret {name} has no key {key} "
+                                f"(in {DEV_SECRETS_FILE})")
+        resolved[field_name] = values[key]
+    return with_secrets(settings, resolved)
 
 
 def sidecar_config(settings: Settings) -> SidecarConfig:
@@ -62,17 +92,23 @@ def sidecar_port(settings: Settings) -> int:
     return settings.dapr_http_port
 
 
+def sidecar_address(settings: Settings) -> tuple[str, int, str, str]:
+    """Where the development sidecar listens, and the settings that say so."""
+    port_env = "DAPR_HTTP_ENDPOINT" if settings.dapr_http_endpoint else "DAPR_HTTP_PORT"
+    return "127.0.0.1", sidecar_port(settings), "127.0.0.1", port_env
+
+
 async def run_dev(settings: Settings, running: Running, *, demo: bool = False,
                   tell: bool = True,
                   task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
     """Serve the development sidecar and the daemon until `running.stop` is set; `tell`:
     print how to publish a task event to it once ready."""
+    settings = resolve_dev_secrets(settings)
     if settings.port == 0:
         raise SettingsError("REMINDER_PORT: --dev needs a fixed port (0 picks one at random, "
                             "which the development sidecar could not call); set it, e.g. 8080")
-    port_env = "DAPR_HTTP_ENDPOINT" if settings.dapr_http_endpoint else "DAPR_HTTP_PORT"
     # Tried before anything starts: a second `make run` says which port is taken.
-    listen("127.0.0.1", sidecar_port(settings), "127.0.0.1", port_env).close()
+    listen(*sidecar_address(settings)).close()
     sidecar = DevSidecar(sidecar_config(settings))
     drained = anyio.Event()
 

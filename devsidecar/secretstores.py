@@ -28,6 +28,10 @@ class SecretStores:
         return [{"name": n, "type": _STORE_TYPE, "version": "v1"} for n in self._stores]
 
     def get(self, request: Request, store: str, name: str) -> Response:
+        return json_response(self.secret(store, name))
+
+    def secret(self, store: str, name: str) -> dict[str, str]:
+        """The keys and values of one secret (ApiError as daprd would answer)."""
         secrets = self._load(store)
         if name not in secrets:
             raise ApiError(
@@ -36,7 +40,7 @@ class SecretStores:
                 f"failed getting secret with key {name} from secret store {store}: "
                 f"secret {name} not found",
             )
-        return json_response(secrets[name])
+        return secrets[name]
 
     def bulk(self, request: Request, store: str) -> Response:
         return json_response(self._load(store))

@@ -131,7 +131,8 @@ CONTRACT_METRICS: dict[str, dict[str, frozenset[str] | None]] = {
     "reminder_worker_reminders_deferred_total": {
         "kind": frozenset({"reminder", "overdue", "snooze"}),
     },
-    "reminder_worker_sidecar_request_seconds": {"api": None, "outcome": None},
+    "reminder_worker_sidecar_request_seconds": {
+        "api": None, "outcome": frozenset({"ok", "conflict", "error"})},
 }
 # Labels Prometheus attaches to every series of a PodMonitor target.
 TARGET_LABELS = frozenset({"namespace", "pod", "container", "instance", "job", "endpoint"})
@@ -1038,6 +1039,12 @@ def test_alerts_cover_what_matters_for_reminders(base_docs: list[dict[str, Any]]
     assert 'outcome="invalid"' in exprs, "dead-lettered events"
     assert "reminder_worker_sidecar_request_seconds" in exprs, "sidecar trouble"
     assert 'outcome="error"' in exprs, "sidecar errors"
+    # issue 20: a lost first-write race (outcome conflict) is no failure
+    rule = next(r for g in one(base_docs, "PrometheusRule")["spec"]["groups"]
+                for r in g["rules"] if r.get("alert") == "ReminderWorkerSidecarErrors")
+    failures = rule["expr"].split("/")[0]
+    assert 'outcome="error"' in failures and "conflict" not in failures
+    assert "!=" not in failures and "!~" not in failures  # not "all but ok"
     assert "reminder_worker_reminder_lateness_seconds" in exprs, "reminders firing late"
     assert "offset" in exprs, "no events while the topic is normally busy"
 

@@ -4,16 +4,27 @@ clock (the demo itself runs in real time)."""
 from __future__ import annotations
 
 import itertools
+import json
 from datetime import datetime, timedelta
 from functools import partial
+from pathlib import Path
 
 import anyio
 import httpx
 import pytest
 
-from devsidecar.devrun import DEMO_SECONDS, demo_steps, publish_demo, quiet_end, run_dev
+from devsidecar.devrun import (
+    DEMO_SECONDS,
+    DEV_SECRETS_FILE,
+    demo_steps,
+    publish_demo,
+    quiet_end,
+    resolve_dev_secrets,
+    run_dev,
+)
 from tests.harness import START, Stack, free_port, stack
 from worker.daemon import Running
+from worker.errors import SettingsError
 from worker.schedule import format_utc
 from worker.settings import load_settings
 
@@ -97,3 +108,58 @@ async def test_make_run_stops_at_once_during_the_demo() -> None:
                     break
                 await anyio.sleep(0.05)
             running.stop.set()
+
+
+async def test_dev_resolves_secret_settings_before_configuring_its_sidecar(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 20: APP_API_TOKEN and REMINDER_DEFAULT_REMINDERS as secret:NAME/KEY under
+    --dev. The development sidecar gets the token's value (not the reference text), so
+    it discovers the subscription and a published event is applied, with the default
+    reminder read from the store (the key components/local/secrets.json ships)."""
+    (tmp_path / DEV_SECRETS_FILE).write_text(json.dumps({
+        "tokens": {"app": "s3cret-app-token"},
+        "reminder-worker-settings": {"default-reminders": "PT15M"}}))
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings({
+        "DAPR_HTTP_PORT": str(free_port()), "REMINDER_PORT": str(free_port()),
+        "REMINDER_OPS_PORT": "0", "REMINDER_OPS_HOST": "127.0.0.1",
+        "REMINDER_SECRET_STORE": "secretstore", "APP_API_TOKEN": "secret:tokens/app",
+        "REMINDER_DEFAULT_REMINDERS": "secret:reminder-worker-settings/default-reminders"})
+    running = Running()
+    event = {"event_type": "task.created", "task_id": 7, "user_id": "me",
+             "timestamp": "2030-01-01T00:00:00Z",
+             "payload": {"title": "t", "due_at": "2030-01-01T09:00:00Z", "timezone": "UTC"}}
+    sidecar = settings.sidecar_url
+    with anyio.fail_after(15):
+        async with anyio.create_task_group() as tg, httpx.AsyncClient() as client:
+            await tg.start(partial(run_dev, settings, running, tell=False))
+            assert running.settings is not None and running.settings.app_api_token is not None
+            assert running.settings.app_api_token.get_secret_value() == "s3cret-app-token"
+            published = await client.post(f"{sidecar}/v1.0/publish/kafka-pubsub/task-events",
+                                          json=event)
+            assert published.status_code == 204, published.text
+            for _ in itertools.count():  # until the event is applied (fail_after bounds it)
+                if jobs := (await client.get(f"{sidecar}/dev/jobs")).json():
+                    break
+                await anyio.sleep(0.05)
+            running.stop.set()
+    assert [j["dueTime"] for j in jobs.values()] == ["2030-01-01T08:45:00Z"], jobs
+
+
+def test_dev_secrets_missing_file_or_key_is_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings({"REMINDER_SECRET_STORE": "secretstore",
+                              "REMINDER_MISFIRE_GRACE": "secret:s/grace"})
+    with pytest.raises(SettingsError, match=f"REMINDER_MISFIRE_GRACE: --dev reads .*"
+                                            f"{DEV_SECRETS_FILE}.*does not exist"):
+        resolve_dev_secrets(settings)
+    (tmp_path / DEV_SECRETS_FILE).write_text(json.dumps({"s": {"other": "PT1H"}}))
+    with pytest.raises(SettingsError, match="REMINDER_MISFIRE_GRACE: secret s has no key grace"):
+        resolve_dev_secrets(settings)
+    (tmp_path / DEV_SECRETS_FILE).write_text(json.dumps({"s": {"grace": "soon"}}))
+    with pytest.raises(SettingsError, match="from the secret store is invalid") as info:
+        resolve_dev_secrets(settings)
+    assert "soon" not in str(info.value)
+    (tmp_path / DEV_SECRETS_FILE).write_text(json.dumps({"s": {"grace": "PT2H"}}))
+    assert resolve_dev_secrets(settings).misfire_grace == "PT2H"

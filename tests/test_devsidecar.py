@@ -863,7 +863,8 @@ async def test_echo_summarises_reminders_and_invocations() -> None:
         await h.client.post("/v1.0/invoke/todo-backend/method/api/tasks/create-next", json={})
         deferred = {**event, "id": "r2", "data": {
             **event["data"], "kind": "reminder", "remind_at": "2026-03-01T07:00:00Z",
-            "deferred_from": "2026-03-01T02:00:00Z", "count": 3}}
+            "deferred_from": "2026-03-01T02:00:00Z", "count": 3,
+            "due_at": "2026-03-01T10:00:00Z"}}
         await h.client.post(
             "/v1.0/publish/kafka-pubsub/reminders",
             content=json.dumps(deferred),
@@ -871,9 +872,11 @@ async def test_echo_summarises_reminders_and_invocations() -> None:
         )
         assert len(lines) == 3
         assert "t1" in lines[0] and "Pay rent" in lines[0] and "kind=" not in lines[0]
+        assert "due_at" not in lines[0] and "None" not in lines[0]  # absent: not said
         assert lines[1].startswith("invoke todo-backend POST /api/tasks/create-next")
         assert ("kind=reminder remind_at=2026-03-01T07:00:00Z "
-                "deferred_from=2026-03-01T02:00:00Z count=3") in lines[2]
+                "deferred_from=2026-03-01T02:00:00Z count=3 due_at=2026-03-01T10:00:00Z") \
+            in lines[2]
 
 
 # ---------------------------------------------------------------- pure parts

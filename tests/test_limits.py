@@ -1,7 +1,8 @@
 """Port limits, for real: `python -m worker` as a subprocess beside a development sidecar
 in this process, attacked over raw sockets on 127.0.0.1 (bounded in count and time).
 Oversized heads are refused without memory growth, slow and idle connections are
-closed, each port caps its connections while the other keeps answering probes, the
+closed, each port caps its connections while the other keeps answering probes, idle
+connections on the ops port give way to probes and close within seconds, the
 open-file limit is raised, accept errors never flood the log, and uvicorn's own log
 records are JSON like every other line."""
 
@@ -27,7 +28,7 @@ from anyio.abc import Process
 
 from devsidecar import DevSidecar, SidecarConfig, serve_sidecar
 from tests.harness import free_port
-from worker.serving import MAX_HEAD_BYTES, MAX_HEADERS, REQUEST_TIMEOUT
+from worker.serving import MAX_HEAD_BYTES, MAX_HEADERS, OPS_IDLE_SECONDS, REQUEST_TIMEOUT
 
 pytestmark = pytest.mark.anyio
 MiB = 1024 * 1024
@@ -266,10 +267,13 @@ async def test_connection_caps_per_port_and_probes_answer_while_the_app_port_is_
                     start = time.monotonic()
                     assert (await w.client.get(ops + path)).status_code == 200
                     assert time.monotonic() - start < 2
+            # the ops port over its cap: the longest-idle connections give way (closed,
+            # no answer), the newest stay open for the request they may yet send
             over = await open_idle(w.ops_port, ops_cap + 5)
             socks += over
-            extra = Refusals(over[ops_cap:])
-            await until(lambda: extra.count() == 5, 2)
+            oldest, newest = Refusals(over[:5]), Refusals(over[5:])
+            await until(lambda: oldest.count() == 5, 1)
+            assert not oldest.answered and newest.count() == 0
         finally:
             for s in socks:
                 s.close()
@@ -282,6 +286,66 @@ async def test_connection_caps_per_port_and_probes_answer_while_the_app_port_is_
                 except httpx.TransportError:
                     pass
                 await anyio.sleep(0.05)
+
+
+async def probe(port: int, path: str) -> bytes:
+    """One probe as the kubelet sends it: a new connection, one request, the status line."""
+    answer = await send_head(port, request(path), wait=1.0)
+    return answer.split(b"\r\n", 1)[0]
+
+
+async def test_idle_connections_on_the_ops_port_never_fail_a_probe_and_close_within_seconds(
+        tmp_path: Path) -> None:
+    """600 connections opened on the ops port and forgotten, then more at 20 a second
+    (a scraper that leaks connections): every probe, each on a new connection, answers
+    200, and each idle connection is closed within seconds of its opening."""
+    async with worker(tmp_path) as w:
+        opened: list[tuple[float, socket.socket]] = []
+        closed: dict[int, float] = {}
+        statuses: list[bytes] = []
+        done = anyio.Event()
+
+        async def leak() -> None:
+            for s in await open_idle(w.ops_port, 600):
+                opened.append((time.monotonic(), s))
+            for _ in range(60):
+                opened.extend((time.monotonic(), s) for s in await open_idle(w.ops_port, 1))
+                await anyio.sleep(0.05)
+
+        async def probes() -> None:
+            for i in range(30):
+                statuses.append(await probe(w.ops_port, ("/healthz", "/readyz")[i % 2]))
+                await anyio.sleep(0.1)
+
+        async def watch() -> None:
+            while not done.is_set() or len(closed) < len(opened):
+                now = time.monotonic()
+                for _, s in opened:
+                    if id(s) in closed:
+                        continue
+                    try:
+                        if s.recv(4096, socket.MSG_PEEK) is not None:
+                            closed[id(s)] = now  # answered (a 503 over the cap) or closed
+                    except BlockingIOError:
+                        pass
+                    except OSError:
+                        closed[id(s)] = now
+                await anyio.sleep(0.05)
+
+        try:
+            with anyio.fail_after(30):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(watch)
+                    async with anyio.create_task_group() as load:
+                        load.start_soon(leak)
+                        load.start_soon(probes)
+                    done.set()
+        finally:
+            for _, s in opened:
+                s.close()
+        assert statuses == [b"HTTP/1.1 200 OK"] * 30, statuses
+        longest = max(closed[id(s)] - at for at, s in opened)
+        assert longest < OPS_IDLE_SECONDS + 1.5, f"an idle connection lived {longest:.1f} s"
 
 
 async def test_open_file_limit_raised_and_accept_errors_never_flood_the_log(

@@ -6,8 +6,10 @@ the worker's back."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import socket
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,9 +19,14 @@ from typing import Any
 import anyio
 import pytest
 import structlog
+from prometheus_client import CollectorRegistry
 
 from devsidecar import DevSidecar, SidecarConfig, serve_sidecar
 from tests.harness import free_port, stack
+from worker.app import OpsApp
+from worker.check import READY_REFRESH_FAILING, READY_REFRESH_OK, Readiness
+from worker.errors import TransientError
+from worker.settings import load_settings
 
 pytestmark = pytest.mark.anyio
 
@@ -47,7 +54,7 @@ async def cli(port: int, *args: str, **env: str) -> tuple[int, str, str]:
 def lines_of(out: str) -> dict[str, str]:
     """check name -> its line."""
     return {line[6:].split(":")[0]: line for line in out.splitlines() if line[:4] in
-            ("ok  ", "FAIL", "skip")}
+            ("ok  ", "FAIL", "skip", "info")}
 
 
 async def test_check_passes_beside_a_running_worker() -> None:
@@ -75,7 +82,6 @@ async def test_check_passes_beside_a_running_worker() -> None:
     ({"state_capabilities": ("ETAG", "TRANSACTIONAL")}, {}, "state store 'statestore' features",
      "lacks TTL"),
     ({}, {"REMINDER_SECRET_STORE": "vault"}, "secret store 'vault'", "not loaded"),
-    ({}, {}, "subscription kafka-pubsub/task-events", "not registered"),
 ])
 async def test_check_names_what_is_wrong_and_exits_1(
         options: dict[str, Any], env: dict[str, str], failing: str, says: str) -> None:
@@ -84,6 +90,27 @@ async def test_check_names_what_is_wrong_and_exits_1(
     assert status == 1, out
     checks = lines_of(out)
     assert checks[failing].startswith(f"FAIL  {failing}: ") and says in checks[failing], out
+
+
+async def test_a_missing_subscription_fails_only_once_the_app_port_answers() -> None:
+    """Issue 20: daprd asks for the subscription once the app port is open, so a
+    pre-flight --check (nothing on the app port) says it is not checkable yet and
+    passes; with something listening there (the worker runs) its absence fails."""
+    name = "subscription kafka-pubsub/task-events"
+    with socket.socket() as app:
+        app.bind(("127.0.0.1", 0))
+        app_port = str(app.getsockname()[1])
+        async with bare_sidecar() as (port, _):
+            status, out, _err = await cli(port, "--check", REMINDER_PORT=app_port)
+            assert status == 0, out
+            assert lines_of(out)[name].startswith(f"info  {name}: not checkable yet: nothing "
+                                                  f"answers on the app port (127.0.0.1:"
+                                                  f"{app_port}"), out
+            assert out.rstrip().endswith("8 of 8 checks passed; 1 not checkable yet (see info)")
+            app.listen()  # the worker's port answers: daprd should have asked by now
+            status, out, _err = await cli(port, "--check", REMINDER_PORT=app_port)
+    assert status == 1, out
+    assert lines_of(out)[name].startswith(f"FAIL  {name}: not registered"), out
 
 
 async def test_check_probes_the_jobs_api_and_finds_no_sidecar() -> None:
@@ -99,18 +126,92 @@ async def test_check_probes_the_jobs_api_and_finds_no_sidecar() -> None:
 
 
 async def test_readyz_is_503_with_the_reason_while_a_component_is_missing() -> None:
+    """Issue 20: the reason is logged at start-up without any probe (not `worker
+    ready`), and the /readyz body gives it."""
     with structlog.testing.capture_logs() as logs:
         async with stack(env={"REMINDER_PUBSUB": "pubsub"}) as s:
+            with anyio.fail_after(5):  # no probe yet: the worker tells by itself
+                for _ in itertools.count():
+                    if any(e["event"] == "worker started, not ready" for e in logs):
+                        break
+                    await anyio.sleep(0.02)
             start = anyio.current_time()
             answer = await s.client.get(f"{s.ops_url}/readyz")
             assert anyio.current_time() - start < 2
             assert answer.status_code == 503
+            assert answer.text.startswith("not ready: pub/sub component 'pubsub': not loaded")
             # cached: a second probe does not read the metadata again
             reads = s.sidecar.counts["metadata"]
             assert (await s.client.get(f"{s.ops_url}/readyz")).status_code == 503
             assert s.sidecar.counts["metadata"] == reads
-    reasons = [e["reason"] for e in logs if e["event"] == "not ready"]
-    assert len(reasons) == 1 and reasons[0].startswith("pub/sub component 'pubsub': not loaded")
+    told = [e for e in logs if e["event"] == "worker started, not ready"]
+    assert len(told) == 1 and told[0]["reason"].startswith("pub/sub component 'pubsub': "
+                                                           "not loaded"), told
+    assert told[0]["log_level"] == "warning" and told[0]["app_port"] == s.running.app_port
+    assert not any(e["event"] in ("worker ready", "not ready") for e in logs)
+
+
+async def test_readyz_says_why_while_starting_and_once_the_sidecar_is_gone() -> None:
+    async with stack() as s:
+        ops = OpsApp(CollectorRegistry(), s.running.app.service.sidecar)  # type: ignore[union-attr]
+        assert await ops.readiness() == ("starting: waiting for the Dapr sidecar, its checks "
+                                         "and the secrets")
+        ops.started = True
+        assert await ops.readiness() is None
+        s.sidecar.faults.fail("health", times=10, status=500)
+        assert await ops.readiness() == ("the Dapr sidecar's outbound health check fails "
+                                         "(GET /v1.0/healthz/outbound)")
+        answer = await s.client.get(f"{s.ops_url}/readyz")
+        assert (answer.status_code, answer.text) == (
+            503, "not ready: the Dapr sidecar's outbound health check fails "
+                 "(GET /v1.0/healthz/outbound)\n")
+
+
+class _Meta:
+    """A sidecar whose metadata is set by the test."""
+
+    def __init__(self, meta: dict[str, Any]) -> None:
+        self.meta: dict[str, Any] | Exception = meta
+
+    async def metadata(self) -> dict[str, Any]:
+        if isinstance(self.meta, Exception):
+            raise self.meta
+        return self.meta
+
+
+def test_readiness_logs_the_start_up_line_then_every_change() -> None:
+    settings = load_settings({})
+    good = {"runtimeVersion": "1.16.0", "subscriptions": [
+                {"pubsubname": "kafka-pubsub", "topic": "task-events"}],
+            "components": [{"name": "kafka-pubsub", "type": "pubsub.kafka"},
+                           {"name": "statestore", "type": "state.postgresql",
+                            "capabilities": ["ETAG", "TTL"]}]}
+    sidecar = _Meta(good)
+    now = [0.0]
+    readiness = Readiness(settings, sidecar, clock=lambda: now[0],  # type: ignore[arg-type]
+                          started={"app_port": 8080})
+
+    async def run() -> list[str | None]:
+        seen = [await readiness.not_ready()]
+        sidecar.meta = {**good, "subscriptions": []}
+        now[0] += READY_REFRESH_OK
+        seen.append(await readiness.not_ready())
+        sidecar.meta = TransientError("no answer")
+        now[0] += READY_REFRESH_FAILING
+        seen.append(await readiness.not_ready())
+        sidecar.meta = good  # back at once: a failed reading is not kept
+        seen.append(await readiness.not_ready())
+        return seen
+
+    with structlog.testing.capture_logs() as logs:
+        seen = anyio.run(run)
+    assert seen[0] is None and seen[3] is None
+    assert seen[1] is not None and seen[1].startswith("subscription kafka-pubsub/task-events")
+    assert seen[2] == "metadata: no answer"
+    assert [(e["event"], e.get("reason")) for e in logs] == [
+        ("worker ready", None), ("not ready", seen[1]), ("not ready", seen[2]),
+        ("ready: the sidecar has what the worker needs", None)]
+    assert logs[0]["app_port"] == 8080
 
 
 # -- --explain ---------------------------------------------------------------------
@@ -152,3 +253,19 @@ async def test_explain_shows_reminders_and_what_the_scheduler_really_has() -> No
     assert f"{gone}  not scheduled (MISSING from the scheduler)" in human
     assert "next occurrence" in human and "if the task is completed now" in human
     assert (none_status, none_json_status) == (1, 1) and "no record of task 6" in none
+
+
+async def test_check_reads_secret_settings_first(tmp_path: Any) -> None:
+    """Issue 20: --check reads the secret: settings from the store and checks their
+    values (here the state store's name), with a line saying so."""
+    secrets = tmp_path / "secrets.json"
+    secrets.write_text(json.dumps({"rw": {"store": "tasks-db"}}))
+    async with bare_sidecar(state_stores=("tasks-db",), secret_stores={"vault": str(secrets)}
+                            ) as (port, _):
+        status, out, _err = await cli(port, "--check", REMINDER_SECRET_STORE="vault",
+                                      REMINDER_STATE_STORE="secret:rw/store")
+    checks = lines_of(out)
+    assert checks["secret settings"] == ("ok    secret settings: REMINDER_STATE_STORE read "
+                                          "from secret store 'vault'"), out
+    assert checks["state store 'tasks-db'"].startswith("ok  "), out
+    assert status == 0, out

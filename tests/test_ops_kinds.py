@@ -3,17 +3,19 @@ deferrals and missed reminders; the applied-event summary names kinds. In memory
 
 from __future__ import annotations
 
+import io
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import pytest
+import structlog
 from prometheus_client import CollectorRegistry
 
 from tests.factory import event, parsed
 from worker import applied
 from worker.errors import Status
-from worker.explain import explain
+from worker.explain import explain, render
 from worker.memsidecar import MemorySidecar
 from worker.metrics import Metrics
 from worker.plan import PlanConfig, make_plan
@@ -108,3 +110,60 @@ def test_applied_summary_names_kinds() -> None:
     assert "skipped 2026-11-25T09:30:00Z, 2026-11-26T08:30:00Z, overdue 2026-11-26T10:30:00Z" \
         in text
     assert "scheduled 4 jobs (overdue " in text
+
+
+async def test_explain_of_a_completed_series_says_what_happened() -> None:
+    """Issue 20: a completed recurring task: the reminder due before the completion
+    fired, the later one was deleted, and the next occurrence was requested (with its
+    instant), not 'the series has ended'."""
+    sidecar = await applied_task(
+        event("task.created", 0, due_at="2026-11-26T11:30:00Z", reminders=["PT30M", "PT5M"],
+              recurrence="FREQ=DAILY"),
+        event("task.completed", 20))
+    found = await explain(cast(Sidecar, sidecar), STORE, "u1", "1",
+                          START + timedelta(hours=1), CONFIG)
+    assert found is not None and found["status"] == "completed" and found["reminders"] == []
+    assert [(s["at"], s["reason"]) for s in found["skipped"]] == [
+        ("2026-11-26T11:00:00Z",
+         "fired: it was due before the task was completed (2026-11-26T11:20:00Z)"),
+        ("2026-11-26T11:25:00Z",
+         "deleted: the task was completed (2026-11-26T11:20:00Z) before it was due")]
+    assert found["next_occurrence"] == {
+        "state": "requested", "due_at": "2026-11-27T11:30:00Z",
+        "local": "2026-11-27T11:30:00+00:00", "completed_at": "2026-11-26T11:20:00Z"}
+    out = io.StringIO()
+    render(found, out)
+    text = out.getvalue()
+    assert ("next occurrence 2026-11-27T11:30:00Z (2026-11-27T11:30:00+00:00), requested "
+            "from the task service when the task was completed (2026-11-26T11:20:00Z)") in text
+    assert "were deleted" not in text and "series has ended" not in text
+
+    # the last occurrence: the series ended with this completion
+    sidecar = await applied_task(
+        event("task.created", 0, due_at="2026-11-26T11:30:00Z",
+              recurrence="FREQ=DAILY;COUNT=1"),
+        event("task.completed", 20))
+    found = await explain(cast(Sidecar, sidecar), STORE, "u1", "1", START, CONFIG)
+    assert found is not None
+    assert found["next_occurrence"] == {"state": "ended", "completed_at": "2026-11-26T11:20:00Z"}
+    out = io.StringIO()
+    render(found, out)
+    assert ("next occurrence none: the series ended with the completion of "
+            "2026-11-26T11:20:00Z") in out.getvalue()
+
+
+async def test_log_lines_leave_out_absent_fields() -> None:
+    """Issue 20: an event without an id or a trace, and the trigger of one of its jobs
+    without a trace, log no `event_id=None` or `trace_id=None`."""
+    sidecar = JobsSidecar()
+    service = Service(load_settings({}), sidecar,
+                      Metrics.create(CollectorRegistry(), process=False), lambda: START)
+    with structlog.testing.capture_logs() as logs:
+        doc = event("task.created", 0, due_at="2026-11-26T12:30:00Z", reminders=["PT1H"])
+        assert await service.handle_delivery(json.dumps(doc).encode()) == Status.SUCCESS
+        [name] = sidecar.jobs
+        assert await service.handle_job(name, json.dumps(sidecar.jobs[name].data).encode()
+                                        ) == 200
+    told = [e for e in logs if e["log_level"] != "debug"]
+    assert [e["event"] for e in told] == ["event handled", "reminder published"], told
+    assert all(None not in e.values() for e in told), told

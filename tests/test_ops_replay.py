@@ -5,6 +5,7 @@ its own exit status for "no sidecar"."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -108,7 +109,7 @@ async def test_ctrl_c_stops_cleanly_and_from_resumes(tmp_path: Path) -> None:
         status, out, err = await replay(port, str(path), "--from", "3")
     assert status == 0, err
     assert [line.split(":")[0] for line in out.splitlines()] == ["line 3"]
-    assert "replayed 3 lines" in err
+    assert "replayed 1 event (line 3)" in err  # what ran, not the last line's number
 
 
 async def test_unreadable_file_and_missing_sidecar_have_their_own_statuses(
@@ -142,3 +143,114 @@ def test_progress_line_shows_total_percent_rate_and_time_left() -> None:
         "replaying: line 50 of 200 (25%), 5 lines/s, about 30 s left, 0 failed")
     piped = Report(io.StringIO(), total=None, start=11)  # stdin: no total
     assert piped.progress_line(30, piped.began + 4) == "replaying: line 30, 5 lines/s, 0 failed"
+
+
+async def test_sigterm_stops_cleanly_and_says_where_to_resume(tmp_path: Path) -> None:
+    """Issue 20: SIGTERM (a container stopped, a `kill`) says where to resume, as Ctrl-C
+    does; line 3 is in flight (its job call held by the sidecar)."""
+    path = tmp_path / "dump.jsonl"
+    path.write_text("\n".join([event(1, 0, title="a"), event(2, 0, title="b"),
+                               event(3, 0, due_at="2031-01-01T09:00:00Z",
+                                     reminders=["PT1H"])]) + "\n")
+    async with bare_sidecar() as (port, sidecar):
+        sidecar.faults.latency("jobs", 60)
+        async with await anyio.open_process(
+                [sys.executable, "-m", "worker", "--replay", str(path)], env=env(port)) as proc:
+            assert proc.stdout is not None and proc.stderr is not None
+            with anyio.fail_after(15):
+                await sidecar.wait_for(lambda: sidecar.counts["jobs"] > 0, timeout=10)
+                proc.send_signal(signal.SIGTERM)
+                status = await proc.wait()
+                err = b"".join([chunk async for chunk in proc.stderr]).decode()
+    assert status == 143, err
+    assert err.strip().splitlines()[-1] == ("reminder-worker: terminated after line 2; "
+                                            "resume with --from 3")
+    assert "Traceback" not in err
+
+
+def five_events(path: Path) -> Path:
+    path.write_text("".join(event(i, 0, title=str(i)) + "\n" for i in range(1, 6)))
+    return path
+
+
+async def test_from_counts_what_ran_and_past_the_end_is_an_error(tmp_path: Path) -> None:
+    path = five_events(tmp_path / "five.jsonl")
+    status, out, err = await replay(free_port(), str(path), "--dry-run", "--from", "3")
+    assert status == 0, err
+    assert [json.loads(line)["line"] for line in out.splitlines()] == [3, 4, 5]
+    assert err.startswith("replayed 3 events (lines 3-5) in "), err
+    for source, name in ((str(path), str(path)), ("-", "standard input")):
+        with anyio.fail_after(30):
+            done = await anyio.run_process(
+                [sys.executable, "-m", "worker", "--replay", source, "--dry-run", "--from", "99"],
+                env=env(free_port()), input=path.read_bytes(), check=False)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.decode() == (f"reminder-worker: --replay: --from 99 is past the end "
+                                        f"of {name}, which has 5 lines; nothing was replayed\n")
+        assert done.stdout == b""
+
+
+def values(text: str, start: int = 1) -> list[tuple[int, int, object]]:
+    """What `read_items` makes of `text`: (first line, last line, value or Bad reason)."""
+    from worker.replay import Bad, read_items
+
+    return [(i.line, i.end, i.doc.reason if isinstance(i.doc, Bad) else i.doc)
+            for i in read_items(io.BytesIO(text.encode()), start)]
+
+
+ONE = {"event_type": "task.created", "task_id": 1, "user_id": "u",
+       "timestamp": "2030-01-01T00:00:00Z", "payload": {"title": "a", "reminders": ["PT1H"]}}
+TWO = {**ONE, "task_id": 2}
+
+
+def test_replay_reads_json_lines_arrays_and_pretty_printed_events() -> None:
+    """Issue 20: a pretty-printed event pasted in a replay file is one event (it was five
+    'not JSON' lines), as are the elements of a JSON array and objects one after
+    another; each is numbered by the line it starts on."""
+    pretty = json.dumps(ONE, indent=2)
+    n = len(pretty.splitlines())  # 12
+    assert values(json.dumps(ONE) + "\n\n" + json.dumps(TWO) + "\n") == [
+        (1, 1, ONE), (3, 3, TWO)]
+    assert values(pretty + "\n" + json.dumps(TWO, indent=2) + "\n") == [
+        (1, n, ONE), (n + 1, 2 * n, TWO)]
+    array = json.dumps([ONE, TWO], indent=2) + "\n"  # "[" on line 1, "]" on the last
+    assert values(array) == [(2, n + 1, ONE), (n + 2, 2 * n + 1, TWO)]
+    assert values(json.dumps([ONE, TWO]) + "\n") == [(1, 1, ONE), (1, 1, TWO)]
+    assert values(json.dumps(ONE) + json.dumps(TWO) + "\n") == [(1, 1, ONE), (1, 1, TWO)]
+    # --from inside an array: its second element on
+    assert values(array, start=n + 2) == [(n + 2, 2 * n + 1, TWO)]
+
+
+def test_replay_errors_name_the_line_a_bad_value_starts_on() -> None:
+    pretty = json.dumps(ONE, indent=2).splitlines()
+    broken = [*pretty[:3], '  "task_id": 1,,', *pretty[4:]]  # line 5 of the file breaks it
+    got = values("\n".join([json.dumps(TWO), *broken, json.dumps(TWO), "not json",
+                            json.dumps(TWO), "{", json.dumps(TWO)]) + "\n")
+    n = len(pretty)
+    assert got == [
+        (1, 1, TWO),
+        (2, 5, "not JSON (the value that starts here breaks on line 5)"),
+        (n + 2, n + 2, TWO),  # read on from the next line that starts a value
+        (n + 3, n + 3, "not JSON (or not UTF-8)"),
+        (n + 4, n + 4, TWO),
+        (n + 5, n + 6, f"not JSON (the value that starts here breaks on line {n + 6})"),
+        (n + 6, n + 6, TWO)]
+    assert values(json.dumps(TWO) + "\n" + "\n".join(pretty[:4]) + "\n") == [
+        (1, 1, TWO), (2, 5, "not JSON: the value that starts here is not complete at the "
+                            "end of the input")]
+    bad_utf8 = io.BytesIO(json.dumps(TWO).encode() + b"\n\xff\xfe\n" + json.dumps(ONE).encode())
+    from worker.replay import Bad, read_items
+    assert [(i.line, isinstance(i.doc, Bad)) for i in read_items(bad_utf8)] == [
+        (1, False), (2, True), (3, False)]
+
+
+def test_replay_of_a_pasted_event_through_the_command_line(tmp_path: Path) -> None:
+    from tests.test_cli import run
+
+    path = tmp_path / "pasted.json"
+    path.write_text(json.dumps([ONE, TWO], indent=4) + "\n")
+    out = run("--replay", str(path), "--dry-run")
+    assert out.returncode == 0, out.stderr
+    n = len(json.dumps(ONE, indent=4).splitlines())
+    assert [json.loads(line)["line"] for line in out.stdout.splitlines()] == [2, n + 2]
+    assert out.stderr.startswith(f"replayed 2 events (lines 2-{2 * n + 1}) in ")

@@ -392,3 +392,44 @@ def test_record_ttl(old: str | None, new: str, ttl: int | None) -> None:
     base = apply(ev("task.created", 0, due_at="2026-12-01T09:00:00Z")).record
     old_record = None if old is None else dataclasses.replace(base, status=old)
     assert record_ttl(old_record, dataclasses.replace(base, status=new)) == ttl
+
+
+@pytest.mark.parametrize(("rule", "says"), [
+    ("every second tuesday-ish", "malformed rule part: 'every second tuesday-ish'"),
+    ("freq=weekly;byday=mo,xx", "invalid BYDAY: mo,xx"),
+    ("freq=montly", "unknown FREQ: montly"),
+    ("Freq=Monthly; ByDay=+7mo", "BYDAY +7mo is not valid with FREQ=Monthly"),
+    ("freq=daily;until=2030", "invalid UNTIL: 2030"),
+    ("freq=daily;interval= 0x", "INTERVAL must be an integer from 1 to 10000: 0x"),
+])
+def test_a_bad_recurrence_is_told_as_it_was_typed(rule: str, says: str) -> None:
+    """Issue 20: not upper-cased and stripped of its blanks ('EVERYSECONDTUESDAY-ISH')."""
+    doc = event("task.created", 0, due_at="2031-01-01T09:00:00Z", recurrence=rule)
+    plan = make_plan(None, parsed(doc), datetime(2026, 1, 1, tzinfo=UTC), PlanConfig())
+    [problem] = plan.problems
+    # the part as typed, then the whole rule as typed (unless the part is the whole)
+    whole = "" if says.endswith(repr(rule)) else f' (got "{rule}")'
+    assert problem == f"payload.recurrence: {says}{whole}"
+
+
+@pytest.mark.parametrize(("payload", "says"), [
+    ({"title": 5}, "payload.title: must be a string (got 5)"),
+    ({"floating": "x"}, 'payload.floating: must be true or false (got "x")'),
+    ({"reminders": ["PT1H", 5000000]},
+     "payload.reminders[1]: reminder offset longer than 366 days (got 5000000)"),
+    ({"quiet_hours": {"start": "25:00", "end": "07:00"}}, "payload.quiet_hours: quiet_hours."
+     'start must be HH:MM (00:00-23:59) (got {"start": "25:00", "end": "07:00"})'),
+    ({"due_at": "tomorrow"}, "payload.due_at: not a date or RFC 3339 date-time: 'tomorrow'"),
+    ({"title": 7, "x": "y" * 200}, "payload.title: must be a string (got 7)"),
+])
+def test_a_problem_shows_the_value(payload: dict[str, Any], says: str) -> None:
+    """Issue 20: the value left out is shown (once: not again when the reason has it)."""
+    doc = event("task.created", 0, **payload)
+    plan = make_plan(None, parsed(doc), datetime(2026, 1, 1, tzinfo=UTC), PlanConfig())
+    assert plan.problems == [says]
+
+
+def test_a_shown_value_is_cut() -> None:
+    from worker.errors import shown
+
+    assert shown("z" * 500, "must be short") == f' (got "{"z" * 76}...)'

@@ -91,6 +91,21 @@ def test_load_zone_rejects(name: str) -> None:
         load_zone(name)
 
 
+@pytest.mark.parametrize(("name", "says"), [
+    ("Europe/Berln", "unknown time zone: 'Europe/Berln' (did you mean 'Europe/Berlin'?)"),
+    ("europe/berlin", "unknown time zone: 'europe/berlin' (did you mean 'Europe/Berlin'?)"),
+    ("Amerca/New_York", "(did you mean 'America/New_York'?)"),
+    ("Europe/Berlin ", "(did you mean 'Europe/Berlin'?)"),
+    ("Nowhere/City", "unknown time zone: 'Nowhere/City'"),
+])
+def test_an_unknown_zone_suggests_the_close_one(name: str, says: str) -> None:
+    """Issue 20: the close IANA name, when there is one, and nothing made up."""
+    with pytest.raises(ValueError) as info:
+        load_zone(name)
+    assert says in str(info.value)
+    assert ("did you mean" in str(info.value)) == ("did you mean" in says)
+
+
 # --- DST policy --------------------------------------------------------------------------
 
 

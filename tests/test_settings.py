@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import time
+from datetime import time, timedelta
 
 import pytest
 
 from worker.errors import SettingsError
 from worker.schedule import Offset
-from worker.settings import load_settings, with_secrets
+from worker.settings import NOT_FROM_SECRETS, Settings, env_name, load_settings, with_secrets
 
 
 def test_defaults() -> None:
@@ -84,3 +84,74 @@ def test_sidecar_timeout_may_only_be_lowered() -> None:
     assert load_settings({"REMINDER_SIDECAR_TIMEOUT": "0.25"}).sidecar_timeout == 0.25
     with pytest.raises(SettingsError, match="REMINDER_SIDECAR_TIMEOUT"):
         load_settings({"REMINDER_SIDECAR_TIMEOUT": "7"})
+
+
+# A valid value for every setting that may come from the secret store (issue 20: any
+# setting but those needed before the secrets are read), and what it becomes.
+FROM_SECRETS = {
+    "APP_API_TOKEN": ("tok", lambda s: s.app_api_token.get_secret_value()),
+    "REMINDER_APP_ID": ("rw", lambda s: s.app_id),
+    "REMINDER_HOST": ("0.0.0.0", lambda s: s.host),
+    "REMINDER_PORT": ("9000", lambda s: s.port == 9000),
+    "REMINDER_PUBSUB": ("ps", lambda s: s.pubsub),
+    "REMINDER_TASK_TOPIC": ("in", lambda s: s.task_topic),
+    "REMINDER_REMINDER_TOPIC": ("out", lambda s: s.reminder_topic),
+    "REMINDER_DEAD_LETTER_TOPIC": ("dlq", lambda s: s.dead_letter_topic),
+    "REMINDER_STATE_STORE": ("st", lambda s: s.state_store),
+    "REMINDER_TASK_APP_ID": ("tasks", lambda s: s.task_app_id),
+    "REMINDER_NEXT_OCCURRENCE_METHOD": ("next", lambda s: s.next_occurrence_method),
+    "REMINDER_ALL_DAY_TIME": ("08:30", lambda s: s.all_day_time == time(8, 30)),
+    "REMINDER_DEFAULT_REMINDERS": ("PT15M", lambda s: s.default_reminders == (
+        Offset(seconds=900),)),
+    "REMINDER_MISFIRE_GRACE": ("PT2H", lambda s: s.misfire_grace_delta == timedelta(hours=2)),
+    "REMINDER_QUIET_HOURS": ("22:00-07:00", lambda s: s.default_quiet_hours is not None),
+    "REMINDER_HANDLER_DEADLINE": ("10", lambda s: s.handler_deadline == 10.0),
+}
+
+
+def test_every_setting_may_be_a_secret_but_those_needed_before_secrets_are_read() -> None:
+    names = {env_name(f) for f in Settings.model_fields}
+    assert names == set(FROM_SECRETS) | {env_name(f) for f in NOT_FROM_SECRETS}
+    for name in sorted(names - set(FROM_SECRETS)):
+        with pytest.raises(SettingsError, match=f"^{name}: cannot be read from a secret store"):
+            load_settings({"REMINDER_SECRET_STORE": "vault", name: "secret:s/k"})
+
+
+@pytest.mark.parametrize("name", sorted(FROM_SECRETS))
+def test_a_secret_reference_is_accepted_and_validated_once_resolved(name: str) -> None:
+    """The reference is not validated as the setting's value ("not an ISO 8601
+    duration"): the value is, once read from the store; an invalid one is an error
+    that never repeats it."""
+    value, check = FROM_SECRETS[name]
+    field = next(f for f in Settings.model_fields if env_name(f) == name)
+    s = load_settings({name: "secret:rw-settings/k", "REMINDER_SECRET_STORE": "vault"})
+    assert s.secret_refs() == {field: ("rw-settings", "k")}
+    resolved = with_secrets(s, {field: value})
+    assert resolved.secret_refs() == {}
+    assert check(resolved) in (True, value)
+    if name not in ("REMINDER_HOST", "REMINDER_APP_ID"):  # any text is a host or id
+        bad = "not valid at all/" if name != "APP_API_TOKEN" else " "
+        with pytest.raises(SettingsError, match=f"^{name}: value from the secret store "
+                                                "is invalid") as info:
+            with_secrets(s, {field: bad})
+        assert bad.strip() not in str(info.value) or not bad.strip()
+
+
+@pytest.mark.parametrize(("env", "shown"), [
+    ({"REMINDER_MISFIRE_GRACE": "PT1X"}, "'PT1X'"),
+    ({"DAPR_HTTP_PORT": "abc"}, "'abc'"),
+    ({"REMINDER_PUBSUB": "bad/name"}, "'bad/name'"),
+    ({"REMINDER_LOG_LEVEL": "loud"}, "'loud'"),
+    ({"REMINDER_HANDLER_DEADLINE": "9999"}, "'9999'"),
+])
+def test_a_bad_value_is_shown(env: dict[str, str], shown: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        load_settings(env)
+    assert shown in str(info.value) and str(info.value).count(shown) == 1
+
+
+def test_a_bad_token_is_never_shown() -> None:
+    with pytest.raises(SettingsError) as info:
+        load_settings({"APP_API_TOKEN": "   "})
+    assert str(info.value) == ("APP_API_TOKEN: is empty, which would turn the token check "
+                               "off; unset it instead (not recommended)")

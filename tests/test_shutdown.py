@@ -23,6 +23,7 @@ from anyio.abc import Process
 from devsidecar import DevSidecar, SidecarConfig, serve_sidecar
 from tests.harness import free_port
 from worker.clock import system_clock
+from worker.daemon import DRAIN_SECONDS
 from worker.keys import task_key
 from worker.schedule import format_utc
 
@@ -118,5 +119,8 @@ async def test_sigterm_under_load_drains_exits_0_and_loses_nothing(tmp_path: Pat
         assert len(sidecar.jobs()) == len(events)
         text = log.read_text()
         assert "draining" in text and "stopped" in text
+        # the longest the drain may wait, not a wait of that length (issue 20)
+        draining = next(json.loads(line) for line in text.splitlines() if '"draining"' in line)
+        assert draining["up_to_seconds"] == DRAIN_SECONDS and "seconds" not in draining
         assert DAPR_TOKEN not in text and APP_TOKEN not in text
         tg.cancel_scope.cancel()

@@ -107,3 +107,19 @@ async def test_unusable_listen_settings_are_one_line(
     assert status == 2, stderr
     assert stderr.startswith(says)
     assert stderr.count("\n") == 1 and "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("args", [(), ("--dev",), ("--check", "--dev")])
+async def test_every_port_in_use_is_told_in_one_line(args: tuple[str, ...]) -> None:
+    """Issue 20: the app and ops ports (and with --dev the sidecar's) both taken are
+    both named, not one per attempt."""
+    with taken_port() as app, taken_port() as ops, taken_port() as dev:
+        ports = {"REMINDER_PORT": app.getsockname()[1], "REMINDER_OPS_PORT": ops.getsockname()[1]}
+        if args:
+            ports["DAPR_HTTP_PORT"] = dev.getsockname()[1]
+        status, stderr = await start_worker(free_port(), *args,
+                                            **{k: str(v) for k, v in ports.items()})
+    assert status == 2, stderr
+    assert stderr.count("\n") == 1 and "Traceback" not in stderr
+    for setting, port in ports.items():
+        assert f"port {port} ({setting}) is already in use" in stderr, stderr

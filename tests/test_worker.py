@@ -233,7 +233,8 @@ async def test_subscription_and_http_surface() -> None:
         assert (await s.client.get(f"{s.app_url}/nope")).status_code == 404
         assert (await s.client.get(f"{s.app_url}/task-events")).status_code == 405
         assert (await s.client.get(f"{s.ops_url}/healthz")).status_code == 200
-        assert (await s.client.get(f"{s.ops_url}/readyz")).status_code == 200
+        ready = await s.client.get(f"{s.ops_url}/readyz")
+        assert (ready.status_code, ready.text) == (200, "ready\n"), ready.text
         s.sidecar.faults.fail("health", times=100, status=500)
         assert (await s.client.get(f"{s.ops_url}/readyz")).status_code == 503
         s.sidecar.faults.clear()

@@ -245,6 +245,21 @@ class OpsApp:
         # What the worker needs from the sidecar (components, subscription...): None
         # when all is there, else the reason (worker.check.Readiness, cached).
         self.not_ready: Callable[[], Awaitable[str | None]] | None = None
+        self.stopping = False  # set once the worker drains
+
+    async def readiness(self) -> str | None:
+        """None when ready, else why not (the /readyz body), within READY_TIMEOUT."""
+        if not self.started:
+            return ("stopping: the worker drains its requests" if self.stopping else
+                    "starting: waiting for the Dapr sidecar, its checks and the secrets")
+        reason: str | None = (f"the Dapr sidecar did not answer within {READY_TIMEOUT} s")
+        with anyio.move_on_after(READY_TIMEOUT):
+            if not await self.sidecar.outbound_healthy():
+                reason = ("the Dapr sidecar's outbound health check fails "
+                          "(GET /v1.0/healthz/outbound)")
+            else:
+                reason = None if self.not_ready is None else await self.not_ready()
+        return reason
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -257,12 +272,7 @@ class OpsApp:
         if path == "/healthz":
             return await respond(send, 200, b"ok\n", b"text/plain")
         if path == "/readyz":
-            ready = False
-            if self.started:
-                with anyio.move_on_after(READY_TIMEOUT):
-                    ready = await self.sidecar.outbound_healthy()
-                    if ready and self.not_ready is not None:
-                        ready = await self.not_ready() is None
-            body = b"ready\n" if ready else b"not ready\n"
-            return await respond(send, 200 if ready else 503, body, b"text/plain")
+            reason = await self.readiness()
+            body = b"ready\n" if reason is None else f"not ready: {reason}\n".encode()
+            return await respond(send, 200 if reason is None else 503, body, b"text/plain")
         return await respond(send, 404)

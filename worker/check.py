@@ -6,7 +6,11 @@ secret store components named by the settings are loaded; the state store has
 the ETAG and TTL capabilities (names of components-contrib's state features, as
 daprd lists them under each component's `capabilities` in /v1.0/metadata); the
 jobs API schedules, reads back and deletes a probe job far in the future; the
-task topic's subscription is registered (metadata `subscriptions`).
+task topic's subscription is registered (metadata `subscriptions`). The `secret:`
+settings are read first (a line of their own), so the checks see their values. A
+missing subscription is a failure only while something answers on the app port:
+daprd asks the worker for it once the port is open, so before the worker starts
+(a pre-flight check) the line is `info`, not checkable yet.
 
 `metadata_checks` is pure (the metadata in, results out); `Readiness` runs those
 for /readyz from a cached metadata document, refreshed while the port is probed.
@@ -26,9 +30,9 @@ from typing import IO, Any, Final
 import anyio
 import structlog
 
-from worker.connect import connect
-from worker.errors import PermanentSidecarError, StartupError, TransientError
-from worker.settings import Settings
+from worker.connect import connect, resolve_secrets
+from worker.errors import PermanentSidecarError, SettingsError, StartupError, TransientError
+from worker.settings import Settings, env_name
 from worker.sidecar import Sidecar, runtime_release
 
 # State features the worker relies on: compare-and-set saves and expiring tombstones.
@@ -37,8 +41,11 @@ PROBE_AHEAD: Final = timedelta(days=3650)  # the probe job never fires: deleted 
 # /readyz re-reads the metadata this often while all is well, and this often while not.
 READY_REFRESH_OK: Final = 30.0
 READY_REFRESH_FAILING: Final = 1.0
+READY_GRACE: Final = 5.0  # seconds for daprd to find the subscription before it is told
+READY_RECHECK_STARTING: Final = 0.1  # ... meanwhile `watch` reads the metadata this often
 EXIT_OK, EXIT_FAILED = 0, 1
 DEV_DISCOVERY_PATIENCE: Final = 5.0  # --check --dev: the embedded sidecar asks the app
+APP_PORT_PATIENCE: Final = 1.0  # seconds to connect to the app port (is the worker up?)
 log = structlog.get_logger("worker")
 
 
@@ -47,11 +54,12 @@ class Result:
     """One check: passed or not, what was seen, and for a failure what to change."""
 
     name: str
-    ok: bool | None  # None: not run, an earlier check it depends on failed
+    ok: bool | None  # None: not run, an earlier check it depends on failed (or `info`)
     detail: str
+    info: bool = False  # not checkable yet (ok None): information, not a failure
 
     def line(self) -> str:
-        mark = {True: "ok  ", False: "FAIL", None: "skip"}[self.ok]
+        mark = "info" if self.info else {True: "ok  ", False: "FAIL", None: "skip"}[self.ok]
         return f"{mark}  {self.name}: {self.detail}"
 
 
@@ -110,7 +118,7 @@ def metadata_checks(settings: Settings, meta: dict[str, Any]) -> list[Result]:
     wanted = (settings.pubsub, settings.task_topic)
     found = isinstance(subs, list) and any(
         isinstance(s, dict) and (s.get("pubsubname"), s.get("topic")) == wanted for s in subs)
-    name = f"subscription {settings.pubsub}/{settings.task_topic}"
+    name = _subscription(settings)
     results.append(Result(name, True, "registered") if found else Result(
         name, False, "not registered; daprd asks the worker (GET /dapr/subscribe) once its app "
                      "port is open: start the worker, check the sidecar's app port "
@@ -161,55 +169,148 @@ async def run_checks(settings: Settings, sidecar: Sidecar, now: datetime) -> lis
         return [*results, Result("metadata", False, f"GET /v1.0/metadata failed: {exc}")]
     results.append(Result("DAPR_API_TOKEN", True, "accepted" if sidecar.headers
                           else "not set, and the sidecar asks for none"))
-    results += metadata_checks(settings, meta)
-    if results[2].ok:  # the version decides the jobs path
+    if refs := settings.secret_refs():
+        names = ", ".join(env_name(f) for f in refs)
+        try:
+            settings = await resolve_secrets(settings, sidecar)
+            results.append(Result("secret settings", True, f"{names} read from secret "
+                                  f"store {settings.secret_store!r}"))
+        except SettingsError as exc:  # the checks below see those settings' defaults
+            results.append(Result("secret settings", False, str(exc)))
+    checked = metadata_checks(settings, meta)
+    results += [await _subscription_now(settings, r) if r.name == _subscription(settings)
+                else r for r in checked]
+    if checked[0].ok:  # the version decides the jobs path
         await sidecar.choose_jobs_api()
     results.append(await _probe_jobs(sidecar, now))
     return results
+
+
+def _subscription(settings: Settings) -> str:
+    return f"subscription {settings.pubsub}/{settings.task_topic}"
+
+
+async def app_port_answers(settings: Settings) -> bool:
+    """Something accepts connections on the worker's app port (REMINDER_HOST:PORT)."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(settings.host,
+                                                                     settings.host)
+    with anyio.move_on_after(APP_PORT_PATIENCE):
+        try:
+            stream = await anyio.connect_tcp(host, settings.port)
+        except OSError:
+            return False
+        await stream.aclose()
+        return True
+    return False
+
+
+async def _subscription_now(settings: Settings, result: Result) -> Result:
+    """A missing subscription fails only while the worker runs: daprd asks the app
+    for it (GET /dapr/subscribe) once the app port answers, so before the worker
+    starts it cannot be checked yet."""
+    if result.ok is not False or await app_port_answers(settings):
+        return result
+    return Result(result.name, None, f"not checkable yet: nothing answers on the app port "
+                  f"({settings.host}:{settings.port}, REMINDER_HOST/REMINDER_PORT), and daprd "
+                  "asks the worker for its subscriptions (GET /dapr/subscribe) once it does; "
+                  "run --check again once the worker runs", info=True)
 
 
 def print_results(results: Sequence[Result], out: IO[str] = sys.stdout) -> int:
     for result in results:
         print(result.line(), file=out)
     failed = sum(1 for r in results if r.ok is False)
-    print(f"{len(results) - failed} of {len(results)} checks passed" if not failed
-          else f"{failed} check{'s' * (failed != 1)} failed", file=out)
+    later = sum(1 for r in results if r.info)
+    checked = len(results) - later
+    summary = (f"{checked - failed} of {checked} checks passed" if not failed
+               else f"{failed} check{'s' * (failed != 1)} failed")
+    if later:
+        summary += f"; {later} not checkable yet (see info)"
+    print(summary, file=out)
     return EXIT_FAILED if failed else EXIT_OK
 
 
 class Readiness:
     """The metadata checks behind /readyz, from a cached /v1.0/metadata: at most one
-    read per refresh interval, so probes stay fast; the reason is logged on change."""
+    read per refresh interval, so probes stay fast. `watch` keeps it fresh without
+    probes and the reason is logged: at start-up, then whenever it changes."""
 
     def __init__(self, settings: Settings, sidecar: Sidecar,
-                 clock: Callable[[], float] = anyio.current_time) -> None:
+                 clock: Callable[[], float] = anyio.current_time,
+                 started: dict[str, Any] | None = None) -> None:
         self.settings = settings
         self.sidecar = sidecar
         self.clock = clock
         self.reason: str | None = "not checked yet"
+        self.started = started or {}  # the start-up line's fields
+        self.told = False  # the start-up line is logged
+        self.waits_for_subscription = False  # the subscription is all that is missing
         self._checked_at: float | None = None
+        self._lock = anyio.Lock()
 
     async def not_ready(self) -> str | None:
         """None when the sidecar has what the worker needs, else the first failure."""
-        now = self.clock()
-        every = READY_REFRESH_OK if self.reason is None else READY_REFRESH_FAILING
-        if self._checked_at is not None and now - self._checked_at < every:
-            return self.reason
-        self._checked_at = now
-        try:
-            meta = await self.sidecar.metadata()
-        except (TransientError, PermanentSidecarError) as exc:
-            reason: str | None = f"metadata: {exc}"
-        else:
-            failed = [r for r in metadata_checks(self.settings, meta) if r.ok is False]
-            reason = failed[0].line()[6:] if failed else None
-        if reason != self.reason:
-            if reason is None:
-                log.info("ready: the sidecar has what the worker needs")
+        async with self._lock:
+            now = self.clock()
+            if self._checked_at is not None and now - self._checked_at < self.every:
+                return self.reason
+            self._checked_at = now
+            self.waits_for_subscription = False
+            try:
+                meta = await self.sidecar.metadata()
+            except (TransientError, PermanentSidecarError) as exc:
+                reason: str | None = f"metadata: {exc}"
+                # not kept: the next probe asks again (a sidecar that is back must not
+                # wait out the interval; one that is down answers at once)
+                self._checked_at = None
             else:
-                log.warning("not ready", reason=reason)
-        self.reason = reason
-        return reason
+                failed = [r for r in metadata_checks(self.settings, meta) if r.ok is False]
+                reason = failed[0].line()[6:] if failed else None
+                self.waits_for_subscription = [r.name for r in failed] == [
+                    _subscription(self.settings)]
+            if reason != self.reason and self.told:
+                if reason is None:
+                    log.info("ready: the sidecar has what the worker needs")
+                else:
+                    log.warning("not ready", reason=reason)
+            self.reason = reason
+            if reason is None:
+                self.tell()
+            return reason
+
+    @property
+    def every(self) -> float:
+        """How long a reading holds. A failing one holds not at all while starting (the
+        start-up line not told yet): daprd is about to find the subscription, and a
+        probe must see it at once."""
+        if self.reason is None:
+            return READY_REFRESH_OK
+        return READY_REFRESH_FAILING if self.told else 0.0
+
+    def tell(self) -> None:
+        """The start-up line, once: `worker ready`, or why it is not."""
+        if self.told:
+            return
+        self.told = True
+        if self.reason is None:
+            log.info("worker ready", **self.started)
+        else:
+            log.warning("worker started, not ready", reason=self.reason,
+                        hint="/readyz answers 503 until this is fixed", **self.started)
+
+    async def watch(self, stop: anyio.Event, grace: float = READY_GRACE) -> None:
+        """Refresh until `stop`: the start-up line once ready, or with the reason at
+        once, but for a missing subscription after `grace` seconds (daprd asks for it
+        only once the app port is open, so a first look may find none); then every
+        change."""
+        deadline = self.clock() + grace
+        while not stop.is_set():
+            await self.not_ready()
+            if not self.told and (not self.waits_for_subscription
+                                  or self.clock() >= deadline):
+                self.tell()
+            with anyio.move_on_after(self.every or READY_RECHECK_STARTING):
+                await stop.wait()
 
 
 @asynccontextmanager
@@ -235,9 +336,10 @@ async def check(settings: Settings, dev: bool, now: datetime) -> list[Result]:
     if not dev:
         async with open_sidecar(settings) as sidecar:
             return await run_checks(settings, sidecar, now)
-    from devsidecar.devrun import run_dev
+    from devsidecar.devrun import resolve_dev_secrets, run_dev
     from worker.daemon import Running
 
+    settings = resolve_dev_secrets(settings)
     running = Running()
     async with anyio.create_task_group() as tg:
         await tg.start(partial(run_dev, settings, running, tell=False))

@@ -43,9 +43,11 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"reminder-worker {__version__}")
     p.add_argument("--replay", metavar="PATH",
-                   help="feed a JSON Lines file of task events ('-' = stdin), then exit")
+                   help="feed a file of task events ('-' = stdin): JSON Lines, a JSON "
+                        "array, or (pretty-printed) JSON objects one after another; then exit")
     p.add_argument("--from", dest="from_line", metavar="N", type=_line_number, default=1,
-                   help="with --replay: start at line N (after an interruption)")
+                   help="with --replay: start at line N (after an interruption, the "
+                        "line it names)")
     p.add_argument("--dry-run", action="store_true",
                    help="with --replay: call no sidecar, print the plan as JSON Lines")
     p.add_argument("--dev", action="store_true",
@@ -98,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.check or args.explain:
         try:
             if args.check and args.dev:
-                check_hosts(settings)
+                check_ports(settings, dev=True)
             if args.check:
                 from worker.check import check_main
 
@@ -126,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return EXIT_USAGE
     try:
-        check_hosts(settings)
+        check_ports(settings, args.dev)
         return anyio.run(_serve, settings, args.dev, args.demo)
     except BaseException as exc:  # task groups wrap a start-up error in an exception group
         error = startup_error(exc)
@@ -134,6 +136,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(error.line(), file=sys.stderr)
         return EXIT_USAGE
+
+
+def check_ports(settings: Settings, dev: bool) -> None:
+    """The app and ops addresses (and with `dev` the development sidecar's) can be
+    listened on; else one ListenError that names every one that cannot."""
+    if dev:
+        from devsidecar.devrun import sidecar_address
+
+        check_hosts(settings, [sidecar_address(settings)])
+    else:
+        check_hosts(settings)
 
 
 def dev_sidecar_installed() -> bool:

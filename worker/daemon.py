@@ -24,10 +24,12 @@ from worker.clock import Clock, system_clock
 from worker.connect import SIDECAR_POLL, Connection, connect
 from worker.listen import listen
 from worker.serving import (
+    Limits,
     Server,
     connection_caps,
     install_accept_error_filter,
     make_server,
+    ops_limits,
     serve_socket,
 )
 from worker.settings import Settings
@@ -43,9 +45,11 @@ SECRETS_PATIENCE: Final = 30.0
 log = structlog.get_logger("worker")
 
 
-def make_worker_server(app: ASGIApp, max_connections: int) -> Server:
-    return make_server(app, max_connections, timeout_graceful_shutdown=DRAIN_SECONDS,
-                       server_header=False, date_header=False)
+def make_worker_server(app: ASGIApp, max_connections: int,
+                       limits: Limits | None = None) -> Server:
+    return make_server(app, max_connections, limits=limits,
+                       timeout_graceful_shutdown=DRAIN_SECONDS, server_header=False,
+                       date_header=False)
 
 
 @dataclass
@@ -80,7 +84,7 @@ async def run_daemon(
         ops_sock = listen(settings.ops_host, settings.ops_port, "REMINDER_OPS_HOST",
                           "REMINDER_OPS_PORT")
         running.ops_port = ops_sock.getsockname()[1]
-        ops_server = make_worker_server(ops, ops_cap)
+        ops_server = make_worker_server(ops, ops_cap, ops_limits(ops_cap))
         running.servers.append(ops_server)
         tg.start_soon(ops_server.serve, [ops_sock])
         try:
@@ -103,15 +107,18 @@ async def run_daemon(
         running.servers.append(app_server)
         async with anyio.create_task_group() as app_tg:
             await app_tg.start(serve_socket, app_server, app_sock)
-            ops.not_ready = Readiness(conn.settings, conn.sidecar).not_ready
+            readiness = Readiness(conn.settings, conn.sidecar, started=dict(
+                app_port=running.app_port, ops_port=running.ops_port, jobs_api=jobs_api,
+                sidecar=conn.settings.sidecar_url, app_max_connections=app_cap,
+                ops_max_connections=ops_cap))
+            ops.not_ready = readiness.not_ready
             ops.started = True
-            log.info("worker ready", app_port=running.app_port, ops_port=running.ops_port,
-                     jobs_api=jobs_api, sidecar=conn.settings.sidecar_url,
-                     app_max_connections=app_cap, ops_max_connections=ops_cap)
+            app_tg.start_soon(readiness.watch, running.stop)  # logs `worker ready` or why not
             task_status.started(running)
             await running.stop.wait()
-            log.info("draining", seconds=DRAIN_SECONDS)
+            log.info("draining", up_to_seconds=DRAIN_SECONDS)
             ops.started = False
+            ops.stopping = True
             app.accepting = False
             app_server.should_exit = True
         ops_server.should_exit = True  # the app server has drained

@@ -27,8 +27,9 @@ into a job trigger's HTTP status: the one place errors become answers.
 from __future__ import annotations
 
 import enum
+import json
 from collections.abc import Mapping
-from typing import Final
+from typing import Any, Final
 
 
 class WorkerError(Exception):
@@ -126,3 +127,20 @@ def status_for(exc: BaseException) -> Status:
 # policy), 200 acknowledges it; a DROP is acknowledged (a retry cannot help).
 JOB_ANSWER: Final[Mapping[Status, int]] = {Status.SUCCESS: 200, Status.RETRY: 500,
                                            Status.DROP: 200}
+
+
+MAX_SHOWN: Final = 80  # characters of a bad value a problem repeats
+
+
+def shown(value: Any, message: str) -> str:
+    """` (got <value as JSON>)` after `message`, unless it shows the value already."""
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        text = repr(value)
+    if len(text) > MAX_SHOWN:
+        text = text[:MAX_SHOWN - 3] + "..."
+    if text in message or (isinstance(value, str) and (repr(value)[:MAX_SHOWN] in message
+                                                        or value in message)):
+        return ""
+    return f" (got {text})"

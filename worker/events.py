@@ -24,7 +24,7 @@ from typing import Any, Final
 import structlog
 
 from worker import jsoncodec
-from worker.errors import InvalidEvent
+from worker.errors import InvalidEvent, shown
 from worker.records import Order
 from worker.schedule import MAX_YEAR, MIN_YEAR, UTC
 
@@ -220,9 +220,10 @@ def _changes(payload: object) -> tuple[dict[str, Any], dict[str, str], tuple[str
                 try:
                     changes[name] = _checked(name, payload[alias])
                 except ValueError as exc:
+                    said = f"payload.{alias}: {exc}{shown(payload[alias], str(exc))}"
                     if name == "timezone":  # every wall-clock time depends on it
-                        raise InvalidEvent(f"payload.{alias}: {exc}") from None
-                    rejected[name] = f"payload.{alias}: {exc}"
+                        raise InvalidEvent(said) from None
+                    rejected[name] = said
                 break
     ignored: tuple[str, ...] = ()
     if len(read) < len(payload):

@@ -3,9 +3,13 @@ scheduler really holds.
 
 Read-only: the task record (state store), then one `GET` per job it lists (jobs
 API; daprd answers a missing job with 500 DAPR_SCHEDULER_GET_JOB, read as "not
-scheduled"). The next occurrence is the planner's own answer for a completion
-now (the record and a synthetic `task.completed` of this instant, through
-`make_plan`), so it is what completing the task now would request.
+scheduled"). The next occurrence of an active task is the planner's own answer
+for a completion now (the record and a synthetic `task.completed` of this
+instant, through `make_plan`), so it is what completing the task now would
+request; of a completed task, the one its completion requested (planned again
+from the completion's timestamp, as a redelivery would be), or that the series
+ended there. The reminders a finished task no longer holds are told as fired
+(due before its completion or deletion) or deleted (due after it).
 
 `view` is the only function that knows the record's layout (plan.py's docstring).
 """
@@ -21,12 +25,12 @@ from typing import IO, Any
 import anyio
 
 from worker.check import open_sidecar
-from worker.connect import check_sidecar
+from worker.connect import check_sidecar, resolve_secrets
 from worker.events import TaskEvent
 from worker.keys import task_key
 from worker.kinds import Slot
 from worker.misfire import judge
-from worker.plan import PlanConfig, grace_of, make_plan, wanted_slots
+from worker.plan import PlanConfig, grace_of, make_plan, requested_next, wanted_slots
 from worker.records import load_record
 from worker.schedule import format_local, format_utc, load_zone
 from worker.settings import Settings
@@ -121,12 +125,16 @@ async def explain(sidecar: Sidecar, store: str, user_id: str, task_id: str, now:
         reminders.append(entry)
     held = set(task.jobs.values())
     skipped = []
+    ended = load_record(record).order.timestamp  # a completion or deletion: its instant
     for slot in task.wanted:
         if slot in held:
             continue
         at = slot.at
-        if task.status != "active":
-            reason = f"the task is {task.status}: its reminders were deleted"
+        if task.status != "active" and at <= ended:
+            reason = f"fired: it was due before the task was {task.status} ({format_utc(ended)})"
+        elif task.status != "active":
+            reason = (f"deleted: the task was {task.status} ({format_utc(ended)}) before it "
+                      "was due")
         elif at <= now and not judge(at, task.due_at, now, task.grace).publish:
             reason = ("past the misfire grace with the task already due: missed when "
                       "the event was applied, or fired earlier and forgotten")
@@ -136,18 +144,39 @@ async def explain(sidecar: Sidecar, store: str, user_id: str, task_id: str, now:
             reason = "no job in the record"
         skipped.append({"at": format_utc(at), "local": format_local(at, zone),
                         "kind": slot.kind, "reason": reason})
-    nxt = next_if_completed_now(record, now, config)
     return {
         "user_id": task.user_id, "task_id": task.task_id, "status": task.status,
         "last_event": task.last_event, "title": task.title,
         "due_at": format_utc(task.due_at) if task.due_at else None,
         "due_local": task.due_local, "timezone": task.timezone,
         "recurrence": task.recurrence, "reminders": reminders, "skipped": skipped,
-        "next_occurrence": None if nxt is None else {
-            "due_at": nxt["next_due_at"], "local": nxt["next_due_local"],
-            "assumes": f"the task is completed now ({format_utc(now.replace(microsecond=0))})"},
+        "next_occurrence": next_occurrence(record, now, config),
         "record": record,
     }
+
+
+def next_occurrence(doc: dict[str, Any], now: datetime, config: PlanConfig
+                    ) -> dict[str, Any] | None:
+    """What `--explain` says of the series: for an active task the occurrence completing
+    it now would request (state "if completed now"); for a completed one the
+    occurrence its completion requested (state "requested") or that the series ended
+    there (state "ended", no instant); None without a recurrence or for a deleted task."""
+    record = load_record(doc)
+    if record.task.recurrence is None or record.status == "deleted":
+        return None
+    if record.status == "active":
+        body = next_if_completed_now(doc, now, config)
+        assumes = f"the task is completed now ({format_utc(now.replace(microsecond=0))})"
+        if body is None:
+            return {"state": "ends", "assumes": assumes}
+        return {"state": "if completed now", "due_at": body["next_due_at"],
+                "local": body["next_due_local"], "assumes": assumes}
+    completed = format_utc(record.order.timestamp)
+    requested = requested_next(record)
+    if requested is None:
+        return {"state": "ended", "completed_at": completed}
+    return {"state": "requested", "due_at": requested.body["next_due_at"],
+            "local": requested.body["next_due_local"], "completed_at": completed}
 
 
 def render(found: dict[str, Any], out: IO[str] = sys.stdout) -> None:
@@ -178,10 +207,19 @@ def render(found: dict[str, Any], out: IO[str] = sys.stdout) -> None:
         say("not scheduled" if i == 0 else "",
             f"{s['at']}  {s['local']}  {s['kind']}  {s['reason']}")
     nxt = found["next_occurrence"]
-    if nxt is not None:
+    if nxt is None:
+        if found["recurrence"]:
+            say("next occurrence", f"none (the task is {found['status']})")
+    elif nxt["state"] == "if completed now":
         say("next occurrence", f"{nxt['due_at']} ({nxt['local']}), if {nxt['assumes']}")
-    elif found["recurrence"]:
-        say("next occurrence", "none (the series has ended, or the task is not active)")
+    elif nxt["state"] == "ends":
+        say("next occurrence", f"none: the series ends if {nxt['assumes']}")
+    elif nxt["state"] == "requested":
+        say("next occurrence", f"{nxt['due_at']} ({nxt['local']}), requested from the task "
+            f"service when the task was completed ({nxt['completed_at']})")
+    else:
+        say("next occurrence", f"none: the series ended with the completion of "
+            f"{nxt['completed_at']}")
 
 
 async def _explain(settings: Settings, user_id: str, task_id: str, now: datetime,
@@ -191,6 +229,7 @@ async def _explain(settings: Settings, user_id: str, task_id: str, now: datetime
             return (f"reminder-worker: no Dapr sidecar answers at {settings.sidecar_url}; start "
                     "daprd beside the worker, or set DAPR_HTTP_PORT / DAPR_HTTP_ENDPOINT")
         await check_sidecar(sidecar)  # token and version: a StartupError says what to change
+        settings = await resolve_secrets(settings, sidecar)  # the store's name may be one
         config = PlanConfig(settings.all_day_time, settings.default_reminders,
                             settings.misfire_grace_delta, settings.default_quiet_hours)
         return await explain(sidecar, settings.state_store, user_id, task_id, now, config)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import socket
+from collections.abc import Sequence
 from typing import Final
 
 from worker.errors import ListenError
@@ -53,16 +54,27 @@ def listen(host: str, port: int, host_env: str, port_env: str) -> socket.socket:
         raise listen_error(exc, host, port, host_env, port_env) from None
 
 
-def check_hosts(settings: Settings) -> None:
+Address = tuple[str, int, str, str]  # host, port, and the settings that name them
+
+
+def check_hosts(settings: Settings, also: Sequence[Address] = ()) -> None:
     """Raise ListenError when the app or ops address cannot be listened on (a host that is
     no address here, a port already taken), before anything starts: the app port is
-    otherwise bound only once the sidecar answers."""
-    for host, port, host_env, port_env in (
-            (settings.host, settings.port, "REMINDER_HOST", "REMINDER_PORT"),
-            (settings.ops_host, settings.ops_port, "REMINDER_OPS_HOST", "REMINDER_OPS_PORT")):
+    otherwise bound only once the sidecar answers. Both are tried, and `also` (the
+    development sidecar's), and a failure of each is told in the one line. An address
+    read from the secret store is tried when it is bound (its value is not known yet)."""
+    problems: list[str] = []
+    refs = settings.secret_refs()
+    for host, port, host_env, port_env, fields in (
+            (settings.host, settings.port, "REMINDER_HOST", "REMINDER_PORT", ("host", "port")),
+            (settings.ops_host, settings.ops_port, "REMINDER_OPS_HOST", "REMINDER_OPS_PORT",
+             ("ops_host", "ops_port")),
+            *((*address, ()) for address in also)):
+        if any(f in refs for f in fields):
+            continue
         try:
             bind_socket(host, port).close()
-        except (socket.gaierror, UnicodeError) as exc:  # UnicodeError: idna refuses a label
-            raise listen_error(exc, host, port, host_env, port_env) from None
-        except OSError as exc:
-            raise listen_error(exc, host, port, host_env, port_env) from None
+        except (OSError, UnicodeError) as exc:  # UnicodeError: idna refuses a label
+            problems.append(str(listen_error(exc, host, port, host_env, port_env)))
+    if problems:
+        raise ListenError("; and ".join(problems))

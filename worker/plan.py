@@ -26,7 +26,7 @@ from datetime import datetime, time, timedelta
 from typing import Any, Final, Literal, TypeVar
 from zoneinfo import ZoneInfo
 
-from worker.errors import InvalidEvent
+from worker.errors import InvalidEvent, shown
 from worker.events import TaskEvent, is_blank
 from worker.keys import job_name, occurrence_key
 from worker.kinds import Slot, parse_duration
@@ -252,7 +252,7 @@ def merge(prior: Task, changes: dict[str, Any], config: PlanConfig,
             elif name == "floating":
                 new["floating"] = bool(value)
         except (ValueError, OverflowError, TypeError) as exc:
-            problems.append(f"payload.{name}: {exc}")
+            problems.append(f"payload.{name}: {exc}{shown(value, str(exc))}")
     if prior.due_at is not None and not due_applied and zone.key != prior.timezone:
         if new.get("floating", prior.floating) and prior.due_local is not None:
             new.update(_floated(prior, load_zone(prior.timezone), zone, "remind_at" in new))
@@ -338,7 +338,7 @@ def _entries(name: str, value: list[Any] | None, parse: Callable[[Any], T],
         try:
             parsed.append(parse(item))
         except (ValueError, OverflowError, TypeError) as exc:
-            problems.append(f"payload.{name}[{index}]: {exc}")
+            problems.append(f"payload.{name}[{index}]: {exc}{shown(item, str(exc))}")
             bad += 1
     return None if bad and not parsed else parsed
 
@@ -436,6 +436,19 @@ def _next(event: TaskEvent, task: Task, rec: Recurrence) -> NextOccurrence | Non
     key = occurrence_key(event.user_id, event.task_id, nxt)
     return NextOccurrence(key, nxt.astimezone(UTC), next_occurrence_body(
         event.user_id, event.task_id, task, rec, zone, nxt, current_wall, key))
+
+
+def requested_next(record: TaskRecord) -> NextOccurrence | None:
+    """The next occurrence the completion that completed `record` requested (its last
+    applied event), None when the series ended there; planned again as a redelivery
+    of that completion would be (`_next` works from the completion's timestamp)."""
+    rec = record.task.recurrence
+    if record.status != "completed" or rec is None:
+        return None
+    event = TaskEvent(event_type="task.completed", task_id=record.task_id,
+                      user_id=record.user_id, timestamp=record.order.timestamp,
+                      event_id="explain")
+    return _next(event, record.task, rec)
 
 
 def record_ttl(old: TaskRecord | None, new: TaskRecord) -> int | None:

@@ -68,38 +68,46 @@ class Rule:
     wkst: int = 0
 
 
-def _ints(key: str, value: str) -> tuple[int, ...]:
+def _ints(key: str, value: str, typed: str) -> tuple[int, ...]:
+    """`value`'s integers; a ValueError shows `typed`, the value as the user typed it."""
     low, high, signed = _INT_PARTS[key]
     numbers = set()
-    for item in value.split(","):
+    for index, item in enumerate(value.split(",")):
         if not re.fullmatch(r"[+-]?\d{1,3}" if signed else r"\d{1,2}", item):
-            raise ValueError(f"invalid {key}: {value:.40}")
+            raise ValueError(f"invalid {key}: {typed:.40}")
         number = int(item)
         if not low <= abs(number) <= high or (number < 0 and not signed):
-            raise ValueError(f"{key} value out of range: {item}")
+            raise ValueError(f"{key} value out of range: {_item(typed, index)}")
         numbers.add(number)
     return tuple(sorted(numbers))
 
 
-def _bounded_int(parts: dict[str, str], key: str, high: int) -> int | None:
+def _item(typed: str, index: int) -> str:
+    """Entry `index` of a comma-separated value as typed."""
+    items = typed.split(",")
+    return items[index].strip() if index < len(items) else typed
+
+
+def _bounded_int(parts: dict[str, str], key: str, high: int, typed: dict[str, str]
+                 ) -> int | None:
     if key not in parts:
         return None
     if not re.fullmatch(r"\d{1,9}", parts[key]) or not 1 <= int(parts[key]) <= high:
-        raise ValueError(f"{key} must be an integer from 1 to {high}: {parts[key]:.20}")
+        raise ValueError(f"{key} must be an integer from 1 to {high}: {typed[key]:.20}")
     return int(parts[key])
 
 
-def _parse_until(value: str) -> tuple[datetime | None, datetime | None]:
+def _parse_until(value: str, typed: str) -> tuple[datetime | None, datetime | None]:
     match = re.fullmatch(r"(\d{4})(\d{2})(\d{2})(?:T(\d{2})(\d{2})(\d{2})(Z)?)?", value)
     if match is None:
-        raise ValueError(f"invalid UNTIL: {value:.40}")
+        raise ValueError(f"invalid UNTIL: {typed:.40}")
     y, mo, d, h, mi, s, z = match.groups()
     try:
         if h is None:  # a date: the whole local day is included
             return None, datetime.combine(date(int(y), int(mo), int(d)), time.max)
         moment = datetime(int(y), int(mo), int(d), int(h), int(mi), int(s))  # noqa: DTZ001
     except ValueError:
-        raise ValueError(f"invalid UNTIL date: {value}") from None
+        raise ValueError(f"invalid UNTIL date: {typed:.40}") from None
     return (moment.replace(tzinfo=UTC), None) if z else (None, moment)
 
 
@@ -118,12 +126,15 @@ def _satisfiable(months: tuple[int, ...], monthdays: tuple[int, ...],
     return False
 
 
-def _split(text: str) -> dict[str, str]:
+def _split(text: str) -> tuple[dict[str, str], dict[str, str]]:
+    """The rule's parts, KEY -> VALUE normalized (upper case, no blanks), and each
+    value as the user typed it (for messages: a rule is told as it was written)."""
     if not isinstance(text, str) or not text.strip() or len(text) > 512:
         raise ValueError("recurrence rule is empty or too long")
-    body = re.sub(r"[ \t]+", "", text).upper()  # spaces around ";" and "=" are accepted
-    if body.startswith("RRULE:"):
-        body = body[6:]
+    written = text.strip()
+    if written[:6].upper() == "RRULE:":
+        written = written[6:]
+    body = re.sub(r"[ \t]+", "", written).upper()  # spaces around ";" and "=" are accepted
     if "DTSTART" in body:
         raise ValueError(
             "DTSTART inside the rule text is not supported; "
@@ -132,28 +143,33 @@ def _split(text: str) -> dict[str, str]:
     if any(c in body for c in ":\r\n"):
         raise ValueError("only a single RRULE is supported (no other content lines)")
     parts: dict[str, str] = {}
-    for pair in filter(None, body.split(";")):
+    typed: dict[str, str] = {}
+    for piece in written.split(";"):
+        pair = re.sub(r"[ \t]+", "", piece).upper()
+        if not pair:
+            continue
         key, sep, value = pair.partition("=")
         if not sep or not re.fullmatch(r"[A-Z]+", key) or not value:
-            raise ValueError(f"malformed rule part: {pair!r:.40}")
+            raise ValueError(f"malformed rule part: {piece.strip()!r:.40}")
         if key in parts:
-            raise ValueError(f"rule part given twice: {key}")
+            raise ValueError(f"rule part given twice: {piece.strip().partition('=')[0].strip()}")
         parts[key] = value
-    return parts
+        typed[key] = piece.partition("=")[2].strip()
+    return parts, typed
 
 
 @lru_cache(maxsize=2048)
 def parse_rule(text: str) -> Rule:
     """Validate and normalize RRULE text (ValueError with the reason); cached."""
     shorthand = SHORTHANDS.get(text.strip().lower()) if isinstance(text, str) else None
-    parts = _split(shorthand or text)
+    parts, typed = _split(shorthand or text)
     freq = parts.get("FREQ")
     if freq is None:
         raise ValueError("recurrence rule has no FREQ")
     if freq == "SECONDLY":
         raise ValueError("FREQ=SECONDLY is not supported: tasks recur at most every minute")
     if freq not in FREQS:
-        raise ValueError(f"unknown FREQ: {freq:.20}")
+        raise ValueError(f"unknown FREQ: {typed['FREQ']:.20}")
     known = {"FREQ", "INTERVAL", "COUNT", "UNTIL", "BYDAY", "WKST", *_INT_PARTS}
     unknown = sorted(set(parts) - known)
     if unknown:
@@ -161,30 +177,33 @@ def parse_rule(text: str) -> Rule:
     for key, freqs in _NOT_APPLICABLE.items():
         if key in parts and freq in freqs:
             raise ValueError(f"{key} cannot be used with FREQ={freq}")
-    interval = _bounded_int(parts, "INTERVAL", MAX_INTERVAL) or 1
-    count = _bounded_int(parts, "COUNT", MAX_COUNT)
+    interval = _bounded_int(parts, "INTERVAL", MAX_INTERVAL, typed) or 1
+    count = _bounded_int(parts, "COUNT", MAX_COUNT, typed)
     if count is not None and "UNTIL" in parts:
         raise ValueError("COUNT and UNTIL cannot both be given")
-    until_utc, until_local = _parse_until(parts["UNTIL"]) if "UNTIL" in parts else (None, None)
-    numbers = {key: _ints(key, parts[key]) for key in _INT_PARTS if key in parts}
+    until_utc, until_local = (_parse_until(parts["UNTIL"], typed["UNTIL"]) if "UNTIL" in parts
+                              else (None, None))
+    numbers = {key: _ints(key, parts[key], typed[key]) for key in _INT_PARTS if key in parts}
     plain: set[int] = set()
     nth: set[tuple[int, int]] = set()
-    for item in parts["BYDAY"].split(",") if "BYDAY" in parts else ():
+    for index, item in enumerate(parts["BYDAY"].split(",") if "BYDAY" in parts else ()):
         match = re.fullmatch(r"([+-]?\d{1,2})?(MO|TU|WE|TH|FR|SA|SU)", item)
         if match is None:
-            raise ValueError(f"invalid BYDAY: {parts['BYDAY']:.40}")
+            raise ValueError(f"invalid BYDAY: {typed['BYDAY']:.40}")
         weekday = WEEKDAYS.index(match.group(2))
         if match.group(1) is None:
             plain.add(weekday)
             continue
         n, limit = int(match.group(1)), {"MONTHLY": 5, "YEARLY": 53}.get(freq, 0)
         if not 1 <= abs(n) <= limit or (freq == "YEARLY" and "BYWEEKNO" in parts):
-            raise ValueError(f"BYDAY {item} is not valid with FREQ={freq}")
+            raise ValueError(f"BYDAY {_item(typed['BYDAY'], index)} is not valid with "
+                             f"FREQ={typed['FREQ']}")
         if freq == "YEARLY" and "BYMONTH" in parts and abs(n) > 5:
-            raise ValueError(f"BYDAY {item} is not valid within a month (BYMONTH)")
+            raise ValueError(f"BYDAY {_item(typed['BYDAY'], index)} is not valid within a "
+                             "month (BYMONTH)")
         nth.add((weekday, n))
     if "WKST" in parts and parts["WKST"] not in WEEKDAYS:
-        raise ValueError(f"invalid WKST: {parts['WKST']:.10}")
+        raise ValueError(f"invalid WKST: {typed['WKST']:.10}")
     months, monthdays, yeardays = (numbers.get(k, ()) for k in ("BYMONTH", "BYMONTHDAY",
                                                                 "BYYEARDAY"))
     if not _satisfiable(months, monthdays, yeardays):

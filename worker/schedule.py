@@ -17,6 +17,7 @@ Recurrences (RRULE expansion) live in `worker.recurrence`.
 
 from __future__ import annotations
 
+import difflib
 import io
 import re
 import struct
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from functools import cached_property, lru_cache
 from typing import NamedTuple
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 UTC = ZoneInfo("UTC")
 
@@ -59,11 +60,26 @@ def load_zone(name: str) -> ZoneInfo:
         or not _ZONE_NAME.fullmatch(name)
         or name in {"localtime", "posixrules"}  # files in the zone directory, not zones
     ):
-        raise ValueError(f"unknown time zone: {name!r:.80}")
+        raise ValueError(f"unknown time zone: {name!r:.80}{_did_you_mean(name)}")
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
-        raise ValueError(f"unknown time zone: {name!r}") from exc
+        raise ValueError(f"unknown time zone: {name!r}{_did_you_mean(name)}") from exc
+
+
+@lru_cache(maxsize=1)
+def _zone_names() -> dict[str, str]:
+    """Every IANA zone name, by its lower-case form (read once: it lists a directory)."""
+    return {zone.lower(): zone for zone in available_timezones()}
+
+
+def _did_you_mean(name: object) -> str:
+    """` (did you mean 'Europe/Berlin'?)` for a close IANA name, else nothing."""
+    if not isinstance(name, str) or not 0 < len(name) <= 64:
+        return ""
+    names = _zone_names()
+    close = difflib.get_close_matches(name.strip().lower(), names, n=1, cutoff=0.8)
+    return f" (did you mean {names[close[0]]!r}?)" if close else ""
 
 
 def fixed_offset_zone(sign: str, hours: str, minutes: str) -> ZoneInfo:

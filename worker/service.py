@@ -82,7 +82,7 @@ class Service:
         try:
             parsed = parse_delivery(body)
         except Exception as exc:  # nothing but this body can make parsing fail
-            return self._event_failed("unknown", exc, log.bind(trace_id=trace_id))
+            return self._event_failed("unknown", exc, log.bind(**_present(trace_id=trace_id)))
         return await self.handle_parsed(parsed, trace_id)
 
     async def handle_parsed(self, parsed: TaskEvent | Ignored,
@@ -92,8 +92,9 @@ class Service:
             log.info("event ignored", event_type=parsed.event_type[:100])
             return Status.SUCCESS
         # Every line logged while handling the event (here and below) carries its ids.
-        token = logs.bind(event_id=parsed.event_id or parsed.ce_id, task_id=parsed.task_id,
-                          event_type=parsed.event_type, trace_id=parsed.trace_id or trace_id)
+        token = logs.bind(**_present(event_id=parsed.event_id or parsed.ce_id,
+                                     task_id=parsed.task_id, event_type=parsed.event_type,
+                                     trace_id=parsed.trace_id or trace_id))
         try:
             return await self._answer(parsed)
         finally:
@@ -334,8 +335,9 @@ class Service:
         try:
             user_id, task_id, instant, order = _job_of(name, body)
         except InvalidEvent as exc:
-            return self._trigger_failed(exc, log.bind(job=name[:100], trace_id=trace_id))
-        bound = log.bind(task_id=task_id, job=name, trace_id=trace_id)
+            return self._trigger_failed(exc, log.bind(**_present(job=name[:100],
+                                                                 trace_id=trace_id)))
+        bound = log.bind(**_present(task_id=task_id, job=name, trace_id=trace_id))
         try:
             await self._fire(bound, name, user_id, task_id, instant, order)
         except Exception as exc:
@@ -366,7 +368,8 @@ class Service:
         if decision == "behind":
             raise Conflict("the event that scheduled this job is not saved yet")
         if decision == "skip" or record is None:
-            bound.info("reminder skipped", status=record and record.status, reason="superseded")
+            bound.info("reminder skipped", reason="superseded",
+                       **_present(status=record and record.status))
             self.metrics.reminders.labels("skipped").inc()
             return
         slot = record.jobs[name]
@@ -394,7 +397,6 @@ class Service:
         self.metrics.lateness.observe(max(0.0, (fired_at - instant).total_seconds()))
         bound.info("reminder published", reminder_id=envelope["id"])
 
-
     async def _mark_fired(self, bound: Any, marker: str, fired_at: datetime) -> None:
         """Remember that this job's reminder was published, so a re-fire (the scheduler
         delivers at least once) publishes nothing more. Best effort: the reminder is
@@ -409,6 +411,11 @@ class Service:
             pass  # a racing trigger marked it
         except Exception as exc:
             bound.warning("could not mark the reminder published", error=str(exc))
+
+
+def _present(**fields: Any) -> dict[str, Any]:
+    """`fields` without the absent ones (None): a log line leaves out what it lacks."""
+    return {k: v for k, v in fields.items() if v is not None}
 
 
 def _job_of(name: str, body: bytes) -> tuple[str, int | str, datetime, Order]:

@@ -8,6 +8,15 @@ opened (or after its request began) is closed (slowloris, idle sockets); an idle
 keep-alive connection is closed after `KEEP_ALIVE_SECONDS`; a connection above the
 port's cap is answered 503 and closed as soon as it is accepted.
 
+The ops port (`ops_limits`) is probed by the kubelet, which opens a connection per
+probe: there idle connections are closed after `OPS_IDLE_SECONDS`, and a connection
+above the cap closes the longest-idle connection (one waiting for a request: none
+begun, no answer pending, and no byte waiting in its socket) instead of being
+refused, so clients that open connections and forget them cannot make a probe fail:
+a probe sends its request as soon as it connects, and its bytes wait in the socket
+until the loop reads them (refusing the newcomer instead would fail every probe
+while the forgotten connections keep coming).
+
 Why a cap at accept and not uvicorn's `limit_concurrency`: that option answers 503
 only once a request has been read, so idle or slow connections still each hold a
 file handle and memory. Pausing accept would need asyncio internals; closing at
@@ -19,8 +28,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import resource
 import socket
+import struct
+import termios
 import time
 from collections.abc import Awaitable, Callable, Generator, MutableMapping
 from dataclasses import dataclass
@@ -58,6 +70,9 @@ DEV_SIDECAR_MAX_CONNECTIONS: Final = 512
 # listening sockets, logs, the interpreter.
 RESERVED_FDS: Final = 128
 MIN_CAP: Final = 4
+# The ops port: an idle connection (nothing sent, or keep-alive after an answer) is
+# closed after this long (the kubelet and Prometheus send at once).
+OPS_IDLE_SECONDS: Final = 2.0
 ACCEPT_ERROR_LOG_INTERVAL: Final = 10.0  # seconds between "out of file handles" lines
 
 log = structlog.get_logger("worker")
@@ -70,6 +85,16 @@ class Limits:
     max_headers: int = MAX_HEADERS
     request_timeout: float = REQUEST_TIMEOUT
     linger: float = LINGER_SECONDS
+    keep_alive: float = KEEP_ALIVE_SECONDS
+    # At the cap: close the longest-idle connection instead of refusing the newcomer
+    # (which is refused when none is idle).
+    evict_idle: bool = False
+
+
+def ops_limits(max_connections: int) -> Limits:
+    """The ops port's: idle connections go after OPS_IDLE_SECONDS and give way at the cap."""
+    return Limits(max_connections, request_timeout=OPS_IDLE_SECONDS,
+                  keep_alive=OPS_IDLE_SECONDS, evict_idle=True)
 
 
 class LimitedConfig(uvicorn.Config):
@@ -84,8 +109,10 @@ class LimitedConfig(uvicorn.Config):
             kwargs.setdefault(name, value)
         # log_config None: uvicorn's records go to the root logger, which worker.logs
         # renders with structlog (uvicorn's own config would print plain text).
+        # uvicorn takes whole seconds; the protocol sets the exact keep-alive itself.
         super().__init__(app, http=LimitedProtocol, backlog=BACKLOG,
-                         timeout_keep_alive=KEEP_ALIVE_SECONDS, log_config=None, **kwargs)
+                         timeout_keep_alive=max(1, round(limits.keep_alive)), log_config=None,
+                         **kwargs)
 
 
 class _HeadTooLarge(Exception):
@@ -115,10 +142,12 @@ class LimitedProtocol(HttpToolsProtocol):
         self._heads_done = 0
         self._timer: asyncio.TimerHandle | None = None
         self._refused = False
+        self.timeout_keep_alive = self.limits.keep_alive  # type: ignore[assignment]
+        self._idle_since = self.loop.time()  # waiting for a request since
 
     # -- connection -----------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        if len(self.connections) >= self.limits.max_connections:
+        if len(self.connections) >= self.limits.max_connections and not self._evict_idle():
             self._refused = True
             self.transport = transport
             transport.write(_REFUSE_503)
@@ -126,6 +155,34 @@ class LimitedProtocol(HttpToolsProtocol):
             return
         super().connection_made(transport)
         self._arm(self.limits.request_timeout)
+
+    def _evict_idle(self) -> bool:
+        """With `Limits.evict_idle`, close the longest-idle connection of this port;
+        False when none is idle (or eviction is off)."""
+        if not self.limits.evict_idle:
+            return False
+        oldest: LimitedProtocol | None = None
+        for other in self.connections:
+            if (isinstance(other, LimitedProtocol) and other._waiting()
+                    and (oldest is None or other._idle_since < oldest._idle_since)):
+                oldest = other
+        if oldest is None:
+            return False
+        oldest._disarm()
+        oldest.transport.close()
+        return True
+
+    def _waiting(self) -> bool:
+        """Waiting for a request: none begun, no answer pending, nothing sent and not
+        read yet (idle since `_idle_since`)."""
+        return (not self._refused and not self.transport.is_closing()
+                and self._in_head and not self._head_bytes and not self.pipeline
+                and (self.cycle is None or self.cycle.response_complete)
+                and not _unread_bytes(self.transport))
+
+    def on_response_complete(self) -> None:
+        self._idle_since = self.loop.time()
+        super().on_response_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -218,6 +275,17 @@ class LimitedProtocol(HttpToolsProtocol):
         self.transport.close()  # a running handler sees http.disconnect
 
 
+def _unread_bytes(transport: asyncio.Transport) -> int:
+    """Bytes the peer sent that wait in the socket, unread (1 when that cannot be told:
+    such a connection is never taken for an idle one)."""
+    sock = transport.get_extra_info("socket")
+    try:
+        raw = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+    except (AttributeError, OSError, ValueError):
+        return 1
+    return int(struct.unpack("i", raw)[0])
+
+
 class Server(uvicorn.Server):
     """uvicorn without its own signal handlers: the embedding process owns SIGTERM."""
 
@@ -226,9 +294,11 @@ class Server(uvicorn.Server):
         yield
 
 
-def make_server(app: Any, max_connections: int, **options: Any) -> Server:
-    """A uvicorn server for `app` with this module's limits (`options`: uvicorn.Config)."""
-    return Server(LimitedConfig(app, Limits(max_connections), **options))
+def make_server(app: Any, max_connections: int, *, limits: Limits | None = None,
+                **options: Any) -> Server:
+    """A uvicorn server for `app` with this module's limits (`limits` None: the default
+    ones with a cap of `max_connections`; `options`: uvicorn.Config)."""
+    return Server(LimitedConfig(app, limits or Limits(max_connections), **options))
 
 
 async def serve_socket(server: Server, sock: socket.socket, *, shield: bool = False,

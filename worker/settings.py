@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from datetime import time, timedelta
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import (
+    AliasChoices,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from worker.errors import SettingsError
 from worker.kinds import parse_duration
@@ -16,10 +29,16 @@ from worker.quiet import QuietHours, parse_quiet_hours
 from worker.schedule import Offset, parse_offset
 
 SECRET_PREFIX = "secret:"
-# These reach the sidecar (or name the secret store) and so cannot come from it.
+# These reach the sidecar, name the secret store, or are used before the secrets are
+# read (the ops port opens and logging starts before the sidecar answers), and so
+# cannot come from the secret store. Every other setting may be `secret:NAME/KEY`.
 NOT_FROM_SECRETS = frozenset(
-    {"dapr_http_endpoint", "dapr_http_port", "dapr_api_token", "secret_store"}
+    {"dapr_http_endpoint", "dapr_http_port", "dapr_api_token", "secret_store",
+     "sidecar_timeout", "ops_host", "ops_port", "log_format", "log_level"}
 )
+# Never echoed in an error message.
+SECRET_VALUED = frozenset({"dapr_api_token", "app_api_token"})
+MAX_ECHOED = 80  # characters of a bad value an error message repeats
 # Each delivery and job trigger is answered within this many seconds: below daprd's
 # appDelivery timeout (components/resiliency.yaml, 30 s), so the worker answers RETRY
 # and stops the handler before daprd gives up on the call and redelivers meanwhile.
@@ -78,13 +97,26 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", validation_alias=_env("REMINDER_LOG_LEVEL")
     )
+    # Settings given as `secret:NAME/KEY` (field -> (name, key)): until `with_secrets`
+    # those fields hold their defaults, never the reference text.
+    _refs: dict[str, tuple[str, str]] = PrivateAttr(default_factory=dict)
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Only what `load_settings` passes: it reads the environment itself, so that a
+        `secret:` value never reaches a field's validation."""
+        return (init_settings,)
 
     @field_validator("dapr_http_endpoint")
     @classmethod
     def _endpoint(cls, value: str | None) -> str | None:
         if value is None or value == "":
             return None
-        if value.startswith(SECRET_PREFIX) or not re.match(r"^https?://[^/\s]+", value):
+        if not re.match(r"^https?://[^/\s]+", value):
             raise ValueError("must be an http:// or https:// URL")
         return value.rstrip("/")
 
@@ -100,7 +132,7 @@ class Settings(BaseSettings):
                      "state_store", "task_app_id", "app_id")
     @classmethod
     def _component_name(cls, value: str) -> str:
-        if not value.startswith(SECRET_PREFIX) and not _COMPONENT.match(value):
+        if not _COMPONENT.match(value):
             raise ValueError("must match [A-Za-z0-9][A-Za-z0-9._-]*")
         return value
 
@@ -118,7 +150,7 @@ class Settings(BaseSettings):
     @classmethod
     def _method(cls, value: str) -> str:
         value = value.strip("/")
-        if not value.startswith(SECRET_PREFIX) and (not _METHOD.match(value) or ".." in value):
+        if not _METHOD.match(value) or ".." in value:
             raise ValueError("must be a URL path like api/tasks/create-next")
         return value
 
@@ -168,14 +200,9 @@ class Settings(BaseSettings):
         return self.dapr_http_endpoint or f"http://127.0.0.1:{self.dapr_http_port}"
 
     def secret_refs(self) -> dict[str, tuple[str, str]]:
-        """Settings whose value is `secret:NAME/KEY`, as field -> (name, key)."""
-        refs: dict[str, tuple[str, str]] = {}
-        for field, value in self.model_dump().items():
-            raw = value.get_secret_value() if isinstance(value, SecretStr) else value
-            if isinstance(raw, str) and raw.startswith(SECRET_PREFIX):
-                name, sep, key = raw[len(SECRET_PREFIX):].partition("/")
-                refs[field] = (name, key if sep else name)
-        return refs
+        """Settings given as `secret:NAME/KEY`, as field -> (name, key); empty once
+        resolved (`with_secrets`)."""
+        return dict(self._refs)
 
 
 def env_name(field: str) -> str:
@@ -184,49 +211,80 @@ def env_name(field: str) -> str:
     return str(alias.choices[0])
 
 
-def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
-    """Validate the environment; SettingsError with one line naming the variable."""
+def _field_of(name: str) -> str | None:
+    return next((f for f in Settings.model_fields if env_name(f) == name), None)
+
+
+def _echo(field: str, value: object) -> str:
+    """` (got 'x')` after an error, or nothing for a token."""
+    if field in SECRET_VALUED or not isinstance(value, str):
+        return ""
+    text = value if len(value) <= MAX_ECHOED else value[:MAX_ECHOED] + "..."
+    return f" (got {text!r})"
+
+
+def _validate(data: Mapping[str, object], *, from_store: frozenset[str] = frozenset()
+              ) -> Settings:
+    """Settings from `data` (environment names -> values); SettingsError with one line
+    naming the variable and, unless it is a token or came from the secret store
+    (`from_store`: fields), repeating the value."""
     try:
-        if environ is None:
-            settings = Settings()
-        else:
-            known = {env_name(f) for f in Settings.model_fields}
-            settings = Settings.model_validate({k: v for k, v in environ.items() if k in known})
+        return Settings.model_validate(dict(data))
     except ValidationError as exc:
         err = exc.errors()[0]
-        field = str(err["loc"][0]) if err["loc"] else "?"
-        name = env_name(field) if field in Settings.model_fields else field
+        name = str(err["loc"][0]) if err["loc"] else "?"  # the alias: environment name
+        field = _field_of(name) or name
         msg = str(err["msg"]).removeprefix("Value error, ")
-        raise SettingsError(f"{name}: {msg}") from None
     except ValueError as exc:  # raised by parse_offset outside pydantic's wrapping
-        raise SettingsError(f"REMINDER_DEFAULT_REMINDERS: {exc}") from None
-    refs = settings.secret_refs()
-    for field, (name, key) in refs.items():
+        field, name, msg = "default_reminders", "REMINDER_DEFAULT_REMINDERS", str(exc)
+    value = data.get(name)
+    if field in from_store:
+        if isinstance(value, str) and value.strip():
+            msg = msg.replace(value.strip(), "...")  # a secret is never repeated
+        raise SettingsError(f"{name}: value from the secret store is invalid: {msg}")
+    said = isinstance(value, str) and value.strip() and value.strip() in msg
+    raise SettingsError(f"{name}: {msg}{'' if said else _echo(field, value)}")
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Validate the environment (None: os.environ); SettingsError with one line naming
+    the variable. A `secret:NAME/KEY` value is checked for its form only: its field
+    keeps its default until `with_secrets` puts the value in and validates it."""
+    given: dict[str, str] = {}
+    for name, value in (os.environ if environ is None else environ).items():
+        if (field := _field_of(name)) is not None:
+            given[name] = value
+    refs: dict[str, tuple[str, str]] = {}
+    for name, value in given.items():
+        if not value.startswith(SECRET_PREFIX):
+            continue
+        field = _field_of(name)
+        assert field is not None
         if field in NOT_FROM_SECRETS:
-            raise SettingsError(f"{env_name(field)}: cannot be read from a secret store")
-        if not name or not key:
-            raise SettingsError(f"{env_name(field)}: secret reference must be secret:NAME/KEY")
+            raise SettingsError(f"{name}: cannot be read from a secret store (it is needed "
+                                "before the secrets are read)")
+        secret, sep, key = value[len(SECRET_PREFIX):].partition("/")
+        if not secret or (sep and not key):
+            raise SettingsError(f"{name}: secret reference must be secret:NAME/KEY")
+        refs[field] = (secret, key if sep else secret)
+    settings = _validate({k: v for k, v in given.items() if _field_of(k) not in refs})
     if refs and settings.secret_store is None:
         first = env_name(next(iter(refs)))
         raise SettingsError(f"{first}: uses secret: but REMINDER_SECRET_STORE is not set")
+    settings._refs = refs
     return settings
 
 
 def with_secrets(settings: Settings, resolved: Mapping[str, str]) -> Settings:
-    """A copy of `settings` with secret references replaced by their values, re-validated."""
-    data = {env_name(f): v for f, v in settings.model_dump().items() if v is not None}
-    for field, value in list(data.items()):
+    """A copy of `settings` with secret references replaced by their values, validated
+    as the environment's would be (an error never repeats the value)."""
+    data: dict[str, object] = {
+        env_name(f): v for f, v in settings.model_dump().items() if v is not None}
+    for name, value in list(data.items()):
         if isinstance(value, SecretStr):
-            data[field] = value.get_secret_value()
+            data[name] = value.get_secret_value()
     data["REMINDER_DEFAULT_REMINDERS"] = ",".join(o.iso() for o in settings.default_reminders)
     data["REMINDER_ALL_DAY_TIME"] = settings.all_day_time.strftime("%H:%M:%S")
     for field, value in resolved.items():
         data[env_name(field)] = value
-    try:
-        return Settings.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        field = str(err["loc"][0])
-        name = env_name(field) if field in Settings.model_fields else field
-        msg = str(err["msg"]).removeprefix("Value error, ")  # never carries the value
-        raise SettingsError(f"{name}: value from the secret store is invalid: {msg}") from None
+    return _validate(data, from_store=frozenset(resolved))

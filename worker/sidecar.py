@@ -3,6 +3,10 @@ bounded retries where a call is safe to repeat, and a concurrency gate.
 
 Errors map onto worker.errors: no answer / 5xx -> SidecarUnavailable
 (transient), 409 -> Conflict (transient), other 4xx -> PermanentSidecarError.
+Each call is timed in reminder_worker_sidecar_request_seconds with its outcome:
+ok, conflict (an ETag or first-write race lost: another replica or a redelivery
+got there first, an ordinary event that the caller settles by re-reading), or
+error (everything else: a failure).
 """
 
 from __future__ import annotations
@@ -113,13 +117,14 @@ class Sidecar:
         self._observe = {
             (api, outcome): metrics.sidecar_seconds.labels(api, outcome)
             for api in ("jobs", "state", "publish", "invoke", "secrets", "health", "metadata")
-            for outcome in ("ok", "error")
+            for outcome in ("ok", "conflict", "error")
         }
 
     async def _call(
         self, api: str, method: str, path: str, *, body: bytes | None = None,
         content_type: str = "application/json", headers: Mapping[str, str] | None = None,
         safe: bool = False, ok: tuple[int, ...] = (200, 204),
+        conflict: tuple[int, ...] = (409,),
     ) -> httpx2.Response:
         hdrs = dict(self.headers)
         if body is not None:
@@ -147,9 +152,10 @@ class Sidecar:
                 if resp.status_code in ok:
                     self._observe[api, "ok"].observe(elapsed)
                     return resp
+                if resp.status_code in conflict:  # a race lost, not a failure
+                    self._observe[api, "conflict"].observe(elapsed)
+                    raise Conflict(f"{api}: {resp.status_code} {resp.text[:200]}")
                 self._observe[api, "error"].observe(elapsed)
-                if resp.status_code == 409:
-                    raise Conflict(f"{api}: 409 {resp.text[:200]}")
                 if resp.status_code < 500:
                     raise PermanentSidecarError(api, resp.status_code, resp.text)
                 error = SidecarUnavailable(api, f"HTTP {resp.status_code}: {resp.text[:200]}",
@@ -186,13 +192,10 @@ class Sidecar:
             item["options"] = {"concurrency": "first-write"}
         if ttl_seconds is not None:
             item["metadata"] = {"ttlInSeconds": str(ttl_seconds)}
-        try:
-            await self._call("state", "POST", f"/v1.0/state/{_q(store)}", body=_dumps([item]),
-                             safe=etag is None and not first_write)
-        except SidecarUnavailable as exc:
-            if first_write and exc.status == 500:
-                raise Conflict(f"state: first-write answered 500 for {key}") from exc
-            raise
+        # PostgreSQL's 500 for an existing key is the same race lost as a 409.
+        await self._call("state", "POST", f"/v1.0/state/{_q(store)}", body=_dumps([item]),
+                         safe=etag is None and not first_write,
+                         conflict=(409, 500) if first_write else (409,))
 
     async def state_delete(self, store: str, key: str, *, etag: str | None = None) -> None:
         headers = {"if-match": etag} if etag else None
