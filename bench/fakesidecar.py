@@ -1,7 +1,7 @@
 """A lean fake daprd for the benchmark: raw ASGI, answers like daprd, counts calls per API.
 
 Only what the worker and the reference app call, with daprd's status codes
-(dapr-http.md): jobs POST/DELETE 204; state save 204 (first-write on an
+(as daprd answers): jobs POST/DELETE 204; state save 204 (first-write on an
 existing key, or an ETag mismatch: 409); state GET 200 + value + ETag, or 204
 empty when missing; state DELETE 204; publish 204; invoke 200 `{}`;
 healthz 204; metadata 200. No scheduler, no delivery: the fake must cost far

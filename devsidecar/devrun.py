@@ -146,7 +146,7 @@ def how_to_publish(settings: Settings) -> str:
             f"-d '{event}'\n"
             f"then look at {settings.sidecar_url}/dev/jobs, /dev/state/{settings.state_store}, "
             "/dev/published, /dev/dead-letters; "
-            f"reminder-worker --explain me 1 shows the task")
+            f"{Path(sys.executable).with_name('reminder-worker')} --explain me 1 shows the task")
 
 
 # The demo (contract §2, §8) in real time, over at most DEMO_SECONDS: what it publishes

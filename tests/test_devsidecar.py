@@ -1,4 +1,4 @@
-"""The development sidecar, pinned to dapr-http.md over real HTTP.
+"""The development sidecar, pinned to daprd's HTTP answers over real HTTP.
 
 Contract tests talk to `serve_sidecar` on port 0 with httpx; behaviour tests
 add a tiny raw ASGI app (served on another port) that the sidecar discovers,

@@ -35,7 +35,7 @@ def test_decide_at_firing() -> None:
 
 
 def test_decide_applies_the_misfire_grace() -> None:
-    # reminder 08:00, due 09:00: late but before the due time still publishes (contract §8)
+    # reminder 08:00, due 09:00: late but before the due time still publishes (misfire policy)
     plan = apply(ev("task.created", 5, due_at="2026-12-01T09:00:00Z", reminders=["PT1H"]))
     [job] = plan.schedule
     order, record = Order.from_json(job.data["order"]), plan.record

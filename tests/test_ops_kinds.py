@@ -1,5 +1,6 @@
-"""Operator views of contract §8: `--explain` shows each reminder's kind, quiet-hours
-deferrals and missed reminders; the applied-event summary names kinds. In memory."""
+"""Operator views of the reminder rules (docs/reminders.md): `--explain` shows each
+reminder's kind, quiet-hours deferrals and missed reminders; the applied-event summary
+names kinds. In memory."""
 
 from __future__ import annotations
 

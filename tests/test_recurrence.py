@@ -39,7 +39,7 @@ def wall(y: int, mo: int, d: int, h: int = 0, mi: int = 0, s: int = 0) -> dateti
         ("monthly", "FREQ=MONTHLY"),
         ("yearly", "FREQ=YEARLY"),
         ("FREQ=HOURLY;INTERVAL=2;BYHOUR=3", "FREQ=HOURLY;INTERVAL=2;BYHOUR=3"),
-        # contract §1: what task services really send
+        # what task services really send (docs/events.md)
         ("FREQ=WEEKLY; BYDAY=MO", "FREQ=WEEKLY;BYDAY=MO"),
         (" FREQ = WEEKLY ;BYDAY = MO , TU ", "FREQ=WEEKLY;BYDAY=MO,TU"),
         ("FREQ=MINUTELY;INTERVAL=30", "FREQ=MINUTELY;INTERVAL=30"),

@@ -1,4 +1,4 @@
-"""Table tests of the pure rules of contract §8: misfire, quiet hours, repeat, snooze,
+"""Table tests of the pure reminder rules (docs/reminders.md): misfire, quiet hours, repeat, snooze,
 completion-anchored recurrence, slots. Fixed aware datetimes, across DST."""
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ BERLIN = "Europe/Berlin"
 
 
 @pytest.mark.parametrize(("rule", "due_wall", "completed", "zone", "nxt", "sent"), [
-    # the contract's example: every 3 days after it is done, at the due time of day
+    # the documented example: every 3 days after it is done, at the due time of day
     ("FREQ=DAILY;INTERVAL=3", "2026-11-26T09:00", "2026-11-30T19:00Z", BERLIN,
      "2026-12-03T08:00Z", "FREQ=DAILY;INTERVAL=3"),
     # done before the due time of day: still three days later

@@ -1,5 +1,6 @@
-"""Contract §8 end to end: the worker over real HTTP against the development sidecar,
-one test per rule, time moved by the shared ManualClock (no sleeps)."""
+"""The reminder rules (docs/reminders.md) end to end: the worker over real HTTP against
+the development sidecar, one test per rule, time moved by the shared ManualClock (no
+sleeps)."""
 
 from __future__ import annotations
 

@@ -56,7 +56,7 @@ async def test_short_seeded_soak_keeps_every_promise() -> None:
     assert figures.faults_injected > 5 and figures.duplicates_sent > 20
     assert figures.next_expected > 3
     assert figures.kills > 3 and figures.overdue_completions > 3
-    # contract §8 in the mix: every kind published, completions raced their triggers
+    # the reminder rules in the mix: every kind published, completions raced their triggers
     assert all(figures.by_kind.get(k, 0) > 3 for k in ("reminder", "overdue", "snooze"))
     assert figures.races > 3
 

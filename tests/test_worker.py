@@ -1,4 +1,5 @@
-"""The worker over real HTTP against the development sidecar: every row of contract §2."""
+"""The worker over real HTTP against the development sidecar: every row of the table
+"What each event does" in docs/events.md."""
 
 from __future__ import annotations
 
