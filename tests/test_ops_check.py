@@ -172,11 +172,16 @@ class _Meta:
 
     def __init__(self, meta: dict[str, Any]) -> None:
         self.meta: dict[str, Any] | Exception = meta
+        self.store: Exception | None = None  # what a state read raises, if anything
 
     async def metadata(self) -> dict[str, Any]:
         if isinstance(self.meta, Exception):
             raise self.meta
         return self.meta
+
+    async def state_get(self, store: str, key: str) -> None:
+        if self.store is not None:
+            raise self.store
 
 
 def test_readiness_logs_the_start_up_line_then_every_change() -> None:
@@ -212,6 +217,33 @@ def test_readiness_logs_the_start_up_line_then_every_change() -> None:
         ("worker ready", None), ("not ready", seen[1]), ("not ready", seen[2]),
         ("ready: the sidecar has what the worker needs", None)]
     assert logs[0]["app_port"] == 8080
+
+
+def test_readiness_fails_while_the_state_store_does_not_answer() -> None:
+    """daprd's health and metadata stay green while Redis or PostgreSQL is down (seen
+    end to end): /readyz reads a key of its own from the store."""
+    settings = load_settings({})
+    sidecar = _Meta({"runtimeVersion": "1.18.2", "subscriptions": [
+                         {"pubsubname": "kafka-pubsub", "topic": "task-events"}],
+                     "components": [{"name": "kafka-pubsub", "type": "pubsub.kafka"},
+                                    {"name": "statestore", "type": "state.redis",
+                                     "capabilities": ["ETAG", "TTL"]}]})
+    now = [0.0]
+    readiness = Readiness(settings, sidecar, clock=lambda: now[0])  # type: ignore[arg-type]
+
+    async def run() -> list[str | None]:
+        seen = [await readiness.not_ready()]
+        sidecar.store = TransientError("state: HTTP 500: connection refused")
+        now[0] += READY_REFRESH_OK
+        seen.append(await readiness.not_ready())
+        sidecar.store = None
+        now[0] += READY_REFRESH_FAILING
+        seen.append(await readiness.not_ready())
+        return seen
+
+    seen = anyio.run(run)
+    assert seen[0] is None and seen[2] is None
+    assert seen[1] == "state store statestore does not answer: state: HTTP 500: connection refused"
 
 
 # -- --explain ---------------------------------------------------------------------

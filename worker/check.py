@@ -44,6 +44,7 @@ READY_REFRESH_FAILING: Final = 1.0
 READY_GRACE: Final = 5.0  # seconds for daprd to find the subscription before it is told
 READY_RECHECK_STARTING: Final = 0.1  # ... meanwhile `watch` reads the metadata this often
 EXIT_OK, EXIT_FAILED = 0, 1
+READY_PROBE_KEY: Final = "rw-readiness-probe"  # read by /readyz, never written
 DEV_DISCOVERY_PATIENCE: Final = 5.0  # --check --dev: the embedded sidecar asks the app
 APP_PORT_PATIENCE: Final = 1.0  # seconds to connect to the app port (is the worker up?)
 log = structlog.get_logger("worker")
@@ -268,6 +269,8 @@ class Readiness:
                 reason = failed[0].line()[6:] if failed else None
                 self.waits_for_subscription = [r.name for r in failed] == [
                     _subscription(self.settings)]
+                if reason is None:
+                    reason = await self._store_answers()
             if reason != self.reason and self.told:
                 if reason is None:
                     log.info("ready: the sidecar has what the worker needs")
@@ -277,6 +280,17 @@ class Readiness:
             if reason is None:
                 self.tell()
             return reason
+
+    async def _store_answers(self) -> str | None:
+        """One read of a key nobody writes: daprd's own health stays green while the
+        database behind its state store is down (seen with Redis), and a worker that
+        cannot read or write records applies nothing."""
+        store = self.settings.state_store
+        try:
+            await self.sidecar.state_get(store, READY_PROBE_KEY)
+        except (TransientError, PermanentSidecarError) as exc:
+            return f"state store {store} does not answer: {exc}"
+        return None
 
     @property
     def every(self) -> float:
