@@ -62,6 +62,8 @@ def test_every_variable() -> None:
         ({"DAPR_API_TOKEN": "t1\nx-injected: 1"}, "DAPR_API_TOKEN"),
         ({"DAPR_API_TOKEN": "t1\rx"}, "DAPR_API_TOKEN"),
         ({"DAPR_API_TOKEN": "t1\x00"}, "DAPR_API_TOKEN"),
+        ({"DAPR_API_TOKEN": "t1 "}, "DAPR_API_TOKEN"),
+        ({"DAPR_API_TOKEN": "\tt1"}, "DAPR_API_TOKEN"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], names: str) -> None:

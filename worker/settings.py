@@ -95,13 +95,16 @@ class Settings(BaseSettings):
         """DAPR_API_TOKEN is sent as a header on every sidecar call. A trailing line
         break (CR/LF), the usual last byte of a token read from a secret file, is
         stripped; any other CR, LF or NUL would end or split the header line (a header
-        injected into every call), so it is a settings error."""
+        injected into every call), so it is a settings error. So is a space or tab at
+        either end, which a header value cannot carry (h11 refuses it at every call)."""
         if value is None:
             return None
         token = value.get_secret_value().rstrip("\r\n")
         if _NOT_IN_HEADER.search(token):
             raise ValueError("contains a line break or NUL character; only a trailing "
                              "line break is stripped")
+        if token != token.strip(" \t"):
+            raise ValueError("begins or ends with a space or tab, which a header cannot carry")
         return SecretStr(token)
 
     @field_validator("app_api_token")

@@ -114,9 +114,10 @@ class Sidecar:
         concurrency: int = DEFAULT_CONCURRENCY,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
     ) -> None:
-        if api_token is not None and _NOT_IN_HEADER.search(api_token):
-            raise SettingsError("DAPR_API_TOKEN: contains a line break or NUL character, "
-                                "which cannot be sent in a header")
+        if api_token is not None and (_NOT_IN_HEADER.search(api_token)
+                                      or api_token != api_token.strip(" \t")):
+            raise SettingsError("DAPR_API_TOKEN: contains a line break or NUL character, or "
+                                "begins or ends with a space or tab; it cannot be sent in a header")
         self.base_url = base_url.rstrip("/")
         self.client = client
         self.metrics = metrics
