@@ -266,3 +266,85 @@ async def test_closed_transport_refuses_and_closes_idle_connections() -> None:
         await asyncio.wait_for(server.closed.wait(), 2)
         with pytest.raises(RuntimeError):
             await transport.handle_async_request(httpx2.Request("GET", url + "/"))
+
+async def test_bytes_after_the_answer_in_the_same_read_are_never_the_next_answer() -> None:
+    """A stray head right behind the answer (one read): the connection is not reused,
+    so that the stray head never swallows the next answer's first bytes as its body."""
+    stray = b"HTTP/1.1 200 OK\r\nx-stray: 1\r\ncontent-length: 2\r\n\r\n"
+    async with serving(lambda s, n: OK + stray if n == 1 else OK) as (server, url):
+        c, _ = client()
+        assert (await c.get(url + "/a")).json() == {}
+        second = await c.get(url + "/b")
+        assert (second.json(), "x-stray" in second.headers) == ({}, False)
+        assert server.connections == 2
+        await c.aclose()
+
+
+@pytest.mark.parametrize("fields", [b"", b"upgrade: h2c\r\nconnection: upgrade\r\n"],
+                         ids=["bare", "upgrade"])
+async def test_a_101_fails_the_call_and_the_answer_behind_it_is_not_taken(
+        fields: bytes) -> None:
+    switching = b"HTTP/1.1 101 Switching Protocols\r\n" + fields + b"\r\n"
+    async with serving(lambda s, n: switching + OK if n == 1 else OK) as (server, url):
+        c, _ = client()
+        with pytest.raises(httpx2.RemoteProtocolError, match=r"101|Upgrade"):
+            await c.get(url + "/")
+        assert (await c.get(url + "/")).status_code == 200
+        assert server.connections == 2
+        await c.aclose()
+
+
+async def test_trailers_are_dropped_not_merged_into_the_headers() -> None:
+    chunked = (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-head: 1\r\n\r\n"
+               b"2\r\n{}\r\n0\r\nx-trailer: 2\r\ncontent-type: text/html\r\n\r\n")
+    async with serving(lambda s, n: chunked if n == 1 else OK) as (server, url):
+        c, _ = client()
+        first = await c.get(url + "/")
+        assert (first.json(), first.headers.get("x-head")) == ({}, "1")
+        assert "x-trailer" not in first.headers and "content-type" not in first.headers
+        assert (await c.get(url + "/")).json() == {}
+        assert server.connections == 1
+        await c.aclose()
+
+
+# -- request heads that cannot be sent --------------------------------------------------
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("x-a", "s3\rcret"), ("x-a", "s3\ncret"), ("x-a", "s3cret\r\nx-injected: 1"),
+    ("x-a", "s3\x00cret"), ("x-a", " s3cret"), ("x-a", "s3cret\t"), ("x-a", "s3\x01cret"),
+    ("x-a", "s3cret\x7f"), ("x a", "v"), ("x:a", "v"), ("x\ra", "v"), ("x\na", "v"),
+    ("", "v"),
+])
+async def test_a_header_that_cannot_be_sent_is_refused_before_anything_is_written(
+        name: str, value: str) -> None:
+    async with serving(lambda s, n: OK) as (server, url):
+        c, _ = client()
+        with pytest.raises(httpx2.LocalProtocolError) as info:
+            await c.post(url + "/", content=b"{}", headers={name: value})
+        assert "s3" not in str(info.value) and "cret" not in str(info.value)  # a secret?
+        assert (server.connections, server.requests) == (0, [])
+        assert (await c.get(url + "/")).status_code == 200  # no slot was taken
+        assert server.connections == 1 and len(server.requests) == 1
+        await c.aclose()
+
+
+async def test_a_method_that_is_no_token_is_refused() -> None:
+    async with serving(lambda s, n: OK) as (server, url):
+        c, _ = client()
+        with pytest.raises(httpx2.LocalProtocolError, match="method"):
+            await c.request("GET /x HTTP/1.1\r\nX-Injected: 1\r\nY", url + "/")
+        assert server.requests == []
+        await c.aclose()
+
+
+async def test_header_values_that_can_be_sent_are_sent_as_given() -> None:
+    values = {"x-empty": b"", "x-inner": b"a b\tc", "x-obs": "\u00fc".encode("latin-1"),
+              "x-punct": b"\"a\";q=1, b/c"}
+    async with serving(lambda s, n: OK) as (server, url):
+        c, _ = client()
+        assert (await c.get(url + "/", headers=values)).status_code == 200
+        head = server.requests[0]
+        for name, value in values.items():
+            assert b"\r\n" + name.encode() + b": " + value + b"\r\n" in head
+        await c.aclose()
+

@@ -8,15 +8,23 @@ response machinery; here a request is one buffer written to an asyncio transport
 and the answer is parsed by httptools (uvicorn's parser, already a dependency),
 with no task, lock or stream object per call (bench/RESULTS.md has the figures).
 
+A request whose method, target, header names or values could end or split a line
+(CR, LF, NUL, other controls, a space or tab around a value) is refused with
+httpx2.LocalProtocolError before anything is written. An answer's trailers are
+not its headers (they are dropped); a 101 answer (never asked for) fails the call
+with httpx2.RemoteProtocolError and closes the connection, as do bytes after an
+answer (a connection they arrive on is never used again).
+
 What it does not do it hands to `fallback` (httpx2's own transport): https, HEAD
 (an answer's length cannot be known without the method), and streamed request
-bodies.
-Errors are httpx2's, so callers see the same exceptions from either transport.
+bodies. Errors are httpx2's, so callers see the same exceptions from either
+transport.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any, Final
 
 import httptools
@@ -24,6 +32,39 @@ import httpx2
 
 MAX_IDLE: Final = 64  # kept-alive connections per host; more are closed after use
 DEFAULT_TIMEOUT: Final = 6.0
+
+# A request head as written below: a token method, a target without spaces or
+# controls, then `name: value` lines, each a token and a value of visible
+# characters (obs-text too) with single spaces or tabs only inside (RFC 9110 5.5),
+# as h11 checks. The count of LF in the head is checked too, so that a value
+# carrying `\r\nname: value` cannot pass as two well-formed lines.
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_VCHAR = rb"[\x21-\x7e\x80-\xff]"
+_VALUE = rb"(?:" + _VCHAR + rb"(?:[\x20\x09\x21-\x7e\x80-\xff]*" + _VCHAR + rb")?)?"
+_HEAD: Final = re.compile(_TOKEN + rb" [\x21-\x7e\x80-\xff]+ HTTP/1\.1\r\n(?:"
+                          + _TOKEN + rb": " + _VALUE + rb"\r\n)*\r\n")
+_NAME_OK: Final = re.compile(_TOKEN)
+_VALUE_OK: Final = re.compile(_VALUE)
+
+
+def _refuse(request: httpx2.Request) -> httpx2.LocalProtocolError:
+    """The error for a head that failed the check, naming the part (never a value,
+    which may be a secret)."""
+    if not _NAME_OK.fullmatch(request.method.encode("ascii", "replace")):
+        what = "the method"
+    else:
+        what = "the request target"
+        for name, value in request.headers.raw:
+            if not _NAME_OK.fullmatch(name):
+                what = "a header name"
+                break
+            if not _VALUE_OK.fullmatch(value):
+                what = f"the value of header {name.decode('ascii')!r}"
+                break
+    return httpx2.LocalProtocolError(
+        f"{what} cannot be sent in HTTP/1.1 (a line break, NUL or other control "
+        "character, or a space or tab at either end of a value); nothing was sent")
+
 
 
 class _Connection(asyncio.Protocol):
@@ -38,18 +79,24 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.reusable = True
         self.framed = False  # the answer has a length or chunks; else it ends at EOF
-        self.headed = False  # the answer's head is complete
+        self.headed = False  # the final answer's head is complete: later fields are trailers
+        self.answered = False  # the final answer is complete: any further byte is stray
 
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        if self.waiter is None:  # nothing was asked: a server speaking out of turn
+        if self.waiter is None or self.answered:
+            # nothing was asked, or it was answered: a server speaking out of turn,
+            # whose bytes must never be taken for the next request's answer
             self.close()
             return
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(httpx2.RemoteProtocolError(
+                "the sidecar answered 101 Switching Protocols, which was never asked for"))
         except httptools.HttpParserError as exc:
             self._fail(httpx2.RemoteProtocolError(f"bad answer from the sidecar: {exc}"))
 
@@ -62,12 +109,20 @@ class _Connection(asyncio.Protocol):
             + (f": {exc}" if exc else "")))
 
     # -- httptools callbacks
+    def on_message_begin(self) -> None:
+        if self.answered:  # bytes after the answer, in the same read: out of turn
+            self.close()
+
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.headed:  # a trailer (or a stray answer's field): not a header
+            return
         self.headers.append((name, value))
         if name.lower() in (b"content-length", b"transfer-encoding"):
             self.framed = True
 
     def on_headers_complete(self) -> None:
+        if self.answered:
+            return
         self.reusable = self.parser.should_keep_alive()
         status = self.parser.get_status_code()
         self.headed = status >= 200
@@ -75,16 +130,18 @@ class _Connection(asyncio.Protocol):
             self.framed = True  # never a body
 
     def on_body(self, body: bytes) -> None:
-        self.body.append(body)
+        if not self.answered:
+            self.body.append(body)
 
     def on_message_complete(self) -> None:
         waiter = self.waiter
-        if waiter is None or waiter.done():
+        if waiter is None or waiter.done() or self.answered:
             return
         status = self.parser.get_status_code()
-        if status < 200:  # 1xx: an interim answer, the real one follows
+        if status < 200:  # 1xx: an interim answer, the real one follows (101 fails above)
             self.headers, self.body, self.framed = [], [], False
             return
+        self.answered = True
         waiter.set_result(httpx2.Response(
             status, headers=self.headers, stream=httpx2.ByteStream(b"".join(self.body)),
             extensions={"http_version": b"HTTP/1.1"}))
@@ -103,7 +160,8 @@ class _Connection(asyncio.Protocol):
     async def send(self, head: bytes, body: bytes, read_timeout: float | None) -> httpx2.Response:
         loop = asyncio.get_running_loop()
         self.waiter = waiter = loop.create_future()
-        self.headers, self.body, self.framed, self.headed = [], [], False, False
+        self.headers, self.body = [], []
+        self.framed = self.headed = self.answered = False
         assert self.transport is not None
         self.transport.write(head + body)  # one send; sidecar bodies are small
         timer = None
@@ -135,10 +193,13 @@ class Http1Transport(httpx2.AsyncBaseTransport):
             return await self.fallback.handle_async_request(request)
         if self._closed:
             raise RuntimeError("the transport is closed")
+        raw = request.headers.raw
+        head = b"".join((request.method.encode("ascii", "replace"), b" ", url.raw_path,
+                         b" HTTP/1.1\r\n", *(b"%s: %s\r\n" % kv for kv in raw), b"\r\n"))
+        if head.count(b"\n") != len(raw) + 2 or _HEAD.fullmatch(head) is None:
+            raise _refuse(request)
         timeouts: dict[str, Any] = request.extensions.get("timeout", {})
         host, port = url.host, url.port or 80
-        head = b"".join((request.method.encode(), b" ", url.raw_path, b" HTTP/1.1\r\n",
-                         *(b"%s: %s\r\n" % kv for kv in request.headers.raw), b"\r\n"))
         body = request.content
         conn = await self._connection(host, port, timeouts.get("connect", DEFAULT_TIMEOUT))
         response = await conn.send(head, body, timeouts.get("read", DEFAULT_TIMEOUT))
