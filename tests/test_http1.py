@@ -158,8 +158,8 @@ async def test_a_connection_the_server_closed_while_idle_is_not_reused() -> None
         transport = c._transport
         assert isinstance(transport, Http1Transport)
         # the client's loop reads the FIN
-        await until(lambda: all(cn.closed for idle in transport._idle.values() for cn in idle),
-                    within=2)
+        await until(lambda: all(cn.closed for pool in transport._pools.values()
+                                for cn in pool.idle), within=2)
         assert (await c.get(url + "/")).status_code == 200
         assert server.connections == 2
         await c.aclose()
@@ -267,6 +267,7 @@ async def test_closed_transport_refuses_and_closes_idle_connections() -> None:
         with pytest.raises(RuntimeError):
             await transport.handle_async_request(httpx2.Request("GET", url + "/"))
 
+
 async def test_bytes_after_the_answer_in_the_same_read_are_never_the_next_answer() -> None:
     """A stray head right behind the answer (one read): the connection is not reused,
     so that the stray head never swallows the next answer's first bytes as its body."""
@@ -348,3 +349,122 @@ async def test_header_values_that_can_be_sent_are_sent_as_given() -> None:
             assert b"\r\n" + name.encode() + b": " + value + b"\r\n" in head
         await c.aclose()
 
+
+# -- the pool's bound --------------------------------------------------------------------
+
+def bounded(limit: int) -> tuple[httpx2.AsyncClient, Http1Transport]:
+    transport = Http1Transport(Fallback(), max_connections=limit)
+    return httpx2.AsyncClient(transport=transport, timeout=httpx2.Timeout(2.0)), transport
+
+
+def held() -> tuple[asyncio.Event, Callable[[Server, int], Awaitable[bytes | None]]]:
+    """An answer that waits for the returned event."""
+    release = asyncio.Event()
+
+    async def answer(server: Server, n: int) -> bytes | None:
+        await release.wait()
+        return OK
+
+    return release, answer
+
+
+async def test_callers_beyond_the_limit_wait_and_are_served_in_order() -> None:
+    release, answer = held()
+    async with serving(answer) as (server, url):
+        c, transport = bounded(1)
+        calls = [asyncio.ensure_future(c.get(f"{url}/{i}")) for i in range(5)]
+        await asyncio.wait_for(server.got.wait(), 2)
+        pool = transport._pools["127.0.0.1", int(url.rsplit(":", 1)[1])]
+        await until(lambda: len(pool.waiters) == 4, within=2)
+        release.set()
+        assert [r.status_code for r in await asyncio.gather(*calls)] == [200] * 5
+        assert [r.split(b" ")[1] for r in server.requests] == [
+            b"/0", b"/1", b"/2", b"/3", b"/4"]
+        assert server.connections == 1
+        assert (pool.opened, len(pool.idle), len(pool.waiters)) == (1, 1, 0)
+        await c.aclose()
+
+
+async def test_a_caller_waiting_longer_than_its_pool_timeout_fails_and_takes_no_slot(
+        ) -> None:
+    release, answer = held()
+    async with serving(answer) as (server, url):
+        c, _ = bounded(1)
+        first = asyncio.ensure_future(c.get(url + "/1"))
+        await asyncio.wait_for(server.got.wait(), 2)
+        with pytest.raises(httpx2.PoolTimeout):
+            await c.get(url + "/2", timeout=httpx2.Timeout(2.0, pool=0.1))
+        release.set()
+        assert (await first).status_code == 200
+        assert (await c.get(url + "/3")).status_code == 200
+        assert server.connections == 1
+        assert [r.split(b" ")[1] for r in server.requests] == [b"/1", b"/3"]
+        await c.aclose()
+
+
+async def test_a_caller_cancelled_while_waiting_takes_no_slot() -> None:
+    release, answer = held()
+    async with serving(answer) as (server, url):
+        c, transport = bounded(1)
+        first = asyncio.ensure_future(c.get(url + "/1"))
+        await asyncio.wait_for(server.got.wait(), 2)
+        waiting = asyncio.ensure_future(c.get(url + "/2"))
+        pool = transport._pools["127.0.0.1", int(url.rsplit(":", 1)[1])]
+        await until(lambda: len(pool.waiters) == 1, within=2)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert not pool.waiters
+        release.set()
+        assert (await first).status_code == 200
+        assert (await c.get(url + "/3")).status_code == 200
+        assert server.connections == 1 and pool.opened == 1
+        await c.aclose()
+
+
+@pytest.mark.parametrize("handed", ["a connection", "a slot"])
+async def test_a_caller_cancelled_just_after_it_was_handed_a_connection_gives_it_back(
+        handed: str) -> None:
+    """The hand-over and the cancellation in one step of the loop: the waiter's future
+    has its result, and the caller sees CancelledError. What it was handed goes back."""
+    async with serving(lambda s, n: OK) as (_, url):
+        c, transport = bounded(1)
+        assert (await c.get(url + "/")).status_code == 200
+        key = ("127.0.0.1", int(url.rsplit(":", 1)[1]))
+        pool = transport._pools[key]
+        conn = pool.idle.pop()  # as a caller holding it would (its slot stays taken)
+        waiting = asyncio.ensure_future(transport._checkout(pool, key, {"pool": 2.0}))
+        await until(lambda: len(pool.waiters) == 1, within=2)
+        if handed == "a connection":
+            transport._checkin(pool, conn)
+        else:
+            conn.close()
+            transport._release(pool)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert not pool.waiters
+        if handed == "a connection":
+            assert (pool.opened, list(pool.idle)) == (1, [conn])
+        else:
+            assert (pool.opened, list(pool.idle)) == (0, [])
+        assert (await c.get(url + "/")).status_code == 200
+        await c.aclose()
+
+
+async def test_closing_the_transport_fails_the_callers_waiting_for_a_connection() -> None:
+    release, answer = held()
+    async with serving(answer) as (server, url):
+        c, transport = bounded(1)
+        first = asyncio.ensure_future(c.get(url + "/1"))
+        await asyncio.wait_for(server.got.wait(), 2)
+        waiting = asyncio.ensure_future(c.get(url + "/2"))
+        pool = transport._pools["127.0.0.1", int(url.rsplit(":", 1)[1])]
+        await until(lambda: len(pool.waiters) == 1, within=2)
+        await transport.aclose()
+        with pytest.raises(RuntimeError, match="closed"):
+            await waiting
+        release.set()
+        assert (await first).status_code == 200
+        await asyncio.wait_for(server.closed.wait(), 2)  # not kept after the close
+        assert server.requests[-1].split(b" ")[1] == b"/1"

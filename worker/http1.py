@@ -6,7 +6,12 @@ aiohttp's pool (the transport before this one; httpx's own was slower still)
 about a quarter of the worker's CPU per task event went into its request and
 response machinery; here a request is one buffer written to an asyncio transport
 and the answer is parsed by httptools (uvicorn's parser, already a dependency),
-with no task, lock or stream object per call (bench/RESULTS.md has the figures).
+with no task, lock or stream object per call (bench/RESULTS.md has the figures;
+bench/transport_cost.py measures this transport against httpx2's own).
+
+The pool, per host: at most `max_connections` open; callers beyond that wait for
+one, first come first served, up to the request's pool timeout (httpx2.PoolTimeout).
+Bytes the loop reads on an idle connection close it at once.
 
 A request whose method, target, header names or values could end or split a line
 (CR, LF, NUL, other controls, a space or tab around a value) is refused with
@@ -24,13 +29,15 @@ transport.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+from collections import deque
 from typing import Any, Final
 
 import httptools
 import httpx2
 
-MAX_IDLE: Final = 64  # kept-alive connections per host; more are closed after use
+DEFAULT_MAX_CONNECTIONS: Final = 64  # per host; worker.sidecar passes its own bound
 DEFAULT_TIMEOUT: Final = 6.0
 
 # A request head as written below: a token method, a target without spaces or
@@ -64,7 +71,6 @@ def _refuse(request: httpx2.Request) -> httpx2.LocalProtocolError:
     return httpx2.LocalProtocolError(
         f"{what} cannot be sent in HTTP/1.1 (a line break, NUL or other control "
         "character, or a space or tab at either end of a value); nothing was sent")
-
 
 
 class _Connection(asyncio.Protocol):
@@ -157,13 +163,13 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    async def send(self, head: bytes, body: bytes, read_timeout: float | None) -> httpx2.Response:
+    async def send(self, data: bytes, read_timeout: float | None) -> httpx2.Response:
         loop = asyncio.get_running_loop()
         self.waiter = waiter = loop.create_future()
         self.headers, self.body = [], []
         self.framed = self.headed = self.answered = False
         assert self.transport is not None
-        self.transport.write(head + body)  # one send; sidecar bodies are small
+        self.transport.write(data)  # one send; sidecar bodies are small
         timer = None
         if read_timeout is not None:
             timer = loop.call_later(read_timeout, self._fail,
@@ -180,43 +186,136 @@ class _Connection(asyncio.Protocol):
                 timer.cancel()
 
 
+class _Pool:
+    """One host's connections. `opened` counts the slots taken: connections open
+    (idle or in use) or being opened, and slots handed to a waiter."""
+
+    __slots__ = ("idle", "opened", "waiters")
+
+    def __init__(self) -> None:
+        self.idle: deque[_Connection] = deque()  # oldest first
+        self.opened = 0
+        # FIFO; each gets a connection, or None: a slot to open one with
+        self.waiters: deque[asyncio.Future[_Connection | None]] = deque()
+
+
 class Http1Transport(httpx2.AsyncBaseTransport):
-    def __init__(self, fallback: httpx2.AsyncBaseTransport) -> None:
+    def __init__(self, fallback: httpx2.AsyncBaseTransport, *,
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS) -> None:
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
         self.fallback = fallback
-        self._idle: dict[tuple[str, int], list[_Connection]] = {}
+        self.max_connections = max_connections
+        self._pools: dict[tuple[str, int], _Pool] = {}
         self._closed = False
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         url = request.url
-        if (url.scheme != "http" or request.method == "HEAD"
+        method = request.method
+        if (url.scheme != "http" or method == "HEAD"
                 or not isinstance(request.stream, httpx2.ByteStream)):
             return await self.fallback.handle_async_request(request)
         if self._closed:
             raise RuntimeError("the transport is closed")
         raw = request.headers.raw
-        head = b"".join((request.method.encode("ascii", "replace"), b" ", url.raw_path,
+        head = b"".join((method.encode("ascii", "replace"), b" ", url.raw_path,
                          b" HTTP/1.1\r\n", *(b"%s: %s\r\n" % kv for kv in raw), b"\r\n"))
         if head.count(b"\n") != len(raw) + 2 or _HEAD.fullmatch(head) is None:
             raise _refuse(request)
+        data = head + request.content
         timeouts: dict[str, Any] = request.extensions.get("timeout", {})
-        host, port = url.host, url.port or 80
-        body = request.content
-        conn = await self._connection(host, port, timeouts.get("connect", DEFAULT_TIMEOUT))
-        response = await conn.send(head, body, timeouts.get("read", DEFAULT_TIMEOUT))
-        idle = self._idle.setdefault((host, port), [])
-        if conn.reusable and not conn.closed and not self._closed and len(idle) < MAX_IDLE:
-            idle.append(conn)
-        else:
-            conn.close()
+        read_timeout = timeouts.get("read", DEFAULT_TIMEOUT)
+        key = (url.host, url.port or 80)
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = self._pools[key] = _Pool()
+        conn = await self._checkout(pool, key, timeouts)
+        try:
+            response = await conn.send(data, read_timeout)
+        except BaseException:
+            self._release(pool)  # the connection is closed (send closes it on failure)
+            raise
+        self._checkin(pool, conn)
         response.request = request
         return response
 
-    async def _connection(self, host: str, port: int, patience: float | None) -> _Connection:
-        idle = self._idle.get((host, port))
+    # -- the pool
+    async def _checkout(self, pool: _Pool, key: tuple[str, int],
+                        timeouts: dict[str, Any]) -> _Connection:
+        """A connection to `key`, holding one of its pool's slots."""
+        idle = pool.idle
         while idle:
-            conn = idle.pop()
-            if not conn.closed:
-                return conn
+            conn = idle.pop()  # the most recently used
+            if conn.closed:
+                pool.opened -= 1
+                continue
+            return conn
+        if pool.opened < self.max_connections:
+            pool.opened += 1
+        else:
+            got = await self._wait(pool, timeouts.get("pool", DEFAULT_TIMEOUT))
+            if got is not None:
+                if not got.closed:
+                    return got
+                got.close()  # its slot is ours: open a new one with it
+        try:
+            return await self._open(key, timeouts.get("connect", DEFAULT_TIMEOUT))
+        except BaseException:
+            self._release(pool)
+            raise
+
+    async def _wait(self, pool: _Pool, patience: float | None) -> _Connection | None:
+        """Queue for a slot: a connection another caller is done with, or None (a slot
+        to open a connection with). A caller that stops waiting gives back what it
+        was handed meanwhile, so that no slot is lost."""
+        waiter: asyncio.Future[_Connection | None] = asyncio.get_running_loop().create_future()
+        pool.waiters.append(waiter)
+        try:
+            async with asyncio.timeout(patience):
+                return await waiter
+        except BaseException as exc:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                got = waiter.result()
+                if got is None:
+                    self._release(pool)
+                else:
+                    self._checkin(pool, got)
+            else:
+                waiter.cancel()
+                with contextlib.suppress(ValueError):
+                    pool.waiters.remove(waiter)
+            if isinstance(exc, TimeoutError):
+                raise httpx2.PoolTimeout(
+                    f"no free connection within {patience:g} s "
+                    f"({self.max_connections} in use)") from None
+            raise
+
+    def _checkin(self, pool: _Pool, conn: _Connection) -> None:
+        """After a complete answer: to the first waiter, else to the idle list."""
+        if not conn.reusable or conn.closed or self._closed:
+            conn.close()
+            self._release(pool)
+            return
+        waiters = pool.waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)
+                return
+        pool.idle.append(conn)
+
+    def _release(self, pool: _Pool) -> None:
+        """A slot freed (its connection closed): to the first waiter, else counted off."""
+        waiters = pool.waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        pool.opened -= 1
+
+    async def _open(self, key: tuple[str, int], patience: float | None) -> _Connection:
+        host, port = key
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(patience):
@@ -230,8 +329,13 @@ class Http1Transport(httpx2.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         self._closed = True
-        for idle in self._idle.values():
-            for conn in idle:
-                conn.close()
-        self._idle.clear()
+        for pool in self._pools.values():
+            while pool.idle:
+                pool.idle.popleft().close()
+                pool.opened -= 1
+            while pool.waiters:
+                waiter = pool.waiters.popleft()
+                if not waiter.done():
+                    waiter.set_exception(RuntimeError("the transport is closed"))
+        self._pools.clear()
         await self.fallback.aclose()
