@@ -127,6 +127,13 @@ class Server:
         self._thread.join(5)
         self.loop.close()
 
+    async def speak_idle(self, stray: bytes) -> None:
+        """On the server's loop: write `stray` onto every open connection and keep it
+        open (a peer speaking out of turn)."""
+        for writer in list(self.writers):
+            writer.write(stray)
+            await writer.drain()
+
     async def hang_up_idle(self, stray: bytes = b"") -> None:
         """On the server's loop: write `stray` onto every open connection, then close it
         (an idle timeout; a peer speaking out of turn)."""
@@ -190,7 +197,96 @@ async def test_an_idle_connection_expires_before_a_go_server_would_close_it(
             await until(lambda: len(server.writers) == 1, within=2)
 
 
+async def test_an_idempotent_call_is_sent_again_once_when_a_kept_alive_connection_dies(
+        ) -> None:
+    """The peer closes the reused connection after reading the request (an idle timeout
+    racing it), before a byte of the answer: a GET is sent again on a new connection."""
+    async def answer(request: bytes) -> bytes | None:
+        return None if len(server.requests) == 2 else OK
+
+    with serving(answer) as server:
+        async with make_client() as client:
+            assert (await client.get(server.url + "/v1.0/state/s/a")).status_code == 200
+            assert (await client.get(server.url + "/v1.0/state/s/b")).json() == {}
+        assert [r.split(b" ")[1] for r in server.requests] == [
+            b"/v1.0/state/s/a", b"/v1.0/state/s/b", b"/v1.0/state/s/b"]
+        assert server.accepted == 2
+
+
+async def test_an_idempotent_call_is_sent_again_only_once() -> None:
+    async def answer(request: bytes) -> bytes | None:
+        return OK if len(server.requests) == 1 else None
+
+    with serving(answer) as server:
+        async with make_client() as client:
+            await client.get(server.url + "/v1.0/state/s/a")
+            with pytest.raises(httpx2.RemoteProtocolError):
+                await client.get(server.url + "/v1.0/state/s/b")
+        assert len(server.requests) == 3  # the first try and one more
+        assert server.accepted == 2
+
+
+async def test_a_post_is_not_sent_again_when_its_connection_dies_after_it_was_written(
+        ) -> None:
+    """The server may have acted on it: the transport must not repeat it (nor does
+    Sidecar._call, for a publish), whatever the failure looks like."""
+    async def answer(request: bytes) -> bytes | None:
+        return None if request.startswith(b"POST") else OK
+
+    with serving(answer) as server:
+        sc = sidecar(server.url)
+        async with sc.client:
+            await sc.state_get("statestore", "k")
+            with pytest.raises(SidecarUnavailable, match="RemoteProtocolError"):
+                await sc.publish("pubsub", "topic", {"id": "e4"})
+        assert len(publishes(server)) == 1
+        assert server.accepted == 1
+
+
+async def test_an_idempotent_call_is_not_sent_again_once_an_answer_byte_arrived() -> None:
+    cut = ThenClose(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n{}")
+
+    async def answer(request: bytes) -> bytes | None:
+        return cut if len(server.requests) == 2 else OK
+
+    with serving(answer) as server:
+        async with make_client() as client:
+            await client.get(server.url + "/v1.0/state/s/a")
+            with pytest.raises(httpx2.RemoteProtocolError):
+                await client.get(server.url + "/v1.0/state/s/b")
+        assert len(server.requests) == 2
+        assert server.accepted == 1
+
+
 # -- (b) bytes arriving on an idle pooled connection while the loop is busy -----------
+
+async def test_the_checkout_check_finds_bytes_the_busy_loop_has_not_read() -> None:
+    """A stray answer written onto an idle connection that stays open, while the
+    worker's loop is busy: only the check when the connection is taken can see it."""
+    with serving() as server:
+        sc = sidecar(server.url)
+        async with sc.client:
+            await sc.state_get("statestore", "k")
+            server.run(lambda: server.speak_idle(STRAY))
+            await sc.publish("pubsub", "topic", {"id": "e5"})
+            assert len(publishes(server)) == 1  # answered by a server that received it
+            assert server.accepted == 2
+            # the connection that spoke out of turn was closed by the client, not kept
+            await until(lambda: len(server.writers) == 1, within=2)
+
+
+async def test_bytes_the_loop_reads_on_an_idle_connection_close_it() -> None:
+    with serving() as server:
+        sc = sidecar(server.url)
+        async with sc.client:
+            await sc.state_get("statestore", "k")
+            server.loop.call_soon_threadsafe(
+                lambda: server.writers[0].write(STRAY))  # the worker's loop is free
+            await until(lambda: not server.writers, within=2)  # the client hung up
+            await sc.publish("pubsub", "topic", {"id": "e6"})
+        assert len(publishes(server)) == 1
+        assert server.accepted == 2
+
 
 async def test_a_stray_answer_on_an_idle_connection_is_not_taken_for_the_next_one() -> None:
     with serving() as server:

@@ -11,7 +11,15 @@ bench/transport_cost.py measures this transport against httpx2's own).
 
 The pool, per host: at most `max_connections` open; callers beyond that wait for
 one, first come first served, up to the request's pool timeout (httpx2.PoolTimeout).
-Bytes the loop reads on an idle connection close it at once.
+An idle connection is kept for `keepalive_expiry` seconds, less than a server's
+idle timeout, and is checked when taken: one whose peer closed it, or wrote on it,
+while the worker's loop was too busy to read (the kernel holds its FIN or its
+bytes) is closed, never used. Bytes the loop does read on an idle connection close
+it at once. When the peer closes a reused connection after the request went out
+but before any byte of the answer (an idle timeout racing the request), the
+request is sent once more, on a new connection, if its method is idempotent; a
+POST may have been acted on, so it fails (RemoteProtocolError) and its caller
+decides.
 
 A request whose method, target, header names or values could end or split a line
 (CR, LF, NUL, other controls, a space or tab around a value) is refused with
@@ -31,6 +39,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import select
+import time
 from collections import deque
 from typing import Any, Final
 
@@ -38,7 +48,11 @@ import httptools
 import httpx2
 
 DEFAULT_MAX_CONNECTIONS: Final = 64  # per host; worker.sidecar passes its own bound
+DEFAULT_KEEPALIVE_EXPIRY: Final = 5.0  # seconds an idle connection is kept
 DEFAULT_TIMEOUT: Final = 6.0
+# Methods a server may receive twice with the effect of once (RFC 9110, 9.2.2);
+# only these are sent again when a reused connection dies before any answer byte.
+IDEMPOTENT: Final = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 
 # A request head as written below: a token method, a target without spaces or
 # controls, then `name: value` lines, each a token and a value of visible
@@ -78,19 +92,25 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
+        self.poller: Any = None  # select.poll on the socket, for the check at checkout
         self.parser = httptools.HttpResponseParser(self)
         self.waiter: asyncio.Future[httpx2.Response] | None = None
         self.headers: list[tuple[bytes, bytes]] = []
         self.body: list[bytes] = []
         self.closed = False
         self.reusable = True
+        self.reused = False  # taken from the pool (not opened for this request)
+        self.idle_since = 0.0  # time.monotonic() when it was last put back
         self.framed = False  # the answer has a length or chunks; else it ends at EOF
         self.headed = False  # the final answer's head is complete: later fields are trailers
+        self.got = False  # a byte of the answer arrived
         self.answered = False  # the final answer is complete: any further byte is stray
 
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.poller = select.poll()
+        self.poller.register(transport.get_extra_info("socket").fileno(), select.POLLIN)
 
     def data_received(self, data: bytes) -> None:
         if self.waiter is None or self.answered:
@@ -98,6 +118,7 @@ class _Connection(asyncio.Protocol):
             # whose bytes must never be taken for the next request's answer
             self.close()
             return
+        self.got = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -163,11 +184,18 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
+    def unread(self) -> bool:
+        """Whether the kernel holds something for this idle connection that the loop has
+        not read yet: the peer's FIN, a reset, or bytes (all mean: never use it)."""
+        return bool(self.poller.poll(0))
+
     async def send(self, data: bytes, read_timeout: float | None) -> httpx2.Response:
+        if self.closed:
+            raise httpx2.RemoteProtocolError("the connection was closed before the request")
         loop = asyncio.get_running_loop()
         self.waiter = waiter = loop.create_future()
         self.headers, self.body = [], []
-        self.framed = self.headed = self.answered = False
+        self.framed = self.headed = self.got = self.answered = False
         assert self.transport is not None
         self.transport.write(data)  # one send; sidecar bodies are small
         timer = None
@@ -201,11 +229,13 @@ class _Pool:
 
 class Http1Transport(httpx2.AsyncBaseTransport):
     def __init__(self, fallback: httpx2.AsyncBaseTransport, *,
-                 max_connections: int = DEFAULT_MAX_CONNECTIONS) -> None:
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                 keepalive_expiry: float = DEFAULT_KEEPALIVE_EXPIRY) -> None:
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
         self.fallback = fallback
         self.max_connections = max_connections
+        self.keepalive_expiry = keepalive_expiry
         self._pools: dict[tuple[str, int], _Pool] = {}
         self._closed = False
 
@@ -231,7 +261,16 @@ class Http1Transport(httpx2.AsyncBaseTransport):
             pool = self._pools[key] = _Pool()
         conn = await self._checkout(pool, key, timeouts)
         try:
-            response = await conn.send(data, read_timeout)
+            try:
+                response = await conn.send(data, read_timeout)
+            except httpx2.RemoteProtocolError:
+                # A kept-alive connection the peer closed (an idle timeout racing the
+                # request) before a byte of the answer: a server that received nothing,
+                # or an idempotent request; once, on a new connection.
+                if not (conn.reused and not conn.got and method in IDEMPOTENT):
+                    raise
+                conn = await self._open(key, timeouts.get("connect", DEFAULT_TIMEOUT))
+                response = await conn.send(data, read_timeout)
         except BaseException:
             self._release(pool)  # the connection is closed (send closes it on failure)
             raise
@@ -244,18 +283,26 @@ class Http1Transport(httpx2.AsyncBaseTransport):
                         timeouts: dict[str, Any]) -> _Connection:
         """A connection to `key`, holding one of its pool's slots."""
         idle = pool.idle
-        while idle:
-            conn = idle.pop()  # the most recently used
-            if conn.closed:
+        if idle:
+            expired = time.monotonic() - self.keepalive_expiry
+            while idle and idle[0].idle_since <= expired:  # before the peer drops it
+                idle.popleft().close()
                 pool.opened -= 1
-                continue
-            return conn
+            while idle:
+                conn = idle.pop()  # the most recently used
+                if conn.closed or conn.unread():
+                    conn.close()
+                    pool.opened -= 1
+                    continue
+                conn.reused = True
+                return conn
         if pool.opened < self.max_connections:
             pool.opened += 1
         else:
             got = await self._wait(pool, timeouts.get("pool", DEFAULT_TIMEOUT))
             if got is not None:
-                if not got.closed:
+                if not (got.closed or got.unread()):
+                    got.reused = True
                     return got
                 got.close()  # its slot is ours: open a new one with it
         try:
@@ -302,6 +349,7 @@ class Http1Transport(httpx2.AsyncBaseTransport):
             if not waiter.done():
                 waiter.set_result(conn)
                 return
+        conn.idle_since = time.monotonic()
         pool.idle.append(conn)
 
     def _release(self, pool: _Pool) -> None:

@@ -28,6 +28,7 @@ from worker.errors import (
     SidecarUnavailable,
     StartupError,
 )
+from worker.http1 import Http1Transport
 from worker.metrics import Metrics
 from worker.schedule import format_utc
 from worker.settings import MAX_SIDECAR_TIMEOUT
@@ -65,21 +66,28 @@ def make_client(
 ) -> httpx2.AsyncClient:
     """The process's one HTTP client for the sidecar.
 
-    httpx2 (the maintained fork of httpx, same API) on its own transport (httpcore2's
-    pool and h11), for http and https alike, bounded at MAX_CONNECTIONS with idle
-    connections dropped after KEEPALIVE_EXPIRY. Before reusing an idle connection the
-    pool checks its socket: one the peer closed, or wrote on out of turn, is closed and
-    a new one opened, even when the worker's loop was too busy to notice. h11 refuses a
-    header value with CR, LF or NUL before anything is sent, and trailers are not
-    headers. The transport retries nothing; Sidecar._call retries idempotent calls only.
-    No proxy from the environment applies (a transport is given). A transport passed
-    in (tests) replaces it, with its own limits.
+    httpx2 (the maintained fork of httpx, same API) on worker.http1's keep-alive
+    transport for plain http; httpx2's own transport behind it for the rest (an
+    https endpoint), where per-call CPU matters less than TLS done right. httpx2's
+    own transport costs 3-5x the CPU per call (bench/transport_cost.py). Both are
+    bounded at MAX_CONNECTIONS per host with idle connections dropped after
+    KEEPALIVE_EXPIRY (httpx2 ignores the client's Limits once a transport is given:
+    each transport gets them). Before reusing an idle connection the transport checks
+    its socket: one the peer closed, or wrote on out of turn, is closed and a new one
+    opened, even when the worker's loop was too busy to notice. A request header
+    with CR, LF or NUL is refused before anything is sent, and trailers are not
+    headers. The transport sends a request again only when a reused connection died
+    before any answer byte and the method is idempotent; Sidecar._call retries
+    idempotent calls only. No proxy from the environment applies (a transport is
+    given). A transport passed in (tests) replaces both, with its own limits.
     """
     limits = httpx2.Limits(max_connections=MAX_CONNECTIONS,
                            max_keepalive_connections=MAX_CONNECTIONS,
                            keepalive_expiry=KEEPALIVE_EXPIRY)
     if transport is None:
-        transport = httpx2.AsyncHTTPTransport(limits=limits)
+        transport = Http1Transport(httpx2.AsyncHTTPTransport(limits=limits),
+                                   max_connections=MAX_CONNECTIONS,
+                                   keepalive_expiry=KEEPALIVE_EXPIRY)
     if timeout is not None and timeout < DEFAULT_TIMEOUT.read:  # type: ignore[operator]
         client_timeout = httpx2.Timeout(timeout, connect=min(timeout, 2.0))
     else:
