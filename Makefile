@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench bench-rrule soak clean
+.PHONY: run test lint bench bench-rrule bench-transport soak clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -39,3 +39,7 @@ bench: $(STAMP)
 # CPU per next-occurrence search over the costliest rules (issue 8; no network, ~10 s)
 bench-rrule: $(STAMP)
 	$(BIN)/python -m bench.rrule_cost
+
+# CPU per sidecar call, worker/http1.py against httpx2's own transport (30-40 s)
+bench-transport: $(STAMP)
+	$(BIN)/python -m bench.transport_cost
