@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run test lint bench bench-rrule soak clean dapr e2e
+.PHONY: run test lint bench bench-rrule bench-transport soak clean dapr e2e
 
 $(RUN_STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -57,3 +57,7 @@ bench: $(RUN_STAMP)
 # CPU per next-occurrence search over the costliest rules (issue 8; no network, ~10 s)
 bench-rrule: $(RUN_STAMP)
 	$(BIN)/python -m bench.rrule_cost
+
+# CPU per sidecar call, worker/http1.py against httpx2's own transport (30-40 s)
+bench-transport: $(RUN_STAMP)
+	$(BIN)/python -m bench.transport_cost

@@ -158,8 +158,8 @@ async def test_a_connection_the_server_closed_while_idle_is_not_reused() -> None
         transport = c._transport
         assert isinstance(transport, Http1Transport)
         # the client's loop reads the FIN
-        await until(lambda: all(cn.closed for idle in transport._idle.values() for cn in idle),
-                    within=2)
+        await until(lambda: all(cn.closed for pool in transport._pools.values()
+                                for cn in pool.idle), within=2)
         assert (await c.get(url + "/")).status_code == 200
         assert server.connections == 2
         await c.aclose()
@@ -266,3 +266,205 @@ async def test_closed_transport_refuses_and_closes_idle_connections() -> None:
         await asyncio.wait_for(server.closed.wait(), 2)
         with pytest.raises(RuntimeError):
             await transport.handle_async_request(httpx2.Request("GET", url + "/"))
+
+
+async def test_bytes_after_the_answer_in_the_same_read_are_never_the_next_answer() -> None:
+    """A stray head right behind the answer (one read): the connection is not reused,
+    so that the stray head never swallows the next answer's first bytes as its body."""
+    stray = b"HTTP/1.1 200 OK\r\nx-stray: 1\r\ncontent-length: 2\r\n\r\n"
+    async with serving(lambda s, n: OK + stray if n == 1 else OK) as (server, url):
+        c, _ = client()
+        assert (await c.get(url + "/a")).json() == {}
+        second = await c.get(url + "/b")
+        assert (second.json(), "x-stray" in second.headers) == ({}, False)
+        assert server.connections == 2
+        await c.aclose()
+
+
+@pytest.mark.parametrize("fields", [b"", b"upgrade: h2c\r\nconnection: upgrade\r\n"],
+                         ids=["bare", "upgrade"])
+async def test_a_101_fails_the_call_and_the_answer_behind_it_is_not_taken(
+        fields: bytes) -> None:
+    switching = b"HTTP/1.1 101 Switching Protocols\r\n" + fields + b"\r\n"
+    async with serving(lambda s, n: switching + OK if n == 1 else OK) as (server, url):
+        c, _ = client()
+        with pytest.raises(httpx2.RemoteProtocolError, match=r"101|Upgrade"):
+            await c.get(url + "/")
+        assert (await c.get(url + "/")).status_code == 200
+        assert server.connections == 2
+        await c.aclose()
+
+
+async def test_trailers_are_dropped_not_merged_into_the_headers() -> None:
+    chunked = (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-head: 1\r\n\r\n"
+               b"2\r\n{}\r\n0\r\nx-trailer: 2\r\ncontent-type: text/html\r\n\r\n")
+    async with serving(lambda s, n: chunked if n == 1 else OK) as (server, url):
+        c, _ = client()
+        first = await c.get(url + "/")
+        assert (first.json(), first.headers.get("x-head")) == ({}, "1")
+        assert "x-trailer" not in first.headers and "content-type" not in first.headers
+        assert (await c.get(url + "/")).json() == {}
+        assert server.connections == 1
+        await c.aclose()
+
+
+# -- request heads that cannot be sent --------------------------------------------------
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("x-a", "s3\rcret"), ("x-a", "s3\ncret"), ("x-a", "s3cret\r\nx-injected: 1"),
+    ("x-a", "s3\x00cret"), ("x-a", " s3cret"), ("x-a", "s3cret\t"), ("x-a", "s3\x01cret"),
+    ("x-a", "s3cret\x7f"), ("x a", "v"), ("x:a", "v"), ("x\ra", "v"), ("x\na", "v"),
+    ("", "v"),
+])
+async def test_a_header_that_cannot_be_sent_is_refused_before_anything_is_written(
+        name: str, value: str) -> None:
+    async with serving(lambda s, n: OK) as (server, url):
+        c, _ = client()
+        with pytest.raises(httpx2.LocalProtocolError) as info:
+            await c.post(url + "/", content=b"{}", headers={name: value})
+        assert "s3" not in str(info.value) and "cret" not in str(info.value)  # a secret?
+        assert (server.connections, server.requests) == (0, [])
+        assert (await c.get(url + "/")).status_code == 200  # no slot was taken
+        assert server.connections == 1 and len(server.requests) == 1
+        await c.aclose()
+
+
+async def test_a_method_that_is_no_token_is_refused() -> None:
+    async with serving(lambda s, n: OK) as (server, url):
+        c, _ = client()
+        with pytest.raises(httpx2.LocalProtocolError, match="method"):
+            await c.request("GET /x HTTP/1.1\r\nX-Injected: 1\r\nY", url + "/")
+        assert server.requests == []
+        await c.aclose()
+
+
+async def test_header_values_that_can_be_sent_are_sent_as_given() -> None:
+    values = {"x-empty": b"", "x-inner": b"a b\tc", "x-obs": "\u00fc".encode("latin-1"),
+              "x-punct": b"\"a\";q=1, b/c"}
+    async with serving(lambda s, n: OK) as (server, url):
+        c, _ = client()
+        assert (await c.get(url + "/", headers=values)).status_code == 200
+        head = server.requests[0]
+        for name, value in values.items():
+            assert b"\r\n" + name.encode() + b": " + value + b"\r\n" in head
+        await c.aclose()
+
+
+# -- the pool's bound --------------------------------------------------------------------
+
+def bounded(limit: int) -> tuple[httpx2.AsyncClient, Http1Transport]:
+    transport = Http1Transport(Fallback(), max_connections=limit)
+    return httpx2.AsyncClient(transport=transport, timeout=httpx2.Timeout(2.0)), transport
+
+
+def held() -> tuple[asyncio.Event, Callable[[Server, int], Awaitable[bytes | None]]]:
+    """An answer that waits for the returned event."""
+    release = asyncio.Event()
+
+    async def answer(server: Server, n: int) -> bytes | None:
+        await release.wait()
+        return OK
+
+    return release, answer
+
+
+async def test_callers_beyond_the_limit_wait_and_are_served_in_order() -> None:
+    release, answer = held()
+    async with serving(answer) as (server, url):
+        c, transport = bounded(1)
+        calls = [asyncio.ensure_future(c.get(f"{url}/{i}")) for i in range(5)]
+        await asyncio.wait_for(server.got.wait(), 2)
+        pool = transport._pools["127.0.0.1", int(url.rsplit(":", 1)[1])]
+        await until(lambda: len(pool.waiters) == 4, within=2)
+        release.set()
+        assert [r.status_code for r in await asyncio.gather(*calls)] == [200] * 5
+        assert [r.split(b" ")[1] for r in server.requests] == [
+            b"/0", b"/1", b"/2", b"/3", b"/4"]
+        assert server.connections == 1
+        assert (pool.opened, len(pool.idle), len(pool.waiters)) == (1, 1, 0)
+        await c.aclose()
+
+
+async def test_a_caller_waiting_longer_than_its_pool_timeout_fails_and_takes_no_slot(
+        ) -> None:
+    release, answer = held()
+    async with serving(answer) as (server, url):
+        c, _ = bounded(1)
+        first = asyncio.ensure_future(c.get(url + "/1"))
+        await asyncio.wait_for(server.got.wait(), 2)
+        with pytest.raises(httpx2.PoolTimeout):
+            await c.get(url + "/2", timeout=httpx2.Timeout(2.0, pool=0.1))
+        release.set()
+        assert (await first).status_code == 200
+        assert (await c.get(url + "/3")).status_code == 200
+        assert server.connections == 1
+        assert [r.split(b" ")[1] for r in server.requests] == [b"/1", b"/3"]
+        await c.aclose()
+
+
+async def test_a_caller_cancelled_while_waiting_takes_no_slot() -> None:
+    release, answer = held()
+    async with serving(answer) as (server, url):
+        c, transport = bounded(1)
+        first = asyncio.ensure_future(c.get(url + "/1"))
+        await asyncio.wait_for(server.got.wait(), 2)
+        waiting = asyncio.ensure_future(c.get(url + "/2"))
+        pool = transport._pools["127.0.0.1", int(url.rsplit(":", 1)[1])]
+        await until(lambda: len(pool.waiters) == 1, within=2)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert not pool.waiters
+        release.set()
+        assert (await first).status_code == 200
+        assert (await c.get(url + "/3")).status_code == 200
+        assert server.connections == 1 and pool.opened == 1
+        await c.aclose()
+
+
+@pytest.mark.parametrize("handed", ["a connection", "a slot"])
+async def test_a_caller_cancelled_just_after_it_was_handed_a_connection_gives_it_back(
+        handed: str) -> None:
+    """The hand-over and the cancellation in one step of the loop: the waiter's future
+    has its result, and the caller sees CancelledError. What it was handed goes back."""
+    async with serving(lambda s, n: OK) as (_, url):
+        c, transport = bounded(1)
+        assert (await c.get(url + "/")).status_code == 200
+        key = ("127.0.0.1", int(url.rsplit(":", 1)[1]))
+        pool = transport._pools[key]
+        conn = pool.idle.pop()  # as a caller holding it would (its slot stays taken)
+        waiting = asyncio.ensure_future(transport._checkout(pool, key, {"pool": 2.0}))
+        await until(lambda: len(pool.waiters) == 1, within=2)
+        if handed == "a connection":
+            transport._checkin(pool, conn)
+        else:
+            conn.close()
+            transport._release(pool)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert not pool.waiters
+        if handed == "a connection":
+            assert (pool.opened, list(pool.idle)) == (1, [conn])
+        else:
+            assert (pool.opened, list(pool.idle)) == (0, [])
+        assert (await c.get(url + "/")).status_code == 200
+        await c.aclose()
+
+
+async def test_closing_the_transport_fails_the_callers_waiting_for_a_connection() -> None:
+    release, answer = held()
+    async with serving(answer) as (server, url):
+        c, transport = bounded(1)
+        first = asyncio.ensure_future(c.get(url + "/1"))
+        await asyncio.wait_for(server.got.wait(), 2)
+        waiting = asyncio.ensure_future(c.get(url + "/2"))
+        pool = transport._pools["127.0.0.1", int(url.rsplit(":", 1)[1])]
+        await until(lambda: len(pool.waiters) == 1, within=2)
+        await transport.aclose()
+        with pytest.raises(RuntimeError, match="closed"):
+            await waiting
+        release.set()
+        assert (await first).status_code == 200
+        await asyncio.wait_for(server.closed.wait(), 2)  # not kept after the close
+        assert server.requests[-1].split(b" ")[1] == b"/1"

@@ -59,6 +59,11 @@ def test_every_variable() -> None:
         ({"REMINDER_NEXT_OCCURRENCE_METHOD": "../admin"}, "REMINDER_NEXT_OCCURRENCE_METHOD"),
         ({"APP_API_TOKEN": "secret:tokens/app"}, "APP_API_TOKEN"),  # no secret store set
         ({"DAPR_API_TOKEN": "secret:t/k", "REMINDER_SECRET_STORE": "s"}, "DAPR_API_TOKEN"),
+        ({"DAPR_API_TOKEN": "t1\nx-injected: 1"}, "DAPR_API_TOKEN"),
+        ({"DAPR_API_TOKEN": "t1\rx"}, "DAPR_API_TOKEN"),
+        ({"DAPR_API_TOKEN": "t1\x00"}, "DAPR_API_TOKEN"),
+        ({"DAPR_API_TOKEN": "t1 "}, "DAPR_API_TOKEN"),
+        ({"DAPR_API_TOKEN": "\tt1"}, "DAPR_API_TOKEN"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], names: str) -> None:
@@ -66,6 +71,19 @@ def test_bad_values_name_the_variable(env: dict[str, str], names: str) -> None:
         load_settings(env)
     message = str(info.value)
     assert message.startswith(names + ":") and "\n" not in message
+
+
+@pytest.mark.parametrize("raw", ["t1\n", "t1\r\n", "t1\n\n"])
+def test_dapr_api_token_from_a_file_loses_its_trailing_line_break(raw: str) -> None:
+    s = load_settings({"DAPR_API_TOKEN": raw})
+    assert s.dapr_api_token is not None and s.dapr_api_token.get_secret_value() == "t1"
+
+
+def test_a_dapr_api_token_with_a_line_break_inside_is_refused_without_its_value() -> None:
+    with pytest.raises(SettingsError) as info:
+        load_settings({"DAPR_API_TOKEN": "s3cret\nx-injected: 1"})
+    assert str(info.value) == ("DAPR_API_TOKEN: contains a line break or NUL character; "
+                               "only a trailing line break is stripped")
 
 
 def test_secret_references_resolve() -> None:

@@ -48,6 +48,7 @@ DEFAULT_HANDLER_DEADLINE = 20.0
 MAX_SIDECAR_TIMEOUT = 6.0
 _COMPONENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 _METHOD = re.compile(r"^[A-Za-z0-9._~/-]{1,500}$")
+_NOT_IN_HEADER = re.compile(r"[\r\n\x00]")
 
 
 def _env(name: str) -> AliasChoices:
@@ -119,6 +120,24 @@ class Settings(BaseSettings):
         if not re.match(r"^https?://[^/\s]+", value):
             raise ValueError("must be an http:// or https:// URL")
         return value.rstrip("/")
+
+    @field_validator("dapr_api_token")
+    @classmethod
+    def _dapr_token(cls, value: SecretStr | None) -> SecretStr | None:
+        """DAPR_API_TOKEN is sent as a header on every sidecar call. A trailing line
+        break (CR/LF), the usual last byte of a token read from a secret file, is
+        stripped; any other CR, LF or NUL would end or split the header line (a header
+        injected into every call), so it is a settings error. So is a space or tab at
+        either end, which a header value cannot carry (h11 refuses it at every call)."""
+        if value is None:
+            return None
+        token = value.get_secret_value().rstrip("\r\n")
+        if _NOT_IN_HEADER.search(token):
+            raise ValueError("contains a line break or NUL character; only a trailing "
+                             "line break is stripped")
+        if token != token.strip(" \t"):
+            raise ValueError("begins or ends with a space or tab, which a header cannot carry")
+        return SecretStr(token)
 
     @field_validator("app_api_token")
     @classmethod

@@ -39,6 +39,14 @@ from worker.settings import MAX_SIDECAR_TIMEOUT
 
 # About 24-32 calls in flight saturate one sidecar (style.md); more only queue there.
 DEFAULT_CONCURRENCY: Final = 32
+# The pool's bound: a connection per call the gate lets through, plus two for the health
+# and metadata calls, which bypass the gate so that /readyz never queues behind work.
+# httpx2 ignores the client's Limits once a transport is given: the transport gets them.
+MAX_CONNECTIONS: Final = DEFAULT_CONCURRENCY + 2
+# Seconds an idle connection is kept. Shorter than the idle timeout of any Go server or
+# proxy in front of the sidecar (daprd's own API server sets none), so that the worker
+# drops an idle connection before the peer does, not while a request is being written.
+KEEPALIVE_EXPIRY: Final = 5.0
 # daprd itself waits up to 30 s for the scheduler; a stuck call must fail before the
 # worker's handler deadline (settings.DEFAULT_HANDLER_DEADLINE, 20 s, itself below
 # daprd's 30 s appDelivery): 3 attempts x 6 s + backoff = 18.2 s at worst.
@@ -64,15 +72,26 @@ def make_client(
 
     httpx2 (the maintained fork of httpx, same API) on worker.http1's keep-alive
     transport for plain http; httpx2's own transport behind it for the rest (an
-    https endpoint), where per-call CPU matters less than TLS done right. Stock
-    httpx/httpcore spent most of a small request in pool scans and anyio locks,
-    aiohttp's pool a quarter of the worker's CPU per event (bench/RESULTS.md).
-    A transport passed in (tests) replaces both.
+    https endpoint), where per-call CPU matters less than TLS done right. httpx2's
+    own transport costs 3-5x the CPU per call (bench/transport_cost.py). Both are
+    bounded at MAX_CONNECTIONS per host with idle connections dropped after
+    KEEPALIVE_EXPIRY (httpx2 ignores the client's Limits once a transport is given:
+    each transport gets them). Before reusing an idle connection the transport checks
+    its socket: one the peer closed, or wrote on out of turn, is closed and a new one
+    opened, even when the worker's loop was too busy to notice. A request header
+    with CR, LF or NUL is refused before anything is sent, and trailers are not
+    headers. The transport sends a request again only when a reused connection died
+    before any answer byte and the method is idempotent; Sidecar._call retries
+    idempotent calls only. No proxy from the environment applies (a transport is
+    given). A transport passed in (tests) replaces both, with its own limits.
     """
-    limits = httpx2.Limits(max_connections=DEFAULT_CONCURRENCY * 2,
-                           max_keepalive_connections=DEFAULT_CONCURRENCY * 2)
+    limits = httpx2.Limits(max_connections=MAX_CONNECTIONS,
+                           max_keepalive_connections=MAX_CONNECTIONS,
+                           keepalive_expiry=KEEPALIVE_EXPIRY)
     if transport is None:
-        transport = Http1Transport(httpx2.AsyncHTTPTransport(limits=limits))
+        transport = Http1Transport(httpx2.AsyncHTTPTransport(limits=limits),
+                                   max_connections=MAX_CONNECTIONS,
+                                   keepalive_expiry=KEEPALIVE_EXPIRY)
     if timeout is not None and timeout < DEFAULT_TIMEOUT.read:  # type: ignore[operator]
         client_timeout = httpx2.Timeout(timeout, connect=min(timeout, 2.0))
     else:
@@ -81,6 +100,8 @@ def make_client(
 
 
 _URL_SAFE = re.compile(r"[A-Za-z0-9._-]+")
+# Would end or split the header line (settings strip a trailing line break already).
+_NOT_IN_HEADER = re.compile(r"[\r\n\x00]")
 
 
 def _q(segment: str) -> str:
@@ -105,6 +126,10 @@ class Sidecar:
         concurrency: int = DEFAULT_CONCURRENCY,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
     ) -> None:
+        if api_token is not None and (_NOT_IN_HEADER.search(api_token)
+                                      or api_token != api_token.strip(" \t")):
+            raise SettingsError("DAPR_API_TOKEN: contains a line break or NUL character, or "
+                                "begins or ends with a space or tab; it cannot be sent in a header")
         self.base_url = base_url.rstrip("/")
         self.client = client
         self.metrics = metrics
