@@ -315,6 +315,7 @@ class Daprd:
         self.http_port = free_port()
         self.metrics_port = free_port()
         self.app_port = app_port
+        self.app_id = app_id
         args = [dapr_binary("daprd"), "--app-id", app_id, "--app-port", str(app_port),
                 "--app-protocol", "http", "--dapr-http-port", str(self.http_port),
                 "--dapr-grpc-port", str(free_port()),

@@ -162,8 +162,9 @@ async def test_kill_between_invocation_and_claim_asks_once_for_one_occurrence() 
     async with with_task_service() as (c, app):
         assert await deliver(c, event("task.created", 0, **OVERDUE)) == "SUCCESS"
         completed = event("task.completed", 1)
-        # GET record, claim (first-write), [invoke], then "done" and its 2 retries fail
-        c.sidecar.faults.fail("state", times=3, after=2)
+        # GET record, claim (first-write), [invoke], then settling "done" fails: the read
+        # of the claim for its ETag and its retries
+        c.sidecar.faults.fail("state", times=6, after=2)
         assert await deliver(c, completed) == "RETRY"
         assert len(requests(app)) == 1
         c.clock.advance(timedelta(days=2))  # far past the claim's lease

@@ -1256,7 +1256,7 @@ def test_alerts_cover_what_matters_for_reminders(production_docs: list[dict[str,
     assert "reminder_worker_sidecar_request_seconds" in exprs, "sidecar trouble"
     assert 'outcome="error"' in exprs, "sidecar errors"
     # issue 20: a lost first-write race (outcome conflict) is no failure
-    rule = next(r for g in one(base_docs, "PrometheusRule")["spec"]["groups"]
+    rule = next(r for g in one(production_docs, "PrometheusRule")["spec"]["groups"]
                 for r in g["rules"] if r.get("alert") == "ReminderWorkerSidecarErrors")
     failures = rule["expr"].split("/")[0]
     assert 'outcome="error"' in failures and "conflict" not in failures

@@ -179,7 +179,7 @@ class _Meta:
             raise self.meta
         return self.meta
 
-    async def state_get(self, store: str, key: str) -> None:
+    async def state_probe(self, store: str, key: str) -> None:
         if self.store is not None:
             raise self.store
 
@@ -232,11 +232,14 @@ def test_readiness_fails_while_the_state_store_does_not_answer() -> None:
     readiness = Readiness(settings, sidecar, clock=lambda: now[0])  # type: ignore[arg-type]
 
     async def run() -> list[str | None]:
+        await readiness.refresh_store()  # what `watch` does before each reading
         seen = [await readiness.not_ready()]
         sidecar.store = TransientError("state: HTTP 500: connection refused")
+        await readiness.refresh_store()
         now[0] += READY_REFRESH_OK
         seen.append(await readiness.not_ready())
         sidecar.store = None
+        await readiness.refresh_store()
         now[0] += READY_REFRESH_FAILING
         seen.append(await readiness.not_ready())
         return seen

@@ -248,6 +248,7 @@ class Readiness:
         self.waits_for_subscription = False  # the subscription is all that is missing
         self._checked_at: float | None = None
         self._lock = anyio.Lock()
+        self.store_reason: str | None = None  # the last store read's failure (`watch`)
 
     async def not_ready(self) -> str | None:
         """None when the sidecar has what the worker needs, else the first failure."""
@@ -270,7 +271,7 @@ class Readiness:
                 self.waits_for_subscription = [r.name for r in failed] == [
                     _subscription(self.settings)]
                 if reason is None:
-                    reason = await self._store_answers()
+                    reason = self.store_reason
             if reason != self.reason and self.told:
                 if reason is None:
                     log.info("ready: the sidecar has what the worker needs")
@@ -281,16 +282,18 @@ class Readiness:
                 self.tell()
             return reason
 
-    async def _store_answers(self) -> str | None:
-        """One read of a key nobody writes: daprd's own health stays green while the
+    async def refresh_store(self) -> None:
+        """One read of a key nobody writes, by `watch` (never on a probe's time: a slow
+        store must not make /readyz slow): daprd's own health stays green while the
         database behind its state store is down (seen with Redis), and a worker that
         cannot read or write records applies nothing."""
         store = self.settings.state_store
         try:
-            await self.sidecar.state_get(store, READY_PROBE_KEY)
+            await self.sidecar.state_probe(store, READY_PROBE_KEY)
         except (TransientError, PermanentSidecarError) as exc:
-            return f"state store {store} does not answer: {exc}"
-        return None
+            self.store_reason = f"state store {store} does not answer: {exc}"
+        else:
+            self.store_reason = None
 
     @property
     def every(self) -> float:
@@ -319,6 +322,8 @@ class Readiness:
         change."""
         deadline = self.clock() + grace
         while not stop.is_set():
+            await self.refresh_store()
+            self._checked_at = None  # a changed store verdict is seen at once
             await self.not_ready()
             if not self.told and (not self.waits_for_subscription
                                   or self.clock() >= deadline):

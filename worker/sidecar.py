@@ -149,7 +149,7 @@ class Sidecar:
         self, api: str, method: str, path: str, *, body: bytes | None = None,
         content_type: str = "application/json", headers: Mapping[str, str] | None = None,
         safe: bool = False, ok: tuple[int, ...] = (200, 204),
-        conflict: tuple[int, ...] = (409,),
+        conflict: tuple[int, ...] = (409,), gated: bool = True,
     ) -> httpx2.Response:
         hdrs = dict(self.headers)
         if body is not None:
@@ -161,7 +161,8 @@ class Sidecar:
         url = self.base_url + path
         attempts = 1 + (SAFE_RETRIES if safe else 0)
         # Health and metadata never queue behind work: /readyz must answer within 2 s.
-        gate = self.gate if api not in ("health", "metadata") else contextlib.nullcontext()
+        ungated = api in ("health", "metadata") or not gated
+        gate = contextlib.nullcontext() if ungated else self.gate
         for attempt in range(attempts):
             start = time.perf_counter()
             try:
@@ -221,6 +222,11 @@ class Sidecar:
         await self._call("state", "POST", f"/v1.0/state/{_q(store)}", body=_dumps([item]),
                          safe=etag is None and not first_write,
                          conflict=(409, 500) if first_write else (409,))
+
+    async def state_probe(self, store: str, key: str) -> None:
+        """Read `key` once, beside the concurrency gate (for /readyz: it must answer
+        while every slot is taken by work); raises as any call does."""
+        await self._call("state", "GET", f"/v1.0/state/{_q(store)}/{_q(key)}", gated=False)
 
     async def state_delete(self, store: str, key: str, *, etag: str | None = None) -> None:
         headers = {"if-match": etag} if etag else None
