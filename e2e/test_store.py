@@ -43,7 +43,7 @@ def probe(http: httpx.Client, key: str) -> dict[str, Any]:
     out["ttl save"] = http.post(url, json=[{"key": ttl_key, "value": 1,
                                             "metadata": {"ttlInSeconds": "2"}}]).status_code
     out["ttl live"] = http.get(f"{url}/{ttl_key}").status_code
-    out["ttl below -1"] = http.post(url, json=[{"key": ttl_key, "value": 1, "metadata": {
+    out["ttl below -1"] = http.post(url, json=[{"key": f"{key}-neg", "value": 1, "metadata": {
         "ttlInSeconds": "-2"}}]).status_code
     return out
 
@@ -54,16 +54,19 @@ def expired(http: httpx.Client, key: str) -> bool:
 
 REAL = {"missing": 204, "insert": 204, "insert again": 500, "get": (200, {"n": 1}),
         "wrong etag": 409, "right etag": 204, "delete wrong etag": 409, "ttl save": 204,
-        "ttl live": 200, "ttl below -1": 500}
+        "ttl live": 200}
 
 
 def test_first_write_etags_and_ttl_as_the_store_answers(pod: Pod, user: str) -> None:
     got = probe(pod.daprd.http, f"probe-{user}")
     sticky = got.pop("no etag after first-write")
+    below = got.pop("ttl below -1")
     assert got == REAL
     # Redis remembers first-write in the key and then refuses a save without an ETag;
     # PostgreSQL v2 takes it
     assert sticky == (500 if pod.store == "redis" else 204)
+    # PostgreSQL v2 refuses a TTL below -1; Redis takes it
+    assert below == (204 if pod.store == "redis" else 500)
     wait_until(lambda: expired(pod.daprd.http, f"probe-{user}"), 30, "the TTL to expire")
 
 
@@ -88,11 +91,12 @@ def test_the_development_sidecar_answers_as_redis_does(dev_sidecar: httpx.Client
                                                        redis: Redis) -> None:
     """The development sidecar holds state in memory and answers a repeated first-write
     insert 409 as Dapr's in-memory store does (Redis and PostgreSQL: 500; the worker
-    reads both as "maybe present"); everything else as Redis answers."""
+    reads both as "maybe present"); where Redis and PostgreSQL v2 differ, the stricter."""
     key = f"dev-{time.time_ns()}"
     got = probe(dev_sidecar, key)
     assert got.pop("insert again") == 409
-    assert got.pop("no etag after first-write") == 500
+    assert got.pop("no etag after first-write") == 500  # as Redis
+    assert got.pop("ttl below -1") == 500  # as PostgreSQL v2
     assert got == {k: v for k, v in REAL.items() if k != "insert again"}
     wait_until(lambda: expired(dev_sidecar, key), 30, "the TTL to expire")
 
@@ -110,5 +114,6 @@ def test_a_deleted_tasks_record_expires_in_the_store(pod: Pod, user: str, redis:
         ttl = redis("TTL", key)
         assert ttl > 0, f"Redis holds the deleted task's record without expiry ({ttl})"
     else:
-        [[expires]] = postgres.sql(f"SELECT expiredate IS NOT NULL FROM state WHERE key = '{key}'")
+        [[expires]] = postgres.sql(
+            f"SELECT expires_at IS NOT NULL FROM state WHERE key = '{key}'")
         assert expires == "t", "PostgreSQL holds the deleted task's record without expiry"
