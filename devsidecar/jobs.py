@@ -192,7 +192,10 @@ class Jobs:
         entry = self._jobs.get(name)
         if entry is None:
             raise ApiError(
-                500, "DAPR_SCHEDULER_GET_JOB", f"failed to get job due to: job not found: {name}"
+                500, "DAPR_SCHEDULER_GET_JOB",
+                # daprd 1.18.2's text, word for word (seen end to end)
+                f"failed to get job due to: rpc error: code = NotFound desc = job not found: "
+                f"{name}"
             )
         snapshot = entry.snapshot()
         if snapshot.data_json is None:

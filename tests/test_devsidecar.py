@@ -333,6 +333,8 @@ async def test_jobs_contract() -> None:
         r = await c.get("/v1.0/jobs/missing")
         assert r.status_code == 500
         assert error_code(r) == "DAPR_SCHEDULER_GET_JOB"
+        assert r.json()["message"] == ("failed to get job due to: rpc error: code = NotFound "
+                                       "desc = job not found: missing")
         assert (await c.delete("/v1.0/jobs/missing")).status_code == 204
         assert (await c.delete("/v1.0/jobs/j1")).status_code == 204
         assert h.sidecar.jobs() == {}
