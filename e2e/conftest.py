@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -13,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from e2e.procs import (
@@ -20,9 +23,11 @@ from e2e.procs import (
     TASK_SERVICE_PORT,
     Daprd,
     Postgres,
+    Proc,
     Redis,
     Scheduler,
     Worker,
+    free_port,
     port_open,
     wait_until,
 )
@@ -193,6 +198,23 @@ def pod(request: pytest.FixtureRequest, root: Path, redis: Redis, postgres: Post
     p = factory.make(request.param, app_id=APP_ID, topic="task-events")
     yield p
     factory.close()
+
+
+@pytest.fixture(scope="session")
+def dev_sidecar(root: Path) -> Iterator[httpx.Client]:
+    """`reminder-worker --dev`: the worker with its embedded development sidecar."""
+    port = free_port()
+    env = {**os.environ, "DAPR_HTTP_PORT": str(port), "REMINDER_PORT": str(free_port()),
+           "REMINDER_OPS_PORT": str(free_port()), "REMINDER_OPS_HOST": "127.0.0.1",
+           "REMINDER_LOG_FORMAT": "json"}
+    proc = Proc("dev", [sys.executable, "-m", "worker", "--dev"], root, env=env)
+    proc.start()
+    http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
+    wait_until(lambda: http.get("/v1.0/healthz/outbound").status_code == 204, 60,
+               "the development sidecar", proc.tail)
+    yield http
+    http.close()
+    proc.stop()
 
 
 _users = itertools.count(1)

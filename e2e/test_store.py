@@ -3,19 +3,14 @@ TTLs, and the development sidecar beside them."""
 
 from __future__ import annotations
 
-import os
-import sys
 import time
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from e2e.conftest import Pod
-from e2e.procs import Postgres, Proc, Redis, free_port, wait_until
+from e2e.procs import Postgres, Redis, wait_until
 from e2e.test_flow import event, now, record, z
 from worker.keys import task_key
 
@@ -68,23 +63,6 @@ def test_first_write_etags_and_ttl_as_the_store_answers(pod: Pod, user: str) -> 
     # PostgreSQL v2 refuses a TTL below -1; Redis takes it
     assert below == (204 if pod.store == "redis" else 500)
     wait_until(lambda: expired(pod.daprd.http, f"probe-{user}"), 30, "the TTL to expire")
-
-
-@pytest.fixture(scope="module")
-def dev_sidecar(root: Path) -> Iterator[httpx.Client]:
-    """`reminder-worker --dev`: the worker with its embedded development sidecar."""
-    port = free_port()
-    env = {**os.environ, "DAPR_HTTP_PORT": str(port), "REMINDER_PORT": str(free_port()),
-           "REMINDER_OPS_PORT": str(free_port()), "REMINDER_OPS_HOST": "127.0.0.1",
-           "REMINDER_LOG_FORMAT": "json"}
-    proc = Proc("dev", [sys.executable, "-m", "worker", "--dev"], root, env=env)
-    proc.start()
-    http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
-    wait_until(lambda: http.get("/v1.0/healthz/outbound").status_code == 204, 60,
-               "the development sidecar", proc.tail)
-    yield http
-    http.close()
-    proc.stop()
 
 
 def test_the_development_sidecar_answers_as_redis_does(dev_sidecar: httpx.Client,
