@@ -127,6 +127,8 @@ def main() -> int:
     ap.add_argument("--burst", type=int, default=1000)
     ap.add_argument("--spread", type=int, default=600)
     ap.add_argument("--jobs", type=int, default=100_000)
+    ap.add_argument("--daprd-arg", action="append", default=[],
+                    help="more daprd flags, e.g. --daprd-arg=--app-max-concurrency=64")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="reminder-worker-pod-"))
     redis = Redis(root)
@@ -137,10 +139,10 @@ def main() -> int:
                                         "REMINDER_TASK_TOPIC": "bench-events",
                                         "REMINDER_LOG_LEVEL": "warning"})
     daprd = Daprd(root, "daprd", worker.app_port, scheduler.address, "redis",
-                  app_id="rw-bench", extra=["--log-level", "warning"])
+                  app_id="rw-bench", extra=["--log-level", "warn", *args.daprd_arg])
     worker.env["DAPR_HTTP_PORT"] = str(daprd.http_port)
     pod = Pod(daprd, worker, "redis", "bench-events")
-    report: dict[str, Any] = {"load_before": os.getloadavg()[0]}
+    report: dict[str, Any] = {"load_before": os.getloadavg()[0], "daprd_args": args.daprd_arg}
     try:
         pod.start()
         procs = {"worker": worker.proc, "daprd": daprd.proc, "scheduler": scheduler.proc,
@@ -161,10 +163,15 @@ def main() -> int:
         cpu["load generator"] = (time.process_time() - own0) / args.events * 1e6
         report["throughput"] = {"events": args.events, "wall_s": wall,
                                 "events_per_s": args.events / wall, "cpu_us_per_event": cpu}
+        print(json.dumps(report["throughput"]), file=sys.stderr, flush=True)
+        rate = args.events / wall
         # 2. fire latency
-        lead = timedelta(seconds=max(20, args.burst // 40))
+        # time to apply the events before the first is due, at half the measured rate
+        lead = timedelta(seconds=max(15, 2 * args.burst / rate))
         at = (datetime.now(UTC) + lead).replace(microsecond=0)
         report["same_second"] = fire(pod, redis, "bench-burst", [at] * args.burst)
+        print(json.dumps(report["same_second"]), file=sys.stderr, flush=True)
+        lead = timedelta(seconds=max(15, 2 * args.spread / rate))
         start = (datetime.now(UTC) + lead).replace(microsecond=0)
         step = 60 / args.spread
         report["spread_minute"] = fire(pod, redis, "bench-spread",
