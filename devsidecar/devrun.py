@@ -24,10 +24,10 @@ from devsidecar import DevSidecar, SidecarConfig, serve_sidecar
 from devsidecar.asgi import ApiError
 from devsidecar.secretstores import SecretStores
 from worker.clock import Clock, system_clock
-from worker.daemon import Running, run_daemon
+from worker.commands.daemon import Running, run_daemon
 from worker.errors import SettingsError
-from worker.listen import listen
 from worker.schedule import format_utc
+from worker.server.listen import listen
 from worker.settings import Settings, env_name, with_secrets
 
 DEV_SECRETS_FILE: Final = "dev-secrets.json"  # read by the dev secret store, if present

@@ -16,9 +16,9 @@ from typing import Final, Literal
 
 from worker.errors import InvalidEvent
 from worker.keys import job_name
-from worker.kinds import Slot
-from worker.misfire import DEFAULT_GRACE, judge, task_grace
 from worker.records import Order, TaskRecord
+from worker.rules.kinds import Slot
+from worker.rules.misfire import DEFAULT_GRACE, judge, task_grace
 
 Decision = Literal["publish", "skip", "behind", "missed"]
 

@@ -11,9 +11,9 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from worker.keys import reminder_id
-from worker.kinds import Slot
 from worker.records import Task
-from worker.recurrence import Recurrence, series_start
+from worker.rules.kinds import Slot
+from worker.rules.recurrence import Recurrence, series_start
 from worker.schedule import format_local, format_utc
 
 

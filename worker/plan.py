@@ -29,18 +29,19 @@ from zoneinfo import ZoneInfo
 from worker.errors import InvalidEvent, shown
 from worker.events import TaskEvent, is_blank
 from worker.keys import job_name, occurrence_key
-from worker.kinds import Slot, parse_duration
 from worker.messages import next_occurrence_body
-from worker.misfire import DEFAULT_GRACE, judge, task_grace
-from worker.quiet import QuietHours, defer, parse_quiet_hours
 from worker.records import NO_GRACE_LIMIT, NO_QUIET_HOURS, Order, Status, Task, TaskRecord
-from worker.recurrence import (
+from worker.rules.kinds import Slot, parse_duration
+from worker.rules.misfire import DEFAULT_GRACE, judge, task_grace
+from worker.rules.quiet import QuietHours, defer, parse_quiet_hours
+from worker.rules.recurrence import (
     Recurrence,
     next_from_completion,
     next_occurrence,
     parse_recurrence,
 )
-from worker.repeat import overdue_instants, parse_repeat
+from worker.rules.repeat import overdue_instants, parse_repeat
+from worker.rules.snooze import snooze_instant
 from worker.schedule import (
     UTC,
     Offset,
@@ -53,7 +54,6 @@ from worker.schedule import (
     resolve_local,
     wall_clock,
 )
-from worker.snooze import snooze_instant
 
 T = TypeVar("T")
 

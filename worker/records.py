@@ -40,10 +40,10 @@ from functools import cached_property
 from typing import Any, Final, Literal
 
 from worker.errors import InvalidEvent
-from worker.kinds import Slot, parse_duration
-from worker.quiet import QuietHours, parse_quiet_hours
-from worker.recurrence import Recurrence
-from worker.repeat import Repeat, parse_repeat
+from worker.rules.kinds import Slot, parse_duration
+from worker.rules.quiet import QuietHours, parse_quiet_hours
+from worker.rules.recurrence import Recurrence
+from worker.rules.repeat import Repeat, parse_repeat
 from worker.schedule import Offset, format_utc, load_zone, parse_offset, wall_clock
 
 RECORD_VERSION: Final = 2  # 2: `due_local`, signed offsets; version 1 records still load

@@ -24,8 +24,8 @@ from pydantic_settings import (
 )
 
 from worker.errors import SettingsError
-from worker.kinds import parse_duration
-from worker.quiet import QuietHours, parse_quiet_hours
+from worker.rules.kinds import parse_duration
+from worker.rules.quiet import QuietHours, parse_quiet_hours
 from worker.schedule import Offset, parse_offset
 
 SECRET_PREFIX = "secret:"

@@ -1,7 +1,7 @@
 """Recurrences, pure: a task's series (rule, start, exdates, rdates) and its next occurrence.
 
 No I/O, no clock reads (`after` is passed in); results are aware UTC. Rule text is parsed
-by `worker.rrule_parse` and expanded by `worker.rrule_expand` in naive wall-clock time;
+by `worker.rrule.parse` and expanded by `worker.rrule.expand` in naive wall-clock time;
 every occurrence then goes through `schedule.resolve_local`, so the DST policy applies.
 
 Decisions:
@@ -33,8 +33,8 @@ from functools import lru_cache
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
-from worker.rrule_expand import MAX_YEAR, Expander
-from worker.rrule_parse import MAX_COUNT, MAX_INTERVAL, parse_rule
+from worker.rrule.expand import MAX_YEAR, Expander
+from worker.rrule.parse import MAX_COUNT, MAX_INTERVAL, parse_rule
 from worker.schedule import UTC, check_window, resolve_local, to_utc, wall_clock
 
 __all__ = ["MAX_COUNT", "MAX_INTERVAL", "Recurrence", "format_wall", "next_occurrence",

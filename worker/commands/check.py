@@ -30,10 +30,10 @@ from typing import IO, Any, Final
 import anyio
 import structlog
 
-from worker.connect import connect, resolve_secrets
+from worker.commands.connect import connect, resolve_secrets
+from worker.dapr.sidecar import Sidecar, runtime_release
 from worker.errors import PermanentSidecarError, SettingsError, StartupError, TransientError
 from worker.settings import Settings, env_name
-from worker.sidecar import Sidecar, runtime_release
 
 # State features the worker relies on: compare-and-set saves and expiring tombstones.
 NEEDED_STATE_FEATURES: Final = ("ETAG", "TTL")
@@ -356,7 +356,7 @@ async def check(settings: Settings, dev: bool, now: datetime) -> list[Result]:
         async with open_sidecar(settings) as sidecar:
             return await run_checks(settings, sidecar, now)
     from devsidecar.devrun import resolve_dev_secrets, run_dev
-    from worker.daemon import Running
+    from worker.commands.daemon import Running
 
     settings = resolve_dev_secrets(settings)
     running = Running()

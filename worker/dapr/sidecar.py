@@ -25,6 +25,7 @@ import anyio
 import httpx2
 
 from worker import jsoncodec, tracing
+from worker.dapr.http1 import Http1Transport
 from worker.errors import (
     Conflict,
     PermanentSidecarError,
@@ -32,7 +33,6 @@ from worker.errors import (
     SidecarUnavailable,
     StartupError,
 )
-from worker.http1 import Http1Transport
 from worker.metrics import Metrics
 from worker.schedule import format_utc
 from worker.settings import MAX_SIDECAR_TIMEOUT
@@ -70,7 +70,7 @@ def make_client(
 ) -> httpx2.AsyncClient:
     """The process's one HTTP client for the sidecar.
 
-    httpx2 (the maintained fork of httpx, same API) on worker.http1's keep-alive
+    httpx2 (the maintained fork of httpx, same API) on worker.dapr.http1's keep-alive
     transport for plain http; httpx2's own transport behind it for the rest (an
     https endpoint), where per-call CPU matters less than TLS done right. httpx2's
     own transport costs 3-5x the CPU per call (bench/transport_cost.py). Both are

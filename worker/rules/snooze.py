@@ -12,7 +12,7 @@ from datetime import datetime, time
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from worker.kinds import parse_duration
+from worker.rules.kinds import parse_duration
 from worker.schedule import parse_when, to_utc
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final
 
-from worker.kinds import parse_duration
+from worker.rules.kinds import parse_duration
 from worker.schedule import format_utc
 
 MIN_EVERY: Final = timedelta(minutes=5)  # a floor so a typo cannot page someone every second
