@@ -149,8 +149,9 @@ def how_to_publish(settings: Settings) -> str:
             f"{Path(sys.executable).with_name('reminder-worker')} --explain me 1 shows the task")
 
 
-# The demo (contract §2, §8) in real time, over at most DEMO_SECONDS: what it publishes
-# and when, from its start. Its zone is one with DST, like most users'.
+# The demo (docs/operations.md, "--dev and the demo") in real time, over at most
+# DEMO_SECONDS: what it publishes and when, from its start. Its zone is one with DST,
+# like most users'.
 DEMO_ZONE: Final = "Europe/Berlin"
 DEMO_USER: Final = "demo-user"
 DEMO_SECONDS: Final = 30

@@ -1,4 +1,4 @@
-"""Command line (contract §5): daemon, --replay [--dry-run], --dev, --version."""
+"""Command line (docs/operations.md, "Commands"): daemon, --replay [--dry-run], --dev, --version."""
 
 from __future__ import annotations
 

@@ -19,8 +19,8 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from worker.clock import Clock, system_clock
-from worker.commands.check import Readiness
 from worker.commands.connect import SIDECAR_POLL, Connection, connect
+from worker.dapr.readiness import Readiness
 from worker.server.app import OpsApp, WorkerApp
 from worker.server.listen import listen
 from worker.server.serving import (

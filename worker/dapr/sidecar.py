@@ -37,7 +37,8 @@ from worker.metrics import Metrics
 from worker.schedule import format_utc
 from worker.settings import MAX_SIDECAR_TIMEOUT
 
-# About 24-32 calls in flight saturate one sidecar (style.md); more only queue there.
+# About 24-32 calls in flight saturate one sidecar; more only queue there (the gate:
+# docs/guarantees.md, "Sidecar client").
 DEFAULT_CONCURRENCY: Final = 32
 # The pool's bound: a connection per call the gate lets through, plus two for the health
 # and metadata calls, which bypass the gate so that /readyz never queues behind work.
@@ -243,7 +244,8 @@ class Sidecar:
 
     async def job_get(self, name: str) -> dict[str, Any] | None:
         """The scheduler's view of a job, or None when it has none: daprd answers a
-        missing job with 500 DAPR_SCHEDULER_GET_JOB (dapr-http.md), newer ones may 404."""
+        missing job with 500 DAPR_SCHEDULER_GET_JOB (docs/operations.md, "--explain"),
+        newer ones may 404."""
         resp = await self._call("jobs", "GET", f"{self.jobs_prefix}/{_q(name)}",
                                 ok=(200, 404, 500))
         if resp.status_code == 404:

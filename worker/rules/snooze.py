@@ -1,4 +1,4 @@
-"""Snooze, pure (contract §8): the instant of a `task.snoozed` event's extra reminder.
+"""Snooze, pure (docs/reminders.md): the instant of a `task.snoozed` event's extra reminder.
 
 `payload.until` (a due_at form, read in the task's zone) or `payload.for` (an
 unsigned duration counted from the event's `timestamp`, never from when the event

@@ -243,7 +243,7 @@ class OpsApp:
         self.sidecar = sidecar
         self.started = False  # set once start-up (secrets, metadata) is done
         # What the worker needs from the sidecar (components, subscription...): None
-        # when all is there, else the reason (worker.commands.check.Readiness, cached).
+        # when all is there, else the reason (worker.dapr.readiness.Readiness, cached).
         self.not_ready: Callable[[], Awaitable[str | None]] | None = None
         self.stopping = False  # set once the worker drains
 
