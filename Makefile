@@ -58,6 +58,6 @@ bench: $(RUN_STAMP)
 bench-rrule: $(RUN_STAMP)
 	$(BIN)/python -m bench.rrule_cost
 
-# CPU per sidecar call, worker/http1.py against httpx2's own transport (30-40 s)
+# CPU per sidecar call, worker/dapr/http1.py against httpx2's own transport (30-40 s)
 bench-transport: $(RUN_STAMP)
 	$(BIN)/python -m bench.transport_cost

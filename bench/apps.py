@@ -28,12 +28,12 @@ import httpx2
 from prometheus_client import CollectorRegistry
 
 from bench.fakesidecar import Receive, Scope, Send, _body
-from worker.app import WorkerApp
+from worker.dapr.sidecar import Sidecar
 from worker.errors import Status
 from worker.metrics import Metrics
+from worker.server.app import WorkerApp
 from worker.service import Service
 from worker.settings import Settings
-from worker.sidecar import Sidecar
 
 _HELLO = b'{"status":"SUCCESS"}'
 

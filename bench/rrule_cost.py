@@ -17,8 +17,9 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from worker import recurrence, rrule_parse
-from worker.recurrence import Recurrence, next_occurrence, parse_recurrence
+from worker.rrule import parse as rrule_parse
+from worker.rules import recurrence
+from worker.rules.recurrence import Recurrence, next_occurrence, parse_recurrence
 from worker.schedule import load_zone, resolve_local
 
 TARGET_MS = 20.0

@@ -6,7 +6,7 @@ KIND: fake (the fake daprd), hello (B), reference (S), noop (R0), answer (A),
 spin (W, --spin-us), worker.
 The fake runs on uvloop with httptools so that it stays far cheaper than the
 worker; the others get the daemon's set-up (anyio.run, uvicorn's "auto" parser).
---client picks the worker's HTTP client: default (worker.sidecar.make_client),
+--client picks the worker's HTTP client: default (worker.dapr.sidecar.make_client),
 httpx, httpx+sniffio, httpx2, httpx+aiohttp, httpx2+aiohttp. `httpx` hides
 sniffio (as on an install without it); every other kind keeps it importable.
 """
@@ -22,8 +22,8 @@ CLIENTS = ("default", "httpx", "httpx+sniffio", "httpx2", "httpx+aiohttp", "http
 
 
 def make_variant(name: str) -> Any:
-    """An AsyncClient with the limits and timeouts of worker.sidecar.make_client."""
-    from worker import sidecar
+    """An AsyncClient with the limits and timeouts of worker.dapr.sidecar.make_client."""
+    from worker.dapr import sidecar
 
     if name == "default":
         return sidecar.make_client()
@@ -47,9 +47,9 @@ def make_variant(name: str) -> Any:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    from worker.daemon import make_worker_server
+    from worker.commands.daemon import make_worker_server
     from worker.logs import configure
-    from worker.serving import bind_socket
+    from worker.server.serving import bind_socket
     from worker.settings import load_settings
 
     settings = load_settings({"DAPR_HTTP_PORT": str(args.sidecar_port),

@@ -1,11 +1,11 @@
-"""CPU per sidecar call: worker.http1's transport (what make_client ships) against
+"""CPU per sidecar call: worker.dapr.http1's transport (what make_client ships) against
 httpx2's own (httpcore2's pool and h11), in-process, no daprd.
 
     python -m bench.transport_cost [--calls 1500] [--runs 5] [--concurrency 1,32]
 
 A tiny server (asyncio + httptools: a 204 to every request, keep-alive) runs in a
 child process pinned to one core; the client runs here, pinned to the other. Both
-clients are built by worker.sidecar.make_client (the same limits and timeouts; the
+clients are built by worker.dapr.sidecar.make_client (the same limits and timeouts; the
 second is given httpx2.AsyncHTTPTransport with make_client's limits) and send what
 Sidecar.publish sends: a POST of a reminder.due CloudEvent with its content type, a
 token and a traceparent. Each run is `calls` POSTs at one concurrency (that many
@@ -38,7 +38,7 @@ import httptools
 import httpx2
 
 from worker import jsoncodec
-from worker.sidecar import CE_JSON, KEEPALIVE_EXPIRY, MAX_CONNECTIONS, make_client
+from worker.dapr.sidecar import CE_JSON, KEEPALIVE_EXPIRY, MAX_CONNECTIONS, make_client
 
 PATH = "/v1.0/publish/pubsub/reminders"
 # The envelope worker.messages.reminder_due builds for a titled reminder (~560 bytes).
@@ -151,7 +151,7 @@ def report(results: dict[tuple[str, int], list[tuple[float, float]]], calls: int
             ours = statistics.median(c for c, _ in results["http1", level])
             theirs = statistics.median(c for c, _ in results["httpx2", level])
             print(f"concurrency {level}: httpx2's own transport costs {theirs / ours:.1f}x "
-                  "the CPU per call of worker.http1's (medians)")
+                  "the CPU per call of worker.dapr.http1's (medians)")
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
 FOR LAPTOPS AND TESTS ONLY, NEVER PRODUCTION: no persistence, no security
 beyond a shared token, one process.
 
-It answers like daprd 1.16-1.19 as described in dapr-http.md: jobs that really
+It answers like daprd 1.16-1.19 (as seen end to end: docs/development.md): jobs that really
 fire (`POST {app}/job/{name}`), pub/sub with subscription discovery and
 delivery (SUCCESS / RETRY / DROP, dead letters), state with ETags,
 first-write, TTL and transactions, secrets from local JSON files, service

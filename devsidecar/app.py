@@ -22,7 +22,7 @@ import httpx2
 from anyio.abc import TaskStatus
 
 from worker.clock import Clock, system_clock
-from worker.serving import lifespan
+from worker.server.serving import lifespan
 
 from .asgi import (
     ApiError,

@@ -24,10 +24,10 @@ from devsidecar import DevSidecar, SidecarConfig, serve_sidecar
 from devsidecar.asgi import ApiError
 from devsidecar.secretstores import SecretStores
 from worker.clock import Clock, system_clock
-from worker.daemon import Running, run_daemon
+from worker.commands.daemon import Running, run_daemon
 from worker.errors import SettingsError
-from worker.listen import listen
 from worker.schedule import format_utc
+from worker.server.listen import listen
 from worker.settings import Settings, env_name, with_secrets
 
 DEV_SECRETS_FILE: Final = "dev-secrets.json"  # read by the dev secret store, if present
@@ -149,8 +149,9 @@ def how_to_publish(settings: Settings) -> str:
             f"{Path(sys.executable).with_name('reminder-worker')} --explain me 1 shows the task")
 
 
-# The demo (contract §2, §8) in real time, over at most DEMO_SECONDS: what it publishes
-# and when, from its start. Its zone is one with DST, like most users'.
+# The demo (docs/operations.md, "--dev and the demo") in real time, over at most
+# DEMO_SECONDS: what it publishes and when, from its start. Its zone is one with DST,
+# like most users'.
 DEMO_ZONE: Final = "Europe/Berlin"
 DEMO_USER: Final = "demo-user"
 DEMO_SECONDS: Final = 30

@@ -1,6 +1,6 @@
 """The jobs API and a scheduler that really fires: `POST {app}/job/{name}`.
 
-Validation and answers follow dapr-http.md; the trigger rules are daprd's:
+Validation and answers follow daprd's, and so do the trigger rules:
 2xx or 404 is done, anything else is retried by the job's failure policy,
 then the trigger is lost. Time comes from the injected clock; the loop wakes
 when a job is added or a `ManualClock` moves.

@@ -1,6 +1,6 @@
 """In-memory pub/sub: publish, subscription discovery and delivery with daprd's answer rules.
 
-Delivery follows dapr-http.md: `POST {app}{route}` with the CloudEvent, and
+Delivery follows daprd's: `POST {app}{route}` with the CloudEvent, and
 the app's answer decides: done, redeliver (after `delivery_retry_interval`,
 up to `delivery_max_attempts`), or drop (to the subscription's dead-letter
 topic when it names one). A fixed pool of workers keeps the number of
@@ -424,7 +424,7 @@ class PubSub:
 
 
 def classify(status: int | None, reply: bytes) -> tuple[str, str]:
-    """(answer, outcome) for one delivery, per the table in dapr-http.md."""
+    """(answer, outcome) for one delivery, as daprd classifies the app's answer."""
     if status is None:
         return "CONNECTION_ERROR", "retry"
     if status == 404:

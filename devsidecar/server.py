@@ -7,7 +7,7 @@ from functools import partial
 import anyio
 from anyio.abc import TaskStatus
 
-from worker.serving import (
+from worker.server.serving import (
     DEV_SIDECAR_MAX_CONNECTIONS,
     bind_socket,
     make_server,

@@ -25,7 +25,7 @@ import httpx
 
 from devsidecar import DevSidecar, ManualClock, SidecarConfig, serve_sidecar
 from tests.harness import START, free_port
-from worker.daemon import Running, run_daemon
+from worker.commands.daemon import Running, run_daemon
 from worker.errors import StartupError
 from worker.settings import Settings, load_settings
 

@@ -19,7 +19,7 @@ import anyio
 import httpx
 
 from devsidecar import DevSidecar, ManualClock, SidecarConfig, serve_sidecar
-from worker.daemon import Running, run_daemon
+from worker.commands.daemon import Running, run_daemon
 from worker.settings import Settings, load_settings
 
 START = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)

@@ -13,9 +13,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from tests.factory import created
-from worker.app import WorkerApp
-from worker.memsidecar import MemorySidecar
+from worker.dapr.memsidecar import MemorySidecar
 from worker.metrics import Metrics
+from worker.server.app import WorkerApp
 from worker.service import Service
 from worker.settings import load_settings
 

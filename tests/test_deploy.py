@@ -654,7 +654,7 @@ def test_image_leaves_the_development_sidecar_out() -> None:
 def test_dev_where_the_development_sidecar_is_absent_says_so_in_one_line() -> None:
     """What `reminder-worker --dev` does in the image: one line, exit 2."""
     script = ("import sys; sys.modules['devsidecar'] = None\n"  # unimportable, as in the image
-              "from worker.cli import main; sys.exit(main(['--dev']))")
+              "from worker.commands.cli import main; sys.exit(main(['--dev']))")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          timeout=60, check=False, cwd=ROOT, env={**os.environ, "PYTHONPATH": "."})
     assert out.returncode == 2
@@ -1357,7 +1357,7 @@ def test_state_store_breaker_is_not_tripped_by_normal_conflicts(
     """A breaker counts ETag and first-write conflicts as failures (Dapr cannot exclude
     them); each is followed by a successful read, so a run of conflicts is at most the
     calls in flight times the attempts stateOutbound makes."""
-    from worker.sidecar import DEFAULT_CONCURRENCY
+    from worker.dapr.sidecar import DEFAULT_CONCURRENCY
 
     policies = components["resiliency.yaml"]["spec"]["policies"]
     trip = policies["circuitBreakers"]["stateStore"]["trip"]

@@ -23,7 +23,7 @@ from devsidecar.devrun import (
     run_dev,
 )
 from tests.harness import START, Stack, free_port, stack
-from worker.daemon import Running
+from worker.commands.daemon import Running
 from worker.errors import SettingsError
 from worker.schedule import format_utc
 from worker.settings import load_settings

@@ -26,11 +26,12 @@ DOC_FILES = sorted([README, *DOCS.glob("*.md")])
 # (Built from pieces so that this file does not match itself.)
 OUTSIDE = (re.compile("contract " + "§", re.I), re.compile(r"\.\./" + "shared"),
            re.compile(r"\b(contract|dapr-http|style)\.md\b"))
-# The project's own files that may carry such a citation in a comment; worker/ and
-# devsidecar/ are not listed here yet.
+# The project's own files that may carry such a citation in a comment, a docstring
+# or a metric's help text (which /metrics shows).
 OWN_FILES = sorted({
     *DOC_FILES, ROOT / "Makefile", ROOT / "Dockerfile", ROOT / "pyproject.toml",
-    *(p for d in ("deploy", "components", "run", "bench", "tests") for p in (ROOT / d).rglob("*")
+    *(p for d in ("worker", "devsidecar", "deploy", "components", "run", "bench", "tests", "e2e")
+      for p in (ROOT / d).rglob("*")
       if p.is_file() and p.suffix in (".py", ".md", ".yaml", ".yml", ".json", ".sql", ".lua")
       and "__pycache__" not in p.parts),
 })

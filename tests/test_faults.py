@@ -18,7 +18,7 @@ from devsidecar import DevSidecar, ManualClock, SidecarConfig, serve_sidecar
 from tests.cluster import Cluster, cluster, reminder_counts
 from tests.factory import created, event
 from tests.harness import START, free_port
-from worker.daemon import Running, run_daemon
+from worker.commands.daemon import Running, run_daemon
 from worker.keys import task_key
 from worker.settings import load_settings
 

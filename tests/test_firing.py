@@ -12,9 +12,9 @@ from tests.test_plan import apply, ev
 from worker.errors import InvalidEvent
 from worker.firing import decide, parse_job_data
 from worker.keys import job_name, reminder_id
-from worker.kinds import Slot
 from worker.messages import reminder_due
 from worker.records import NO_GRACE_LIMIT, Order, Task
+from worker.rules.kinds import Slot
 
 
 def test_decide_at_firing() -> None:

@@ -23,13 +23,13 @@ from prometheus_client import CollectorRegistry
 
 from devsidecar import DevSidecar, ManualClock, SidecarConfig
 from tests.cluster import SAFE_JOB, SAFE_KEY
-from worker.app import MAX_BODY, WorkerApp
+from worker.dapr.sidecar import Sidecar
 from worker.errors import InvalidEvent
 from worker.events import TaskEvent, parse_delivery, parse_document
 from worker.metrics import Metrics
 from worker.plan import PlanConfig, make_plan
 from worker.records import dump_record, load_record
-from worker.recurrence import (
+from worker.rules.recurrence import (
     next_occurrence,
     parse_recurrence,
 )
@@ -39,9 +39,9 @@ from worker.schedule import (
     parse_when,
     wall_clock,
 )
+from worker.server.app import MAX_BODY, WorkerApp
 from worker.service import Service
 from worker.settings import load_settings
-from worker.sidecar import Sidecar
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 FAST = settings(max_examples=150, deadline=timedelta(seconds=2),

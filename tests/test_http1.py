@@ -1,4 +1,4 @@
-"""worker.http1 against real sockets: servers written byte by byte, so that each
+"""worker.dapr.http1 against real sockets: servers written byte by byte, so that each
 answer is exactly what a peer can send (keep-alive, close, chunks, silence, garbage)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import httpx2
 import pytest
 
 from tests.test_limits import until
-from worker.http1 import Http1Transport
+from worker.dapr.http1 import Http1Transport
 
 pytestmark = pytest.mark.anyio
 

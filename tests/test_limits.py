@@ -28,7 +28,7 @@ from anyio.abc import Process
 
 from devsidecar import DevSidecar, SidecarConfig, serve_sidecar
 from tests.harness import free_port
-from worker.serving import MAX_HEAD_BYTES, MAX_HEADERS, OPS_IDLE_SECONDS, REQUEST_TIMEOUT
+from worker.server.serving import MAX_HEAD_BYTES, MAX_HEADERS, OPS_IDLE_SECONDS, REQUEST_TIMEOUT
 
 pytestmark = pytest.mark.anyio
 MiB = 1024 * 1024

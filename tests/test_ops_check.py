@@ -23,9 +23,9 @@ from prometheus_client import CollectorRegistry
 
 from devsidecar import DevSidecar, SidecarConfig, serve_sidecar
 from tests.harness import free_port, stack
-from worker.app import OpsApp
-from worker.check import READY_REFRESH_FAILING, READY_REFRESH_OK, Readiness
+from worker.dapr.readiness import READY_REFRESH_FAILING, READY_REFRESH_OK, Readiness
 from worker.errors import TransientError
+from worker.server.app import OpsApp
 from worker.settings import load_settings
 
 pytestmark = pytest.mark.anyio

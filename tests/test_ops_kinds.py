@@ -15,14 +15,14 @@ from prometheus_client import CollectorRegistry
 
 from tests.factory import event, parsed
 from worker import applied
+from worker.commands.explain import explain, render
+from worker.dapr.memsidecar import MemorySidecar
+from worker.dapr.sidecar import Sidecar
 from worker.errors import Status
-from worker.explain import explain, render
-from worker.memsidecar import MemorySidecar
 from worker.metrics import Metrics
 from worker.plan import PlanConfig, make_plan
 from worker.service import Service
 from worker.settings import load_settings
-from worker.sidecar import Sidecar
 
 pytestmark = pytest.mark.anyio
 START = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)

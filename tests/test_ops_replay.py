@@ -136,7 +136,7 @@ async def test_unreadable_file_and_missing_sidecar_have_their_own_statuses(
 def test_progress_line_shows_total_percent_rate_and_time_left() -> None:
     import io
 
-    from worker.replay import Report
+    from worker.commands.replay import Report
 
     report = Report(io.StringIO(), total=200, start=1)
     assert report.progress_line(50, report.began + 10) == (
@@ -192,7 +192,7 @@ async def test_from_counts_what_ran_and_past_the_end_is_an_error(tmp_path: Path)
 
 def values(text: str, start: int = 1) -> list[tuple[int, int, object]]:
     """What `read_items` makes of `text`: (first line, last line, value or Bad reason)."""
-    from worker.replay import Bad, read_items
+    from worker.commands.replay import Bad, read_items
 
     return [(i.line, i.end, i.doc.reason if isinstance(i.doc, Bad) else i.doc)
             for i in read_items(io.BytesIO(text.encode()), start)]
@@ -239,7 +239,7 @@ def test_replay_errors_name_the_line_a_bad_value_starts_on() -> None:
         (1, 1, TWO), (2, 5, "not JSON: the value that starts here is not complete at the "
                             "end of the input")]
     bad_utf8 = io.BytesIO(json.dumps(TWO).encode() + b"\n\xff\xfe\n" + json.dumps(ONE).encode())
-    from worker.replay import Bad, read_items
+    from worker.commands.replay import Bad, read_items
     assert [(i.line, isinstance(i.doc, Bad)) for i in read_items(bad_utf8)] == [
         (1, False), (2, True), (3, False)]
 

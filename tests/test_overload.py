@@ -22,18 +22,18 @@ import yaml
 
 from tests.cluster import cluster
 from tests.factory import DUE, created
-from worker.app import READY_TIMEOUT
+from worker.dapr.sidecar import BACKOFF_BASE, DEFAULT_TIMEOUT, SAFE_RETRIES
 from worker.errors import SettingsError
 from worker.events import MAX_TITLE, TaskEvent, parse_document
 from worker.keys import task_key
-from worker.serving import (
+from worker.server.app import READY_TIMEOUT
+from worker.server.serving import (
     APP_MAX_CONNECTIONS,
     OPS_MAX_CONNECTIONS,
     AcceptErrorFilter,
     connection_caps,
 )
 from worker.settings import DEFAULT_HANDLER_DEADLINE, load_settings, with_secrets
-from worker.sidecar import BACKOFF_BASE, DEFAULT_TIMEOUT, SAFE_RETRIES
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parent.parent

@@ -4,7 +4,7 @@ from datetime import UTC, date, datetime, time, timedelta
 
 import pytest
 
-from worker.recurrence import (
+from worker.rules.recurrence import (
     Recurrence,
     next_occurrence,
     parse_recurrence,

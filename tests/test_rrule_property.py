@@ -23,8 +23,8 @@ from zoneinfo import ZoneInfo
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-from worker.recurrence import Recurrence, next_occurrence
-from worker.rrule_parse import parse_rule
+from worker.rrule.parse import parse_rule
+from worker.rules.recurrence import Recurrence, next_occurrence
 
 FREQS = ["YEARLY", "MONTHLY", "WEEKLY", "DAILY", "HOURLY", "MINUTELY"]
 DAYS = ["MO", "TU", "WE", "TH", "FR", "SA", "SU"]

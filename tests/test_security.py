@@ -74,7 +74,7 @@ def _token_operand(node: ast.expr) -> bool:
     return isinstance(name, str) and name.lower().endswith(("token", "given"))
 
 
-@pytest.mark.parametrize("module", ["worker/app.py", "devsidecar/app.py"])
+@pytest.mark.parametrize("module", ["worker/server/app.py", "devsidecar/app.py"])
 def test_token_comparisons_are_constant_time(module: str) -> None:
     """Statically: tokens are compared with hmac.compare_digest, never with == or !=."""
     tree = ast.parse((ROOT / module).read_text())

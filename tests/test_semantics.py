@@ -8,13 +8,13 @@ from typing import Any
 
 import pytest
 
-from worker.kinds import Slot, parse_duration
-from worker.misfire import judge
-from worker.quiet import QuietHours, defer, parse_quiet_hours
-from worker.recurrence import next_from_completion, parse_recurrence
-from worker.repeat import Repeat, overdue_instants, parse_repeat
+from worker.rules.kinds import Slot, parse_duration
+from worker.rules.misfire import judge
+from worker.rules.quiet import QuietHours, defer, parse_quiet_hours
+from worker.rules.recurrence import next_from_completion, parse_recurrence
+from worker.rules.repeat import Repeat, overdue_instants, parse_repeat
+from worker.rules.snooze import snooze_instant
 from worker.schedule import UTC, load_zone
-from worker.snooze import snooze_instant
 
 
 def z(text: str) -> datetime:

@@ -10,9 +10,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from tests.factory import DUE, created, event, parsed
+from worker.dapr.memsidecar import Invocation, MemorySidecar
 from worker.errors import Conflict, SidecarUnavailable, Status
 from worker.keys import occurrence_key, task_key
-from worker.memsidecar import Invocation, MemorySidecar
 from worker.metrics import Metrics
 from worker.records import load_record
 from worker.service import Service

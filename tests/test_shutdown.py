@@ -23,7 +23,7 @@ from anyio.abc import Process
 from devsidecar import DevSidecar, SidecarConfig, serve_sidecar
 from tests.harness import free_port
 from worker.clock import system_clock
-from worker.daemon import DRAIN_SECONDS
+from worker.commands.daemon import DRAIN_SECONDS
 from worker.keys import task_key
 from worker.schedule import format_utc
 

@@ -9,6 +9,7 @@ import httpx2 as httpx  # the worker's client library
 import pytest
 from prometheus_client import CollectorRegistry
 
+from worker.dapr.sidecar import Sidecar, make_client
 from worker.errors import (
     Conflict,
     PermanentSidecarError,
@@ -17,7 +18,6 @@ from worker.errors import (
     StartupError,
 )
 from worker.metrics import Metrics
-from worker.sidecar import Sidecar, make_client
 
 pytestmark = pytest.mark.anyio
 

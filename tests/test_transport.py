@@ -1,4 +1,4 @@
-"""The sidecar client that ships (worker.sidecar.make_client) against raw-socket servers
+"""The sidecar client that ships (worker.dapr.sidecar.make_client) against raw-socket servers
 that misbehave on purpose: connections closed or spoken on while the worker's loop is
 busy, bursts, header injection, trailers, a 101.
 
@@ -22,10 +22,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from tests.test_limits import until
-from worker import sidecar as sidecar_module
+from worker.dapr import sidecar as sidecar_module
+from worker.dapr.sidecar import Sidecar, make_client
 from worker.errors import SettingsError, SidecarUnavailable
 from worker.metrics import Metrics
-from worker.sidecar import Sidecar, make_client
 
 pytestmark = pytest.mark.anyio
 

@@ -288,7 +288,7 @@ async def test_log_lines_of_an_event_carry_its_ids() -> None:
 async def test_replay_through_the_sidecar_is_idempotent(tmp_path: Any) -> None:
     import io
 
-    from worker.replay import live, read_lines
+    from worker.commands.replay import live, read_lines
 
     path = tmp_path / "events.jsonl"
     rows = [json.dumps(created()), "{broken", json.dumps(event("task.updated", 2, title="x"))]

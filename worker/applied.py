@@ -23,7 +23,7 @@ last: ContextVar[dict[str, Any] | None] = ContextVar("applied", default=None)
 
 def skip_reason(record: TaskRecord) -> str:
     """Why a reminder already past was not scheduled (plan._wanted_jobs: the misfire
-    policy of contract §8)."""
+    policy, docs/reminders.md)."""
     due = record.task.due_at
     if due is None:
         return ("in the past when applied, past the misfire grace, and the task has "

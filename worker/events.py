@@ -48,7 +48,7 @@ ALIASES: Final[dict[str, tuple[str, ...]]] = {
     "reminders": ("reminders", "remind_before", "remind_before_minutes"),
     "remind_at": ("remind_at",),
     "recurrence": ("recurrence",),
-    # contract §8
+    # the reminder rules (docs/reminders.md)
     "misfire_grace": ("misfire_grace",),
     "repeat": ("repeat",),
     "quiet_hours": ("quiet_hours",),

@@ -4,7 +4,7 @@ A job's data names the reminder (user, task, instant, and for a reminder that is
 not a plain one its slot: `kinds.Slot`) and the order of the event that scheduled
 it (`plan.job_spec`); `parse_job_data` reads it back and checks it against the
 job's name, `decide` compares it with the task record and applies the misfire
-policy (contract §8).
+policy (docs/reminders.md, "Late reminders").
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Final, Literal
 
 from worker.errors import InvalidEvent
 from worker.keys import job_name
-from worker.kinds import Slot
-from worker.misfire import DEFAULT_GRACE, judge, task_grace
 from worker.records import Order, TaskRecord
+from worker.rules.kinds import Slot
+from worker.rules.misfire import DEFAULT_GRACE, judge, task_grace
 
 Decision = Literal["publish", "skip", "behind", "missed"]
 
@@ -89,7 +89,7 @@ def decide(record: TaskRecord | None, name: str, order: Order, now: datetime,
 
     behind: the record does not show that event yet (its save is in flight): retry.
     skip: the task is no longer active or no longer wants this job (superseded).
-    missed: too late to be useful (contract §8: the task's due time has passed and the
+    missed: too late to be useful (the misfire policy: the task's due time has passed and the
     reminder is more than the task's misfire grace, else `default_grace`, late).
     publish: the reminder is due.
     """

@@ -50,7 +50,7 @@ def job_name(user_id: str, task_id: int | str, instant: datetime,
     by one event can never be a job that a newer event scheduled for the same
     instant (a late delete would otherwise remove the newer event's reminder).
     Without it: the name of jobs scheduled before generations existed.
-    `slot`: the reminder's slot key (`worker.kinds.Slot.key`) when it is not a plain
+    `slot`: the reminder's slot key (`worker.rules.kinds.Slot.key`) when it is not a plain
     reminder; a plain reminder's key is its instant, so its name is unchanged.
     """
     user, task = _ids(user_id, task_id)

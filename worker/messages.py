@@ -1,7 +1,8 @@
 """Pure: what the worker sends out, built from a record and the moment.
 
-`reminder_due` is the CloudEvent published when a reminder fires (contract §3);
-`next_occurrence_body` the task service's create-next request (contract §4).
+`reminder_due` is the CloudEvent published when a reminder fires (docs/events.md,
+"`reminder.due` out"); `next_occurrence_body` the task service's create-next request
+(docs/events.md, "Next occurrence out").
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from worker.keys import reminder_id
-from worker.kinds import Slot
 from worker.records import Task
-from worker.recurrence import Recurrence, series_start
+from worker.rules.kinds import Slot
+from worker.rules.recurrence import Recurrence, series_start
 from worker.schedule import format_local, format_utc
 
 
@@ -21,7 +22,8 @@ def reminder_due(source: str, user_id: str, task_id: int | str, task: Task,
                  reminder: Slot | datetime, fired_at: datetime) -> dict[str, Any]:
     """The `reminder.due` CloudEvent of one reminder (a slot; an instant is a plain
     reminder). Its id is the same for every fire of that (kind, instant), so consumers
-    can dedupe; a plain reminder's id is the one it had before kinds (contract §8)."""
+    can dedupe; a plain reminder's id is the one it had before kinds (docs/reminders.md,
+    "Kinds")."""
     slot = reminder if isinstance(reminder, Slot) else Slot(reminder)
     data: dict[str, Any] = {
         "event_type": "reminder.due", "event_version": "1.0",

@@ -1,4 +1,4 @@
-"""The worker's metrics (contract §7), built on a registry passed in."""
+"""The worker's metrics (docs/operations.md, "Metrics"), built on a registry passed in."""
 
 from __future__ import annotations
 
@@ -67,9 +67,11 @@ class Metrics:
                                       "Dapr sidecar call latency", ["api", "outcome"],
                                       buckets=SIDECAR_BUCKETS, registry=registry),
             missed=counter("reminder_worker_reminders_missed",
-                           "Reminders not published: later than the misfire grace (contract §8)",
+                           "Reminders not published: later than the misfire grace "
+                           "(also counted skipped in reminders_published)",
                            ["kind"]),
             deferred=counter("reminder_worker_reminders_deferred",
-                             "Reminders published at the end of quiet hours (contract §8)",
+                             "Reminders published at the end of quiet hours (each one a "
+                             "merged publication stands for)",
                              ["kind"]),
         )

@@ -7,7 +7,7 @@ named by its reminder instant and the order of the event that first wanted it
 or deferred by quiet hours) is named by its slot (`kinds.Slot`). Day offsets and the
 recurrence work from the wall clock as written (`Task.due_local`); when only the
 zone changes, the instant stays where it was and the wall clock is derived again
-in the new zone, except for a floating task (contract §8), whose wall clock stays
+in the new zone, except for a floating task (docs/reminders.md), whose wall clock stays
 and whose instants (due, remind_at) follow the zone.
 
 Partial application: an unusable optional part of an event (a bad field, one bad
@@ -29,18 +29,19 @@ from zoneinfo import ZoneInfo
 from worker.errors import InvalidEvent, shown
 from worker.events import TaskEvent, is_blank
 from worker.keys import job_name, occurrence_key
-from worker.kinds import Slot, parse_duration
 from worker.messages import next_occurrence_body
-from worker.misfire import DEFAULT_GRACE, judge, task_grace
-from worker.quiet import QuietHours, defer, parse_quiet_hours
 from worker.records import NO_GRACE_LIMIT, NO_QUIET_HOURS, Order, Status, Task, TaskRecord
-from worker.recurrence import (
+from worker.rules.kinds import Slot, parse_duration
+from worker.rules.misfire import DEFAULT_GRACE, judge, task_grace
+from worker.rules.quiet import QuietHours, defer, parse_quiet_hours
+from worker.rules.recurrence import (
     Recurrence,
     next_from_completion,
     next_occurrence,
     parse_recurrence,
 )
-from worker.repeat import overdue_instants, parse_repeat
+from worker.rules.repeat import overdue_instants, parse_repeat
+from worker.rules.snooze import snooze_instant
 from worker.schedule import (
     UTC,
     Offset,
@@ -53,7 +54,6 @@ from worker.schedule import (
     resolve_local,
     wall_clock,
 )
-from worker.snooze import snooze_instant
 
 T = TypeVar("T")
 
@@ -263,7 +263,7 @@ def merge(prior: Task, changes: dict[str, Any], config: PlanConfig,
 
 def _floated(prior: Task, old: ZoneInfo, zone: ZoneInfo, remind_at_given: bool
              ) -> dict[str, Any]:
-    """Floating time (contract §8): the wall clock stays, the instants follow `zone`."""
+    """Floating time (docs/reminders.md): the wall clock stays, the instants follow `zone`."""
     assert prior.due_local is not None
     new: dict[str, Any] = {"due_at": resolve_local(prior.due_local, zone)}
     if prior.remind_at and not remind_at_given:
@@ -293,7 +293,7 @@ def grace_of(task: Task, config: PlanConfig) -> timedelta | None:
 
 
 def wanted_slots(task: Task, config: PlanConfig) -> list[Slot]:
-    """Every reminder the task wants (contract §2, §8), sorted, one slot per (kind, instant).
+    """Every reminder the task wants (docs/reminders.md), sorted, one slot per (kind, instant).
 
     Offsets, default offsets and overdue repetitions falling in quiet hours move to
     the window's end, several of them to one slot that lists them; explicit
@@ -421,8 +421,8 @@ def _next(event: TaskEvent, task: Task, rec: Recurrence) -> NextOccurrence | Non
         current, current_wall = event.timestamp, wall_clock(event.timestamp, zone)
     # "Now" for this purpose is when the task was completed, never when the event
     # happens to be handled: a redelivery hours later asks for the same occurrence
-    # with the same idempotency key (contract §4).
-    if rec.anchor == "completion":  # contract §8: the series restarts at the completion
+    # with the same idempotency key (docs/events.md, "Next occurrence out").
+    if rec.anchor == "completion":  # the series restarts at the completion
         restarted = next_from_completion(rec, zone, task.due_local, event.timestamp)
         if restarted is None:
             return None

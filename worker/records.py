@@ -23,12 +23,12 @@ inside a DST gap, where `due_at` follows the DST policy). Version 1 records (no
 meaning after the due time; absent means "never given" (the configured default
 offsets apply), `[]` means "none".
 
-Contract §8 adds to `task`, each written only when set: `misfire_grace` (a
+The reminder rules (docs/reminders.md) add to `task`, each written only when set: `misfire_grace` (a
 duration; null = no limit; absent = the setting), `quiet_hours` ("HH:MM-HH:MM";
 null = none; absent = the setting), `repeat` ({"every", "max"}), `floating` (true),
 `snooze` (the instant of the last `task.snoozed`). The values of `jobs` are slot
 keys (`kinds.Slot.key`): a plain reminder's key is its instant, as before, so
-records without §8 read and write unchanged.
+records written before those rules read and write unchanged.
 """
 
 from __future__ import annotations
@@ -40,10 +40,10 @@ from functools import cached_property
 from typing import Any, Final, Literal
 
 from worker.errors import InvalidEvent
-from worker.kinds import Slot, parse_duration
-from worker.quiet import QuietHours, parse_quiet_hours
-from worker.recurrence import Recurrence
-from worker.repeat import Repeat, parse_repeat
+from worker.rules.kinds import Slot, parse_duration
+from worker.rules.quiet import QuietHours, parse_quiet_hours
+from worker.rules.recurrence import Recurrence
+from worker.rules.repeat import Repeat, parse_repeat
 from worker.schedule import Offset, format_utc, load_zone, parse_offset, wall_clock
 
 RECORD_VERSION: Final = 2  # 2: `due_local`, signed offsets; version 1 records still load
@@ -94,7 +94,7 @@ class Task:
     offsets: tuple[Offset, ...] | None = None  # None: never given, the defaults apply
     remind_at: tuple[datetime, ...] | None = None  # aware
     recurrence: Recurrence | None = None
-    # contract §8
+    # the reminder rules (docs/reminders.md)
     misfire_grace: timedelta | None = None  # None: the setting; NO_GRACE_LIMIT: no limit
     quiet_hours: QuietHours | None = None  # None: the setting; NO_QUIET_HOURS: none
     repeat: Repeat | None = None

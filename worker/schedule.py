@@ -12,7 +12,7 @@ a local time inside a spring-forward gap takes the UTC offset from before the ga
 fall-back overlap is its first occurrence (the earlier instant).
 
 
-Recurrences (RRULE expansion) live in `worker.recurrence`.
+Recurrences (RRULE expansion) live in `worker.rules.recurrence`.
 """
 
 from __future__ import annotations

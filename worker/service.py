@@ -373,7 +373,7 @@ class Service:
             self.metrics.reminders.labels("skipped").inc()
             return
         slot = record.jobs[name]
-        if decision == "missed":  # contract §8: too late to be useful
+        if decision == "missed":  # the misfire policy: too late to be useful
             bound.warning("reminder missed", kind=slot.kind, remind_at=format_utc(slot.at),
                           late_seconds=round((fired_at - slot.at).total_seconds()),
                           reason="past the misfire grace")

@@ -1,4 +1,5 @@
-"""Settings from the environment (contract §6): loaded once by the CLI, frozen, passed down."""
+"""Settings from the environment (docs/events.md, "Settings"): loaded once by the CLI,
+frozen, passed down."""
 
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ from pydantic_settings import (
 )
 
 from worker.errors import SettingsError
-from worker.kinds import parse_duration
-from worker.quiet import QuietHours, parse_quiet_hours
+from worker.rules.kinds import parse_duration
+from worker.rules.quiet import QuietHours, parse_quiet_hours
 from worker.schedule import Offset, parse_offset
 
 SECRET_PREFIX = "secret:"
@@ -56,7 +57,7 @@ def _env(name: str) -> AliasChoices:
 
 
 class Settings(BaseSettings):
-    """Every setting of contract §6. Field aliases are the environment names."""
+    """Every setting (docs/events.md, "Settings"). Field aliases are the environment names."""
 
     model_config = SettingsConfigDict(frozen=True, extra="ignore", case_sensitive=True)
 
@@ -85,7 +86,8 @@ class Settings(BaseSettings):
     default_reminders: Annotated[tuple[Offset, ...], NoDecode] = Field(
         (), validation_alias=_env("REMINDER_DEFAULT_REMINDERS")
     )
-    # contract §8; kept as text (validated here) so a copy re-validates unchanged
+    # the reminder rules (docs/reminders.md); kept as text (validated here) so a copy
+    # re-validates unchanged
     misfire_grace: str = Field("PT1H", validation_alias=_env("REMINDER_MISFIRE_GRACE"))
     quiet_hours: str = Field("", validation_alias=_env("REMINDER_QUIET_HOURS"))
     handler_deadline: float = Field(DEFAULT_HANDLER_DEADLINE, gt=0, le=600,

@@ -47,7 +47,7 @@ from typing import Any, Final
 import httptools
 import httpx2
 
-DEFAULT_MAX_CONNECTIONS: Final = 64  # per host; worker.sidecar passes its own bound
+DEFAULT_MAX_CONNECTIONS: Final = 64  # per host; worker.dapr.sidecar passes its own bound
 DEFAULT_KEEPALIVE_EXPIRY: Final = 5.0  # seconds an idle connection is kept
 DEFAULT_TIMEOUT: Final = 6.0
 # Methods a server may receive twice with the effect of once (RFC 9110, 9.2.2);

@@ -1,4 +1,4 @@
-"""Repeat until done, pure (contract §8): the overdue reminders of a task.
+"""Repeat until done, pure (docs/reminders.md): the overdue reminders of a task.
 
 `{"every": "PT1H", "max": 5}`: a reminder of kind `overdue` at due + every,
 due + 2*every, ... at most `max` of them. Bounded: `every` at least MIN_EVERY,
@@ -7,7 +7,7 @@ event and reported), never silently changed.
 
 All repetitions are planned at once as one-shot jobs, each named and identified
 by its own instant. A Dapr job with `repeats` fires with no fire time and no
-attempt number (dapr-http.md), so a retried trigger could not be told from the
+attempt number (as daprd triggers it), so a retried trigger could not be told from the
 next repetition: its reminder id would not be exact. One-shot jobs per instant stay
 exact under redelivery and re-fired triggers, and completion deletes the rest.
 """
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final
 
-from worker.kinds import parse_duration
+from worker.rules.kinds import parse_duration
 from worker.schedule import format_utc
 
 MIN_EVERY: Final = timedelta(minutes=5)  # a floor so a typo cannot page someone every second

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from worker.errors import ListenError
-from worker.serving import bind_socket
+from worker.server.serving import bind_socket
 from worker.settings import Settings
 
 _IN_USE: Final = frozenset({errno.EADDRINUSE})

@@ -1,4 +1,4 @@
-"""The misfire policy, pure (contract §8): is a reminder firing now still worth sending?
+"""The misfire policy, pure (docs/reminders.md): is a reminder firing now still worth sending?
 
 A reminder is published while the task's due time is still ahead (a "15 minutes
 before" reminder an hour late is still useful before the meeting), or while it is

@@ -29,9 +29,9 @@ from dataclasses import replace
 from datetime import date, datetime
 from math import gcd
 
-from worker.rrule_days import DayFilter
-from worker.rrule_parse import Rule
-from worker.rrule_sets import DAY, Set, Times, days_in, from_secs, picked_size, to_secs
+from worker.rrule.days import DayFilter
+from worker.rrule.parse import Rule
+from worker.rrule.sets import DAY, Set, Times, days_in, from_secs, picked_size, to_secs
 
 MAX_STEPS = 5_000  # skips or periods one search may take one by one (~3 us each: CPU bound)
 MAX_YEAR = 9000  # occurrences after this year are not produced (schedule.MAX_YEAR)

@@ -32,7 +32,7 @@ import anyio
 
 from worker import applied
 from worker.clock import Clock, system_clock
-from worker.connect import connect
+from worker.commands.connect import connect
 from worker.errors import InvalidEvent, PermanentSidecarError, StartupError, TransientError
 from worker.events import Ignored, TaskEvent, parse_document
 from worker.keys import task_key

@@ -12,11 +12,11 @@ import structlog
 from prometheus_client import CollectorRegistry, make_asgi_app
 
 from worker import jsoncodec, tracing
+from worker.dapr.sidecar import Sidecar
 from worker.errors import Status
+from worker.server.serving import lifespan
 from worker.service import Service
-from worker.serving import lifespan
 from worker.settings import Settings
-from worker.sidecar import Sidecar
 from worker.types import Receive, Scope, Send
 
 TASK_ROUTE: Final = "/task-events"
@@ -243,7 +243,7 @@ class OpsApp:
         self.sidecar = sidecar
         self.started = False  # set once start-up (secrets, metadata) is done
         # What the worker needs from the sidecar (components, subscription...): None
-        # when all is there, else the reason (worker.check.Readiness, cached).
+        # when all is there, else the reason (worker.dapr.readiness.Readiness, cached).
         self.not_ready: Callable[[], Awaitable[str | None]] | None = None
         self.stopping = False  # set once the worker drains
 

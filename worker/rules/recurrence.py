@@ -1,7 +1,7 @@
 """Recurrences, pure: a task's series (rule, start, exdates, rdates) and its next occurrence.
 
 No I/O, no clock reads (`after` is passed in); results are aware UTC. Rule text is parsed
-by `worker.rrule_parse` and expanded by `worker.rrule_expand` in naive wall-clock time;
+by `worker.rrule.parse` and expanded by `worker.rrule.expand` in naive wall-clock time;
 every occurrence then goes through `schedule.resolve_local`, so the DST policy applies.
 
 Decisions:
@@ -33,8 +33,8 @@ from functools import lru_cache
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
-from worker.rrule_expand import MAX_YEAR, Expander
-from worker.rrule_parse import MAX_COUNT, MAX_INTERVAL, parse_rule
+from worker.rrule.expand import MAX_YEAR, Expander
+from worker.rrule.parse import MAX_COUNT, MAX_INTERVAL, parse_rule
 from worker.schedule import UTC, check_window, resolve_local, to_utc, wall_clock
 
 __all__ = ["MAX_COUNT", "MAX_INTERVAL", "Recurrence", "format_wall", "next_occurrence",
@@ -61,7 +61,8 @@ class Recurrence:
     def to_json(self, zone: ZoneInfo, start: datetime | None = None) -> dict[str, Any]:
         """The object form sent downstream, times as wall clock with offset (`format_wall`).
 
-        `start` (naive) is written as dtstart when given (the series start, contract §4).
+        `start` (naive) is written as dtstart when given (the series start: docs/events.md,
+        "Next occurrence out").
         """
         dtstart = start if start is not None else self.dtstart
         out: dict[str, Any] = {
@@ -295,7 +296,7 @@ def next_from_completion(
     """The next occurrence of a completion-anchored series (`anchor: "completion"`), and
     the series to send downstream with it; None when the series has ended.
 
-    The series restarts at the completion (contract §8): for daily and coarser rules
+    The series restarts at the completion (docs/reminders.md): for daily and coarser rules
     at the completion's local date with `due_wall`'s time of day (DAILY;INTERVAL=3,
     due 09:00, done Monday 20:00 -> Thursday 09:00); for hourly and finer rules at the
     completion's wall-clock time. UNTIL ends the series as usual; EXDATEs still apply;

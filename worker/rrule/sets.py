@@ -14,7 +14,7 @@ from bisect import bisect_left
 from datetime import date, datetime, timedelta
 from functools import lru_cache
 
-from worker.rrule_parse import Rule
+from worker.rrule.parse import Rule
 
 DAY = 86_400
 

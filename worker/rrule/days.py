@@ -13,7 +13,7 @@ import calendar
 from bisect import bisect_left
 from datetime import date
 
-from worker.rrule_parse import Rule
+from worker.rrule.parse import Rule
 
 _MAX_YEAR = 9000  # rrule_expand.MAX_YEAR
 

@@ -1,4 +1,5 @@
-"""Reminder kinds and slots, pure: what one reminder job stands for (contract §8).
+"""Reminder kinds and slots, pure: what one reminder job stands for
+(docs/reminders.md, "Kinds").
 
 A *slot* is one reminder the task wants: its kind, the instant it fires, and (when
 quiet hours moved it) the instants it was meant for. Its text key is what the task

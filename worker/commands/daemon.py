@@ -18,12 +18,12 @@ import httpx2
 import structlog
 from prometheus_client import CollectorRegistry
 
-from worker.app import OpsApp, WorkerApp
-from worker.check import Readiness
 from worker.clock import Clock, system_clock
-from worker.connect import SIDECAR_POLL, Connection, connect
-from worker.listen import listen
-from worker.serving import (
+from worker.commands.connect import SIDECAR_POLL, Connection, connect
+from worker.dapr.readiness import Readiness
+from worker.server.app import OpsApp, WorkerApp
+from worker.server.listen import listen
+from worker.server.serving import (
     Limits,
     Server,
     connection_caps,
@@ -72,7 +72,7 @@ async def run_daemon(
 ) -> None:
     """Serve until `running.stop` is set, then drain in-flight requests and return.
 
-    `transport`: the sidecar client's (tests); None for worker.http1's.
+    `transport`: the sidecar client's (tests); None for worker.dapr.http1's.
     """
     running = running or Running()
     install_accept_error_filter()

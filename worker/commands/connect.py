@@ -18,11 +18,11 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from worker.clock import Clock, system_clock
+from worker.dapr.sidecar import Sidecar, make_client
 from worker.errors import PermanentSidecarError, SettingsError, StartupError, TransientError
 from worker.metrics import Metrics
 from worker.service import Service
 from worker.settings import Settings, env_name, with_secrets
-from worker.sidecar import Sidecar, make_client
 
 SIDECAR_POLL: Final = 0.5
 CLOSE_PATIENCE: Final = 2.0  # seconds a (cancelled) worker waits for its client to close
@@ -53,7 +53,7 @@ async def connect(
     transport: httpx2.AsyncBaseTransport | None = None,
 ) -> AsyncIterator[Connection]:
     """The one place the worker is wired. `registry` None: a private one without the
-    process collectors (replay); `transport` None: worker.http1's (tests pass one)."""
+    process collectors (replay); `transport` None: worker.dapr.http1's (tests pass one)."""
     metrics = (Metrics.create(CollectorRegistry(), process=False) if registry is None
                else Metrics.create(registry))
     token = settings.dapr_api_token.get_secret_value() if settings.dapr_api_token else None

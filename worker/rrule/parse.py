@@ -1,10 +1,11 @@
 """RRULE text -> a validated, normalized `Rule` (RFC 5545 §3.3.10); pure, cached.
 
-What is accepted (contract §1): the text with or without "RRULE:", in any case, with
-spaces anywhere (`FREQ=WEEKLY; BYDAY=MO`); FREQ from YEARLY down to MINUTELY (SECONDLY is
-refused); the shorthands in `SHORTHANDS`. Refused: other content lines (DTSTART, EXDATE)
-inside the text, unknown parts, parts RFC 5545 marks N/A for the frequency, COUNT with
-UNTIL, values out of range, day parts no date can satisfy, BYSETPOS that selects nothing.
+What is accepted (docs/reminders.md, "Recurrence"): the text with or without "RRULE:",
+in any case, with spaces anywhere (`FREQ=WEEKLY; BYDAY=MO`); FREQ from YEARLY down to
+MINUTELY (SECONDLY is refused); the shorthands in `SHORTHANDS`. Refused: other content
+lines (DTSTART, EXDATE) inside the text, unknown parts, parts RFC 5545 marks N/A for the
+frequency, COUNT with UNTIL, values out of range, day parts no date can satisfy,
+BYSETPOS that selects nothing.
 BYSECOND=60 (a leap second) is refused: a naive datetime cannot hold it.
 """
 

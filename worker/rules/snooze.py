@@ -1,4 +1,4 @@
-"""Snooze, pure (contract §8): the instant of a `task.snoozed` event's extra reminder.
+"""Snooze, pure (docs/reminders.md): the instant of a `task.snoozed` event's extra reminder.
 
 `payload.until` (a due_at form, read in the task's zone) or `payload.for` (an
 unsigned duration counted from the event's `timestamp`, never from when the event
@@ -12,7 +12,7 @@ from datetime import datetime, time
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from worker.kinds import parse_duration
+from worker.rules.kinds import parse_duration
 from worker.schedule import parse_when, to_utc
 
 

@@ -1,4 +1,4 @@
-"""Command line (contract §5): daemon, --replay [--dry-run], --dev, --version."""
+"""Command line (docs/operations.md, "Commands"): daemon, --replay [--dry-run], --dev, --version."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ import structlog
 
 from worker import __version__
 from worker.clock import system_clock
-from worker.daemon import Running, run_daemon
+from worker.commands.daemon import Running, run_daemon
 from worker.errors import SettingsError, startup_error
-from worker.listen import check_hosts
 from worker.logs import configure
-from worker.serving import raise_nofile_limit
+from worker.server.listen import check_hosts
+from worker.server.serving import raise_nofile_limit
 from worker.settings import Settings, load_settings
 
 EXIT_USAGE = 2
@@ -102,10 +102,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.check and args.dev:
                 check_ports(settings, dev=True)
             if args.check:
-                from worker.check import check_main
+                from worker.commands.check import check_main
 
                 return check_main(settings, args.dev, system_clock())
-            from worker.explain import explain_main
+            from worker.commands.explain import explain_main
 
             return explain_main(settings, *args.explain, as_json=args.json, now=system_clock())
         except BaseException as exc:
@@ -115,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(error.line(), file=sys.stderr)
             return EXIT_USAGE
     if args.replay:
-        from worker.replay import replay_main
+        from worker.commands.replay import replay_main
 
         return replay_main(settings, args.replay, dry_run=args.dry_run, start=args.from_line)
     # Each connection is a file handle: the default soft limit (often 1,024) would let

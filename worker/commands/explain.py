@@ -24,17 +24,17 @@ from typing import IO, Any
 
 import anyio
 
-from worker.check import open_sidecar
-from worker.connect import check_sidecar, resolve_secrets
+from worker.commands.check import open_sidecar
+from worker.commands.connect import check_sidecar, resolve_secrets
+from worker.dapr.sidecar import Sidecar
 from worker.events import TaskEvent
 from worker.keys import task_key
-from worker.kinds import Slot
-from worker.misfire import judge
 from worker.plan import PlanConfig, grace_of, make_plan, requested_next, wanted_slots
 from worker.records import load_record
+from worker.rules.kinds import Slot
+from worker.rules.misfire import judge
 from worker.schedule import format_local, format_utc, load_zone
 from worker.settings import Settings
-from worker.sidecar import Sidecar
 
 EXIT_FOUND, EXIT_NONE, EXIT_UNREACHABLE = 0, 1, 3
 

@@ -1,4 +1,4 @@
-"""Quiet hours, pure (contract §8): move an instant out of a wall-clock window.
+"""Quiet hours, pure (docs/reminders.md): move an instant out of a wall-clock window.
 
 The window is wall-clock time in the task's zone, `start` inclusive, `end`
 exclusive; `start > end` spans midnight (22:00-07:00). An instant whose local time

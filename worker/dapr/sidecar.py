@@ -25,6 +25,7 @@ import anyio
 import httpx2
 
 from worker import jsoncodec, tracing
+from worker.dapr.http1 import Http1Transport
 from worker.errors import (
     Conflict,
     PermanentSidecarError,
@@ -32,12 +33,12 @@ from worker.errors import (
     SidecarUnavailable,
     StartupError,
 )
-from worker.http1 import Http1Transport
 from worker.metrics import Metrics
 from worker.schedule import format_utc
 from worker.settings import MAX_SIDECAR_TIMEOUT
 
-# About 24-32 calls in flight saturate one sidecar (style.md); more only queue there.
+# About 24-32 calls in flight saturate one sidecar; more only queue there (the gate:
+# docs/guarantees.md, "Sidecar client").
 DEFAULT_CONCURRENCY: Final = 32
 # The pool's bound: a connection per call the gate lets through, plus two for the health
 # and metadata calls, which bypass the gate so that /readyz never queues behind work.
@@ -70,7 +71,7 @@ def make_client(
 ) -> httpx2.AsyncClient:
     """The process's one HTTP client for the sidecar.
 
-    httpx2 (the maintained fork of httpx, same API) on worker.http1's keep-alive
+    httpx2 (the maintained fork of httpx, same API) on worker.dapr.http1's keep-alive
     transport for plain http; httpx2's own transport behind it for the rest (an
     https endpoint), where per-call CPU matters less than TLS done right. httpx2's
     own transport costs 3-5x the CPU per call (bench/transport_cost.py). Both are
@@ -243,7 +244,8 @@ class Sidecar:
 
     async def job_get(self, name: str) -> dict[str, Any] | None:
         """The scheduler's view of a job, or None when it has none: daprd answers a
-        missing job with 500 DAPR_SCHEDULER_GET_JOB (dapr-http.md), newer ones may 404."""
+        missing job with 500 DAPR_SCHEDULER_GET_JOB (docs/operations.md, "--explain"),
+        newer ones may 404."""
         resp = await self._call("jobs", "GET", f"{self.jobs_prefix}/{_q(name)}",
                                 ok=(200, 404, 500))
         if resp.status_code == 404:
