@@ -317,7 +317,8 @@ class Daprd:
         self.app_port = app_port
         self.app_id = app_id
         args = [dapr_binary("daprd"), "--app-id", app_id, "--app-port", str(app_port),
-                "--app-protocol", "http", "--dapr-http-port", str(self.http_port),
+                "--app-protocol", "http", "--app-max-concurrency", "64",
+                "--dapr-http-port", str(self.http_port),
                 "--dapr-grpc-port", str(free_port()),
                 "--dapr-internal-grpc-port", str(free_port()),
                 "--metrics-port", str(self.metrics_port),

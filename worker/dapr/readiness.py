@@ -156,7 +156,10 @@ class Readiness:
                 reason = failed[0].line()[6:] if failed else None
                 self.waits_for_subscription = [r.name for r in failed] == [
                     subscription_name(self.settings)]
-                if reason is None:
+                if reason is None and self.store_reason is not None:
+                    # failing: read again now, so a store that is back is seen at once
+                    # (a healthy one is read by `watch` only, never on a probe's time)
+                    await self.refresh_store()
                     reason = self.store_reason
             if reason != self.reason and self.told:
                 if reason is None:
