@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run test lint bench bench-rrule bench-transport soak clean dapr e2e
+.PHONY: run test lint bench bench-rrule bench-transport bench-pod soak clean dapr e2e
 
 $(RUN_STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -61,3 +61,9 @@ bench-rrule: $(RUN_STAMP)
 # CPU per sidecar call, worker/dapr/http1.py against httpx2's own transport (30-40 s)
 bench-transport: $(RUN_STAMP)
 	$(BIN)/python -m bench.transport_cost
+
+# The pod behind the real daprd, scheduler and Redis: events/s, CPU per event by
+# process, fire latency, memory with 100k pending jobs (about 10 minutes)
+bench-pod: $(TEST_STAMP) dapr
+	e2e/install-services
+	$(BIN)/python -m bench.pod
