@@ -95,6 +95,23 @@ async def test_state_get_missing_is_none_and_present_carries_the_etag() -> None:
     assert "dapr-api-token" not in seen[0].headers
 
 
+async def test_bulk_get_keeps_the_keys_order_and_a_key_in_error_fails_the_call() -> None:
+    """daprd's bulk answer: a missing key carries only its key; a key the store could
+    not read carries `error` (then nothing of the answer is trusted: retry)."""
+    def answer(request: httpx.Request) -> httpx.Response:
+        keys = json.loads(request.content)["keys"]
+        assert request.url.path == "/v1.0/state/statestore/bulk"
+        if "bad" in keys:
+            return httpx.Response(200, json=[{"key": "bad", "error": "redis down"}])
+        return httpx.Response(200, json=[{"key": "b"}, {"key": "a", "data": {"v": 1},
+                                                        "etag": "3"}])
+
+    sc, _ = sidecar(answer, token=None)
+    assert await sc.state_get_many("statestore", ["a", "b"]) == [({"v": 1}, "3"), None]
+    with pytest.raises(SidecarUnavailable, match="redis down"):
+        await sc.state_get_many("statestore", ["bad"])
+
+
 async def test_save_with_etag_is_compare_and_set_and_409_is_a_conflict() -> None:
     sc, seen = sidecar(lambda r: httpx.Response(409, text="etag mismatch"))
     with pytest.raises(Conflict):

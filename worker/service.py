@@ -361,7 +361,10 @@ class Service:
 
     async def _fire(self, bound: Any, name: str, user_id: str, task_id: int | str,
                     instant: datetime, order: Order) -> None:
-        got = await self.sidecar.state_get(self.settings.state_store, task_key(user_id, task_id))
+        store, marker = self.settings.state_store, fired_key(user_id, name)
+        # the record and the published mark in one call
+        got, mark = await self.sidecar.state_get_many(
+            store, [task_key(user_id, task_id), marker])
         record = load_record(got[0]) if got else None
         fired_at = self.clock()
         decision = decide(record, name, order, fired_at, self.config.misfire_grace)
@@ -380,8 +383,7 @@ class Service:
             self.metrics.reminders.labels("skipped").inc()
             self.metrics.missed.labels(slot.kind).inc(slot.count)
             return
-        store, marker = self.settings.state_store, fired_key(user_id, name)
-        if await self.sidecar.state_get(store, marker) is not None:
+        if mark is not None:
             bound.info("reminder skipped", reason="already published (a re-fired job)")
             self.metrics.reminders.labels("skipped").inc()
             return

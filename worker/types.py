@@ -20,6 +20,9 @@ class SidecarAPI(Protocol):
 
     async def state_get(self, store: str, key: str) -> tuple[Any, str | None] | None: ...
 
+    async def state_get_many(self, store: str,
+                             keys: list[str]) -> list[tuple[Any, str | None] | None]: ...
+
     async def state_save(
         self, store: str, key: str, value: Any, *, etag: str | None = None,
         first_write: bool = False, ttl_seconds: int | None = None,

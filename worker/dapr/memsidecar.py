@@ -80,6 +80,15 @@ class MemorySidecar:
         item = self.state.get((store, key))
         return None if item is None else (item.value, item.etag)
 
+    async def state_get_many(self, store: str,
+                             keys: list[str]) -> list[tuple[Any, str | None] | None]:
+        self._enter("state.get")
+        out: list[tuple[Any, str | None] | None] = []
+        for key in keys:
+            item = self.state.get((store, key))
+            out.append(None if item is None else (item.value, item.etag))
+        return out
+
     async def state_save(
         self, store: str, key: str, value: Any, *, etag: str | None = None,
         first_write: bool = False, ttl_seconds: int | None = None,

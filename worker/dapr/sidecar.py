@@ -202,6 +202,28 @@ class Sidecar:
         except ValueError:
             raise PermanentSidecarError("state", resp.status_code, "value is not JSON") from None
 
+    async def state_get_many(self, store: str,
+                             keys: list[str]) -> list[tuple[Any, str | None] | None]:
+        """`state_get` of several keys in one call (daprd's bulk get), in their order.
+        A key daprd could not read (an `error` in its item) fails the whole call."""
+        resp = await self._call("state", "POST", f"/v1.0/state/{_q(store)}/bulk",
+                                body=_dumps({"keys": keys}), safe=True)
+        try:
+            items = jsoncodec.loads(resp.content)
+        except ValueError:
+            raise PermanentSidecarError("state", resp.status_code, "bulk is not JSON") from None
+        found: dict[str, tuple[Any, str | None] | None] = {}
+        for item in items if isinstance(items, list) else ():
+            if not isinstance(item, dict) or not isinstance(item.get("key"), str):
+                continue
+            if item.get("error"):
+                raise SidecarUnavailable("state", f"bulk get of a key: {item['error']}"[:300])
+            data = item.get("data")
+            found[item["key"]] = None if data is None else (data, item.get("etag"))
+        if any(key not in found for key in keys):
+            raise PermanentSidecarError("state", resp.status_code, "bulk answer lacks a key")
+        return [found[key] for key in keys]
+
     async def state_save(
         self, store: str, key: str, value: Any, *, etag: str | None = None,
         first_write: bool = False, ttl_seconds: int | None = None,
