@@ -95,6 +95,10 @@ class SidecarConfig:
     # More base URLs of the same app id (replicas): each delivery and job trigger
     # goes to a random one of app_base_url and these, as daprd does across replicas.
     replica_urls: tuple[str, ...] = ()
+    # State keys no injected fault touches. A test harness exempts the worker's readiness
+    # probe: a background read at times of its own, which would otherwise take a fault
+    # counted in calls ("fail the 3rd to 8th state call") from the calls the test means.
+    fault_exempt_keys: tuple[str, ...] = ()
     delivery_retry_interval: timedelta = timedelta(seconds=0.2)
     delivery_max_attempts: int = 5
     echo: Callable[[str], None] | None = None
@@ -259,7 +263,7 @@ class DevSidecar:
                     raise ApiError(
                         401, "ERR_API_UNAUTHORIZED", "authentication error: api token mismatch"
                     )
-            if api is not None:
+            if api is not None and not self._fault_exempt(api, request.path):
                 decision = self.faults.decide(api)
                 if decision.latency:
                     await anyio.sleep(decision.latency)
@@ -280,6 +284,10 @@ class DevSidecar:
             await drop_connection(send)
             return
         await send_response(send, response)
+
+    def _fault_exempt(self, api: str, path: str) -> bool:
+        exempt = self.config.fault_exempt_keys
+        return bool(exempt) and api == "state" and path.rsplit("/", 1)[-1] in exempt
 
     def _route(self, request: Request) -> tuple[str | None, Handler]:
         parts = request.path.split("/")[1:]

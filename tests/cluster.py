@@ -26,6 +26,7 @@ import httpx
 from devsidecar import DevSidecar, ManualClock, SidecarConfig, serve_sidecar
 from tests.harness import START, free_port
 from worker.commands.daemon import Running, run_daemon
+from worker.dapr.readiness import READY_PROBE_KEY
 from worker.errors import StartupError
 from worker.settings import Settings, load_settings
 
@@ -401,6 +402,7 @@ async def cluster(replicas: int = 2, env: dict[str, str] | None = None,
         # a replica being restarted must not make events run out of attempts
         "delivery_max_attempts": 200,
         "delivery_retry_interval": timedelta(seconds=0.05),
+        "fault_exempt_keys": (READY_PROBE_KEY,),
         **(sidecar_options or {}),
     }
     config = SidecarConfig(**options)

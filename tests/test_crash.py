@@ -162,11 +162,15 @@ async def test_kill_between_invocation_and_claim_asks_once_for_one_occurrence() 
     async with with_task_service() as (c, app):
         assert await deliver(c, event("task.created", 0, **OVERDUE)) == "SUCCESS"
         completed = event("task.completed", 1)
-        # GET record, claim (first-write), [invoke], then settling "done" fails: the read
-        # of the claim for its ETag and its retries
-        c.sidecar.faults.fail("state", times=6, after=2)
+        # GET record, claim (first-write), [invoke]; then every state call fails, so
+        # settling "done" (its ETag read and their retries) never lands
+        c.sidecar.faults.fail("state", times=1000, after=2)
         assert await deliver(c, completed) == "RETRY"
         assert len(requests(app)) == 1
+        assert c.sidecar.faults.injected["state"] > 0
+        c.sidecar.faults.clear("state")  # the store is back
+        claims = [v.value for k, v in c.sidecar.state().items() if k.startswith("rw-occ-")]
+        assert [cl["state"] for cl in claims] == ["pending"]
         c.clock.advance(timedelta(days=2))  # far past the claim's lease
         assert await deliver(c, completed) == "SUCCESS"
         sent = requests(app)

@@ -940,3 +940,20 @@ def test_time_formats() -> None:
 )
 def test_delivery_answer_table(status: int | None, body: bytes, expected: tuple[str, str]) -> None:
     assert classify(status, body) == expected
+
+
+@pytest.mark.anyio
+async def test_fault_exempt_keys_are_served_and_leave_the_faults_to_other_calls() -> None:
+    """A key a harness exempts (the worker's readiness probe, read on a timer of its own)
+    neither takes an injected state fault nor moves a fault's `after` count."""
+    async with running(SidecarConfig(fault_exempt_keys=("probe",))) as h:
+        c = h.client
+        h.sidecar.faults.fail("state", times=1, after=1)
+        assert (await c.get("/v1.0/state/statestore/probe")).status_code == 204
+        assert (await c.get("/v1.0/state/statestore/a")).status_code == 204  # the `after` one
+        assert (await c.get("/v1.0/state/statestore/probe")).status_code == 204
+        assert (await c.get("/v1.0/state/statestore/b")).status_code == 500
+        assert h.sidecar.faults.injected["state"] == 1
+    async with running() as h:  # not exempt unless configured: a store fault is a fault
+        h.sidecar.faults.fail("state", times=1)
+        assert (await h.client.get("/v1.0/state/statestore/probe")).status_code == 500
