@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run test lint bench bench-rrule bench-transport bench-pod soak clean dapr e2e
+.PHONY: run test lint bench bench-rrule bench-transport bench-pod soak clean dapr kafka e2e
 
 $(RUN_STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -44,9 +44,13 @@ clean:
 dapr:
 	e2e/dapr/build
 
-# The end-to-end suite: real scheduler, daprd, worker, Redis and PostgreSQL.
-e2e: $(TEST_STAMP) dapr
+# Apache Kafka's broker jars from Maven Central into .kafka/lib (idempotent).
+kafka:
 	e2e/install-services
+	e2e/kafka/fetch
+
+# The end-to-end suite: real scheduler, daprd, worker, Redis, PostgreSQL and Kafka.
+e2e: $(TEST_STAMP) dapr kafka
 	$(BIN)/pytest e2e -m e2e --timeout=300
 
 bench: $(RUN_STAMP)

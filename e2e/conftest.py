@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import pytest
@@ -22,6 +22,7 @@ from e2e.procs import (
     APP_ID,
     TASK_SERVICE_PORT,
     Daprd,
+    Kafka,
     Postgres,
     Proc,
     Redis,
@@ -63,6 +64,96 @@ def postgres(root: Path) -> Iterator[Postgres]:
         yield pg
     finally:
         pg.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka(root: Path) -> Iterator[Kafka]:
+    k = Kafka(root)
+    try:
+        k.start()
+        yield k
+    finally:
+        k.stop()
+
+
+class Topics(Protocol):
+    def messages(self, topic: str) -> list[dict[str, Any]]:
+        """Every message that reached `topic` so far, as the CloudEvents published."""
+
+
+@dataclass
+class RedisTopics:
+    redis: Redis
+
+    def messages(self, topic: str) -> list[dict[str, Any]]:
+        return self.redis.stream(topic)
+
+
+class KafkaTopics:
+    """What reached the Kafka topics the worker writes to, read through daprd: an app
+    of the suite's own (`e2e-observer`) beside its own daprd, subscribed to them
+    (components/e2e/observer/)."""
+
+    TOPICS = ("reminders", "task-events-dlq")
+
+    def __init__(self, root: Path, scheduler: Scheduler) -> None:
+        self.received: dict[str, list[dict[str, Any]]] = {t: [] for t in self.TOPICS}
+        self.lock = threading.Lock()
+        observer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                found = self.path in ("/healthz", "/dapr/subscribe")
+                self.send_response(200 if found else 404)
+                self.send_header("content-type", "application/json")
+                self.end_headers()
+                self.wfile.write(b"[]" if self.path == "/dapr/subscribe" else b"{}")
+
+            def do_POST(self) -> None:
+                raw = self.rfile.read(int(self.headers.get("content-length") or 0))
+                topic = self.path.removeprefix("/observed/")
+                with observer.lock:
+                    observer.received.setdefault(topic, []).append(json.loads(raw))
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.end_headers()
+                self.wfile.write(b'{"status":"SUCCESS"}')
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.daprd = Daprd(root, "daprd-observer", self.server.server_address[1],
+                           scheduler.address, None, app_id="e2e-observer", broker="kafka",
+                           more=["observer"])
+
+    def start(self) -> None:
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.daprd.start()
+
+        def subscribed() -> bool:
+            subs = self.daprd.metadata().get("subscriptions") or []
+            return set(self.TOPICS) <= {s.get("topic") for s in subs}
+        wait_until(subscribed, 60, "the observer's subscriptions", self.daprd.proc.tail)
+
+    def messages(self, topic: str) -> list[dict[str, Any]]:
+        with self.lock:
+            return list(self.received.get(topic, []))
+
+    def stop(self) -> None:
+        self.daprd.stop()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="session")
+def kafka_topics(root: Path, kafka: Kafka, scheduler: Scheduler) -> Iterator[KafkaTopics]:
+    observer = KafkaTopics(root, scheduler)
+    try:
+        observer.start()
+        yield observer
+    finally:
+        observer.stop()
 
 
 @pytest.fixture(scope="session")
@@ -136,6 +227,8 @@ class Pod:
     worker: Worker
     store: str
     topic: str
+    broker: str
+    topics: Topics  # what reached the topics the worker writes to
 
     def start(self) -> None:
         self.worker.start()  # waits for daprd on its own
@@ -154,12 +247,20 @@ class Pod:
 
 
 class PodFactory:
-    def __init__(self, root: Path, scheduler: Scheduler) -> None:
-        self.root, self.scheduler = root, scheduler
+    def __init__(self, root: Path, scheduler: Scheduler,
+                 request: pytest.FixtureRequest) -> None:
+        self.root, self.scheduler, self.request = root, scheduler, request
         self.pods: list[Pod] = []
 
+    def topics(self, broker: str) -> Topics:
+        """The broker's reader; Kafka and its observer start on first use only."""
+        if broker == "kafka":
+            return self.request.getfixturevalue("kafka_topics")  # type: ignore[no-any-return]
+        return RedisTopics(self.request.getfixturevalue("redis"))
+
     def make(self, store: str = "redis", app_id: str | None = None, topic: str | None = None,
-             env: dict[str, str] | None = None, start: bool = True) -> Pod:
+             env: dict[str, str] | None = None, start: bool = True,
+             broker: str = "redis") -> Pod:
         """A pod; by default of an app id and task topic of its own, so that it shares
         neither the consumer group nor the jobs of any other pod."""
         n = next(_pods)
@@ -167,10 +268,11 @@ class PodFactory:
         topic = topic or f"task-events-{app_id}"
         worker = Worker(self.root, f"worker-{n}", 0, {
             "REMINDER_APP_ID": app_id, "REMINDER_TASK_TOPIC": topic, **(env or {})})
+        topics = self.topics(broker)
         daprd = Daprd(self.root, f"daprd-{n}", worker.app_port, self.scheduler.address, store,
-                      app_id=app_id)
+                      app_id=app_id, broker=broker)
         worker.env["DAPR_HTTP_PORT"] = str(daprd.http_port)
-        pod = Pod(daprd, worker, store, topic)
+        pod = Pod(daprd, worker, store, topic, broker, topics)
         self.pods.append(pod)
         if start:
             pod.start()
@@ -182,20 +284,27 @@ class PodFactory:
 
 
 @pytest.fixture
-def pods(root: Path, redis: Redis, postgres: Postgres, scheduler: Scheduler,
-         task_service: TaskService) -> Iterator[PodFactory]:
-    factory = PodFactory(root, scheduler)
+def pods(request: pytest.FixtureRequest, root: Path, redis: Redis, postgres: Postgres,
+         scheduler: Scheduler, task_service: TaskService) -> Iterator[PodFactory]:
+    factory = PodFactory(root, scheduler, request)
     yield factory
     factory.close()
 
 
-@pytest.fixture(scope="session", params=["redis", "postgres"])
+# Each pass: (state store, pub/sub broker). The last is what production runs.
+PASSES = {"redis": ("redis", "redis"), "postgres": ("postgres", "redis"),
+          "kafka": ("postgres", "kafka")}
+
+
+@pytest.fixture(scope="session", params=list(PASSES))
 def pod(request: pytest.FixtureRequest, root: Path, redis: Redis, postgres: Postgres,
         scheduler: Scheduler, task_service: TaskService) -> Iterator[Pod]:
-    """The shared pod of one pass: the worker's default app id and topic, with the
-    Redis state store, then with the PostgreSQL v2 one."""
-    factory = PodFactory(root, scheduler)
-    p = factory.make(request.param, app_id=APP_ID, topic="task-events")
+    """The shared pod of one pass: the worker's default app id and topic; Redis state
+    and Redis streams, then PostgreSQL v2 and Redis streams, then PostgreSQL v2 and
+    Kafka, as in production."""
+    factory = PodFactory(root, scheduler, request)
+    store, broker = PASSES[request.param]
+    p = factory.make(store, app_id=APP_ID, topic="task-events", broker=broker)
     yield p
     factory.close()
 

@@ -8,6 +8,7 @@ shows the end of the process's log.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import ctypes
 import json
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,9 +32,16 @@ DAPR_BIN = Path(os.environ.get("DAPR_BIN_DIR", REPO / ".dapr" / "bin"))
 RESOURCES = REPO / "components" / "e2e"
 # Fixed where a resource file names them (components/e2e/); the rest are free ports.
 REDIS_PORT = 16379
+KAFKA_PORT = 19092
+KAFKA_LIB = Path(os.environ.get("KAFKA_LIB_DIR", REPO / ".kafka" / "lib"))
 POSTGRES_PORT = 15432
 TASK_SERVICE_PORT = 18090
 APP_ID = "reminder-worker"
+# daprd's app health check as production sets it (deploy/base/deployment.yaml; a test
+# keeps them equal): a worker restarted within seconds is never seen unhealthy. See
+# docs/operations.md for what a Kafka subscription does after an unhealthy spell.
+APP_HEALTH = {"app-health-check-path": "/healthz", "app-health-probe-interval": "5",
+              "app-health-probe-timeout": "1000", "app-health-threshold": "3"}
 
 T = TypeVar("T")
 
@@ -267,6 +276,59 @@ class Postgres:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+# --- Kafka -------------------------------------------------------------------------
+
+class Kafka:
+    """One Apache Kafka broker in KRaft mode (broker and controller in one process),
+    from the jars `make kafka` fetched, data in a temporary directory. Topics are
+    created when first used, as the suite's daprds publish and subscribe."""
+
+    def __init__(self, root: Path) -> None:
+        self.dir = root / "kafka"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.config = self.dir / "server.properties"
+        controller = free_port()
+        self.config.write_text("\n".join([
+            "process.roles=broker,controller", "node.id=1",
+            f"controller.quorum.voters=1@127.0.0.1:{controller}",
+            f"listeners=PLAINTEXT://127.0.0.1:{KAFKA_PORT},CONTROLLER://127.0.0.1:{controller}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{KAFKA_PORT}",
+            "controller.listener.names=CONTROLLER",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            f"log.dirs={self.dir / 'data'}",
+            # more than one partition, so that ordering and rebalancing are real
+            "num.partitions=4", "auto.create.topics.enable=true",
+            "offsets.topic.replication.factor=1", "offsets.topic.num.partitions=4",
+            "transaction.state.log.replication.factor=1", "transaction.state.log.min.isr=1",
+            "share.coordinator.state.topic.replication.factor=1",
+            "share.coordinator.state.topic.min.isr=1",
+            # a new consumer group is served at once, not after the 3 s default
+            "group.initial.rebalance.delay.ms=0", ""]))
+        java = shutil.which("java") or "java"
+        self.classpath = f"{KAFKA_LIB}/*"
+        self.java = [java, "-Xms128m", "-Xmx512m", "-cp", self.classpath]
+        self.proc = Proc("kafka", [*self.java, "kafka.Kafka", str(self.config)], root)
+
+    def start(self) -> None:
+        if not any(KAFKA_LIB.glob("kafka_2.13-*.jar")):
+            raise AssertionError(f"no Kafka in {KAFKA_LIB}: run `make kafka`")
+        if port_open(KAFKA_PORT):
+            raise AssertionError(f"port {KAFKA_PORT} is taken: the suite's Kafka needs it "
+                                 "(a broker left from an earlier run?)")
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        done = subprocess.run([*self.java, "kafka.tools.StorageTool", "format", "-t",
+                               cluster_id, "-c", str(self.config)],
+                              capture_output=True, text=True, timeout=120)
+        if done.returncode:
+            raise AssertionError(f"formatting Kafka's storage failed:\n{done.stdout}"
+                                 f"{done.stderr}")
+        self.proc.start()
+        wait_until(lambda: port_open(KAFKA_PORT), 60, "Kafka's listener", self.proc.tail)
+
+    def stop(self) -> None:
+        self.proc.stop()
+
+
 # --- Dapr --------------------------------------------------------------------------
 
 def dapr_binary(name: str) -> str:
@@ -311,7 +373,11 @@ class Daprd:
     """One real daprd beside one app, with the suite's resources."""
 
     def __init__(self, root: Path, name: str, app_port: int, scheduler: str,
-                 store: str, app_id: str = APP_ID, extra: Sequence[str] = ()) -> None:
+                 store: str | None, app_id: str = APP_ID, extra: Sequence[str] = (),
+                 broker: str = "redis", more: Sequence[str] = ()) -> None:
+        """`store`, `broker` and `more` name resource folders of components/e2e/:
+        the state store's (none for an app without one), `pubsub-{broker}`, others."""
+        folders = ["common", *([store] if store else []), f"pubsub-{broker}", *more]
         self.http_port = free_port()
         self.metrics_port = free_port()
         self.app_port = app_port
@@ -323,12 +389,11 @@ class Daprd:
                 "--dapr-internal-grpc-port", str(free_port()),
                 "--metrics-port", str(self.metrics_port),
                 "--dapr-listen-addresses", "127.0.0.1",
-                "--resources-path", str(RESOURCES / "common"),
-                "--resources-path", str(RESOURCES / store),
+                *(a for f in folders for a in ("--resources-path", str(RESOURCES / f))),
                 "--scheduler-host-address", scheduler,
                 "--placement-host-address", "",
-                "--enable-app-health-check", "--app-health-check-path", "/healthz",
-                "--app-health-probe-interval", "1", "--app-health-threshold", "2",
+                "--enable-app-health-check",
+                *(a for flag, value in APP_HEALTH.items() for a in (f"--{flag}", value)),
                 "--log-level", "info", *extra]
         self.proc = Proc(name, args, root)
         self.url = f"http://127.0.0.1:{self.http_port}"

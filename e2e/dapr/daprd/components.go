@@ -6,6 +6,7 @@ package main
 
 import (
 	"github.com/dapr/components-contrib/nameresolution/mdns"
+	kafkapubsub "github.com/dapr/components-contrib/pubsub/kafka"
 	redispubsub "github.com/dapr/components-contrib/pubsub/redis"
 	"github.com/dapr/components-contrib/secretstores/local/env"
 	"github.com/dapr/components-contrib/secretstores/local/file"
@@ -29,6 +30,7 @@ func init() {
 		})
 	}
 	pubsubLoader.DefaultRegistry.RegisterComponent(redispubsub.NewRedisStreams, "redis")
+	pubsubLoader.DefaultRegistry.RegisterComponent(kafkapubsub.NewKafka, "kafka")
 	secretstoresLoader.DefaultRegistry.RegisterComponent(file.NewLocalSecretStore, "local.file")
 	secretstoresLoader.DefaultRegistry.RegisterComponent(env.NewEnvSecretStore, "local.env")
 	nrLoader.DefaultRegistry.RegisterComponent(mdns.NewResolver, "mdns")
