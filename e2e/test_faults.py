@@ -1,6 +1,8 @@
 """Faults with the real runtime: a worker killed mid-burst, a daprd restart, a Redis
 restart, a SIGTERM drain, and two replicas sharing the scheduler, the store and the
-consumer group. Each test has pods of its own (their own app id and task topic)."""
+consumer group; all but the Redis restart with Redis streams and again with Kafka
+(and PostgreSQL, production's pair). Each test has pods of its own (their own app id
+and task topic)."""
 
 from __future__ import annotations
 
@@ -72,8 +74,9 @@ def test_kill_9_mid_burst_loses_and_doubles_nothing(pods: PodFactory, user: str,
         assert pod.daprd.job(name) is not None
 
 
-def test_a_daprd_restart_is_ridden_out(pods: PodFactory, user: str) -> None:
-    pod = pods.make()
+@BROKERS
+def test_a_daprd_restart_is_ridden_out(pods: PodFactory, user: str, kind: str) -> None:
+    pod = make(pods, kind)
     at = now() + timedelta(seconds=25)
     pod.daprd.publish(event("task.created", user, 1, due_at=z(at + timedelta(hours=1)),
                             remind_at=[z(at)]), topic=pod.topic)
