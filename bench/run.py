@@ -474,9 +474,24 @@ def main() -> int:
         if not args.no_rss:
             b.rss()
     text = report(b, started, load_before, waited, loadavg(), time.monotonic() - t0)
-    Path(args.out).write_text(text)
+    out = Path(args.out)
+    out.write_text(keep_by_hand(text, out.read_text() if out.exists() else ""))
     print(text)
     return 0
+
+
+KEPT_BY_HAND = ("<!-- Everything below this line is kept by hand: `make bench` rewrites "
+                "only what is above it. -->")
+
+
+def keep_by_hand(report_text: str, previous: str) -> str:
+    """This run's report, then the sections of the previous file that earlier runs,
+    other benchmarks and analyses wrote by hand below the marker (a run must not
+    erase them)."""
+    _, marker, kept = previous.partition(KEPT_BY_HAND)
+    if not marker:
+        return report_text
+    return f"{report_text.rstrip()}\n\n{KEPT_BY_HAND}{kept}"
 
 
 if __name__ == "__main__":
