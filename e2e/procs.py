@@ -325,6 +325,11 @@ class Kafka:
         self.proc.start()
         wait_until(lambda: port_open(KAFKA_PORT), 60, "Kafka's listener", self.proc.tail)
 
+    def restart(self) -> None:
+        """Start again on the same data (after `stop`), as a restarted broker does."""
+        self.proc.start()
+        wait_until(lambda: port_open(KAFKA_PORT), 60, "Kafka's listener", self.proc.tail)
+
     def stop(self) -> None:
         self.proc.stop()
 

@@ -1,7 +1,7 @@
-"""Faults with the real runtime: a worker killed mid-burst, a daprd restart, a Redis
-restart, a SIGTERM drain, and two replicas sharing the scheduler, the store and the
-consumer group; all but the Redis restart with Redis streams and again with Kafka
-(and PostgreSQL, production's pair). Each test has pods of its own (their own app id
+"""Faults with the real runtime: a worker killed mid-burst, a daprd restart, a SIGTERM
+drain, and two replicas sharing the scheduler, the store and the consumer group, each
+with Redis streams and again with Kafka (and PostgreSQL, production's pair); a Redis
+restart; a Kafka restart while a reminder falls due. Each test has pods of its own (their own app id
 and task topic)."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from e2e.conftest import PASSES, Pod, PodFactory
-from e2e.procs import Redis, wait_until
+from e2e.procs import Kafka, Redis, wait_until
 from e2e.test_flow import event, now, reminders_for, z
 from worker.keys import task_key
 
@@ -110,6 +110,35 @@ def test_a_redis_restart_turns_the_worker_not_ready_then_it_recovers(
                             reminders=["PT1H"]), topic=pod.topic)
     wait_until(lambda: pod.daprd.state(task_key(user, 3)), 60, "an event after Redis returned",
                pod.worker.proc.tail)
+
+
+def test_a_kafka_restart_loses_no_reminder_and_no_event(pods: PodFactory, user: str,
+                                                        kafka: Kafka) -> None:
+    """The broker down while a reminder falls due: its publish fails, the job's failure
+    policy triggers it again (every 10 s), and it is published once Kafka is back;
+    events published after the restart are consumed. A publish the worker gave up on
+    may still land once Kafka is back (daprd retries it): at least once, one id."""
+    pod = make(pods, "kafka")
+    at = now() + timedelta(seconds=6)
+    pod.daprd.publish(event("task.created", user, 1, due_at=z(at + timedelta(hours=1)),
+                            remind_at=[z(at)]), topic=pod.topic)
+    wait_until(lambda: pod.daprd.state(task_key(user, 1)), 30, "the task applied")
+    kafka.stop()
+    try:
+        wait_until(lambda: any(line.get("job") and line.get("level") in ("warning", "error")
+                               for line in pod.worker.logs()),
+                   60, "the reminder's publish failing while Kafka is down",
+                   pod.worker.proc.tail)
+    finally:
+        kafka.restart()
+    msg = wait_until(lambda: reminders_for(pod.topics, user), 90,
+                     "the reminder published once Kafka is back", pod.worker.proc.tail)[0]
+    assert msg["data"]["task_id"] == 1
+    pod.daprd.publish(event("task.created", user, 2, due_at=z(now() + timedelta(hours=3)),
+                            reminders=["PT1H"]), topic=pod.topic)
+    wait_until(lambda: pod.daprd.state(task_key(user, 2)), 90, "an event after the restart",
+               lambda: pod.worker.proc.tail() + "\n" + pod.daprd.proc.tail())
+    assert {m["id"] for m in reminders_for(pod.topics, user)} == {msg["id"]}
 
 
 @BROKERS
