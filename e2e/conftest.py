@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import httpx
 import pytest
@@ -34,6 +34,16 @@ from e2e.procs import (
 )
 
 pytestmark = pytest.mark.e2e
+
+
+class Server(Protocol):
+    """What the suite starts and stops: Redis, PostgreSQL, Kafka, the observer."""
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+S = TypeVar("S", bound=Server)
 
 _pods = itertools.count(1)
 
@@ -56,24 +66,24 @@ def redis(root: Path) -> Iterator[Redis]:
     r.stop()
 
 
+def _serving(server: S) -> Iterator[S]:
+    """A server for the session: stopped afterwards, also when its start fails midway
+    (a half-started PostgreSQL or Kafka holds a port and a data directory)."""
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def postgres(root: Path) -> Iterator[Postgres]:
-    pg = Postgres(root)
-    try:
-        pg.start()
-        yield pg
-    finally:
-        pg.stop()
+    yield from _serving(Postgres(root))
 
 
 @pytest.fixture(scope="session")
 def kafka(root: Path) -> Iterator[Kafka]:
-    k = Kafka(root)
-    try:
-        k.start()
-        yield k
-    finally:
-        k.stop()
+    yield from _serving(Kafka(root))
 
 
 class Topics(Protocol):
@@ -148,12 +158,7 @@ class KafkaTopics:
 
 @pytest.fixture(scope="session")
 def kafka_topics(root: Path, kafka: Kafka, scheduler: Scheduler) -> Iterator[KafkaTopics]:
-    observer = KafkaTopics(root, scheduler)
-    try:
-        observer.start()
-        yield observer
-    finally:
-        observer.stop()
+    yield from _serving(KafkaTopics(root, scheduler))
 
 
 @pytest.fixture(scope="session")

@@ -197,7 +197,7 @@ class Redis:
         wait_until(lambda: self.ping(), 20, "redis to answer PING", self.proc.tail)
 
     def ping(self) -> bool:
-        return self("PING") == "PONG"
+        return bool(self("PING") == "PONG")
 
     def __call__(self, *args: str | bytes | int) -> Any:
         with socket.create_connection(("127.0.0.1", REDIS_PORT), timeout=5) as s:

@@ -11,6 +11,7 @@ import threading
 import time
 from collections import Counter
 from datetime import timedelta
+from typing import Any
 
 import httpx
 import pytest
@@ -49,9 +50,10 @@ def all_applied(pod: Pod, user: str, n: int = BURST, within: float = 120) -> Non
 BROKERS = pytest.mark.parametrize("kind", ["redis", "kafka"])
 
 
-def make(pods: PodFactory, kind: str, **kwargs: str) -> Pod:
+def make(pods: PodFactory, kind: str, app_id: str | None = None,
+         topic: str | None = None) -> Pod:
     store, broker = PASSES[kind]
-    return pods.make(store, broker=broker, **kwargs)
+    return pods.make(store, app_id=app_id, topic=topic, broker=broker)
 
 
 @BROKERS
@@ -178,10 +180,15 @@ def test_two_replicas_share_the_work(pods: PodFactory, user: str, kind: str) -> 
                 event("task.created", user, task, due_at=z(at + timedelta(hours=1)),
                       remind_at=[z(at)]), ce_id=f"{user}-{task}", topic=a.topic)
         n += 10
-        wait_until(lambda sent=n: sum(processed()) >= sent, 30, f"{n} events applied",
+        sent = n
+        wait_until(lambda: sum(processed()) >= sent, 30, f"{n} events applied",  # noqa: B023
                    lambda: f"{processed()}")
-    msgs = wait_until(lambda: (m := reminders_for(a.topics, user)) and len(m) >= n and m, 90,
-                      f"{n} reminder.due", lambda: f"{len(reminders_for(a.topics, user))} of {n}")
+
+    def all_fired() -> list[dict[str, Any]] | None:
+        fired = reminders_for(a.topics, user)
+        return fired if len(fired) >= n else None
+    msgs = wait_until(all_fired, 90, f"{n} reminder.due",
+                      lambda: f"{len(reminders_for(a.topics, user))} of {n}")
     ids = Counter(m["id"] for m in msgs)
     assert len(ids) == n and max(ids.values()) == 1, ids.most_common(3)
     assert sum(processed()) == n and min(processed()) > 0, processed()  # both, once each
