@@ -315,7 +315,9 @@ class Kafka:
         if port_open(KAFKA_PORT):
             raise AssertionError(f"port {KAFKA_PORT} is taken: the suite's Kafka needs it "
                                  "(a broker left from an earlier run?)")
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        cluster_id = "-"
+        while cluster_id.startswith("-"):  # else the tool reads it as an option (1 in 64)
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
         done = subprocess.run([*self.java, "kafka.tools.StorageTool", "format", "-t",
                                cluster_id, "-c", str(self.config)],
                               capture_output=True, text=True, timeout=120)
