@@ -37,7 +37,8 @@ pytestmark = pytest.mark.e2e
 
 
 class Server(Protocol):
-    """What the suite starts and stops: Redis, PostgreSQL, Kafka, the observer."""
+    """What the suite starts and stops: Redis, PostgreSQL, Kafka, the scheduler, the
+    observer."""
 
     def start(self) -> None: ...
     def stop(self) -> None: ...
@@ -60,10 +61,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def redis(root: Path) -> Iterator[Redis]:
-    r = Redis(root)
-    r.start()
-    yield r
-    r.stop()
+    yield from _serving(Redis(root))
 
 
 def _serving(server: S) -> Iterator[S]:
@@ -163,10 +161,7 @@ def kafka_topics(root: Path, kafka: Kafka, scheduler: Scheduler) -> Iterator[Kaf
 
 @pytest.fixture(scope="session")
 def scheduler(root: Path) -> Iterator[Scheduler]:
-    s = Scheduler(root)
-    s.start()
-    yield s
-    s.stop()
+    yield from _serving(Scheduler(root))
 
 
 @dataclass

@@ -227,6 +227,16 @@ class _Pool:
         self.waiters: deque[asyncio.Future[_Connection | None]] = deque()
 
 
+def _hand_over(pool: _Pool, conn: _Connection | None) -> bool:
+    """Give `conn` (None: a free slot) to the first waiter still waiting; False if none."""
+    while pool.waiters:
+        waiter = pool.waiters.popleft()
+        if not waiter.done():
+            waiter.set_result(conn)
+            return True
+    return False
+
+
 class Http1Transport(httpx2.AsyncBaseTransport):
     def __init__(self, fallback: httpx2.AsyncBaseTransport, *,
                  max_connections: int = DEFAULT_MAX_CONNECTIONS,
@@ -343,24 +353,14 @@ class Http1Transport(httpx2.AsyncBaseTransport):
             conn.close()
             self._release(pool)
             return
-        waiters = pool.waiters
-        while waiters:
-            waiter = waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(conn)
-                return
-        conn.idle_since = time.monotonic()
-        pool.idle.append(conn)
+        if not _hand_over(pool, conn):
+            conn.idle_since = time.monotonic()
+            pool.idle.append(conn)
 
     def _release(self, pool: _Pool) -> None:
         """A slot freed (its connection closed): to the first waiter, else counted off."""
-        waiters = pool.waiters
-        while waiters:
-            waiter = waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
-        pool.opened -= 1
+        if not _hand_over(pool, None):
+            pool.opened -= 1
 
     async def _open(self, key: tuple[str, int], patience: float | None) -> _Connection:
         host, port = key
